@@ -1,0 +1,20 @@
+//! thinpool: the pool transaction engine.
+//!
+//! Pure logic over the [`Kernel`] boundary: typed ids, transactions, the
+//! commit sequence (suspend origins → messages → `set_transaction_id` →
+//! resume), recovery after a crash, the status parser, the on-device pool
+//! header, and an in-memory kernel model for tests. No I/O happens here.
+
+pub mod engine;
+pub mod ids;
+pub mod kernel;
+pub mod layout;
+pub mod model;
+pub mod status;
+pub mod txn;
+
+pub use engine::{commit, recover, Boundary, CommitError, CommitReport, Observer, PoolRecord, RecoverError, RecoveryReport};
+pub use ids::{IdError, PoolName, Sectors, ThinId, TransactionId};
+pub use kernel::{ActiveThin, Kernel, KernelError};
+pub use status::{PoolMode, PoolStatus, Usage, WorkingStatus};
+pub use txn::{Operation, PoolMessage, Transaction, TransactionError};
