@@ -5,6 +5,7 @@
 //! resume), recovery after a crash, the status parser, the on-device pool
 //! header, and an in-memory kernel model for tests. No I/O happens here.
 
+pub mod cases;
 pub mod engine;
 pub mod ids;
 pub mod kernel;

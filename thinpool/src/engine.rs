@@ -1,0 +1,337 @@
+//! Commit and recovery of pool transactions.
+//!
+//! A transaction `n` commits as: suspend the active origins of its snapshots
+//! (the only phase allowed to fail) → post its operations in order →
+//! `set_transaction_id n-1 n` (the commit point) → resume every suspended
+//! origin, on every path. The kernel's transaction id is the truth about
+//! what committed; [`recover`] reconciles it with the controller's record.
+
+use std::collections::BTreeSet;
+
+use tracing::{debug, error, info, warn};
+
+use crate::ids::{ThinId, TransactionId};
+use crate::kernel::{Kernel, KernelError};
+use crate::status::{PoolMode, PoolStatus};
+use crate::txn::{Operation, PoolMessage, Transaction};
+
+/// The phase boundaries of a commit, reported to an [`Observer`] (metrics,
+/// logs, and crash tests that kill the process exactly there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundary {
+    /// Preconditions checked, nothing done yet.
+    Start,
+    /// Every origin is suspended; no message posted yet.
+    Suspended,
+    /// Operation `index` (0-based, in posting order) has been posted.
+    Posted { index: usize },
+    /// `set_transaction_id n-1 n` succeeded: the transaction committed.
+    TransactionIdSet,
+    /// Every suspended origin is resumed.
+    Resumed,
+}
+
+pub trait Observer {
+    fn reached(&mut self, txn: TransactionId, boundary: Boundary);
+}
+
+/// No observation.
+impl Observer for () {
+    fn reached(&mut self, _: TransactionId, _: Boundary) {}
+}
+
+impl<F: FnMut(TransactionId, Boundary)> Observer for F {
+    fn reached(&mut self, txn: TransactionId, boundary: Boundary) {
+        self(txn, boundary)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitReport {
+    pub id: TransactionId,
+    /// Origins suspended (and resumed) around the messages.
+    pub suspended: Vec<ThinId>,
+    /// Operations a replay found already done (EEXIST / ENODATA).
+    pub already_done: Vec<Operation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    #[error("pool cannot take transactions: {0}")]
+    PoolUnavailable(String),
+    #[error("transaction {txn} needs the pool at {}, but the kernel is at {kernel}", txn.predecessor().map_or(0, |p| p.get()))]
+    NotAtPredecessor { txn: TransactionId, kernel: TransactionId },
+    #[error("transaction {txn} deletes thin device {device}, which is still active on this node (open count {open_count}); deactivate it first")]
+    DeleteOfActiveDevice { txn: TransactionId, device: ThinId, open_count: u32 },
+    #[error("transaction {txn}: suspending origin {device} failed, nothing was posted: {source}")]
+    Suspend { txn: TransactionId, device: ThinId, source: KernelError },
+    #[error("transaction {txn}: `{op}` failed after {posted} operation(s) had been posted: {source}")]
+    Message { txn: TransactionId, op: Operation, posted: usize, source: KernelError },
+    #[error("transaction {txn}: `{op}` found device id {id} already in the pool: the pool and the allocation record disagree")]
+    IdCollision { txn: TransactionId, op: Operation, id: ThinId },
+    #[error("transaction {txn}: the kernel refused set_transaction_id {} {txn}; its transaction id moved behind our back: {source}", txn.predecessor().map_or(0, |p| p.get()))]
+    Diverged { txn: TransactionId, source: KernelError },
+    #[error("transaction {txn} ({}): resuming {devices:?} failed: {source}", if *committed { "committed" } else { "not committed" })]
+    ResumeFailed { txn: TransactionId, committed: bool, devices: Vec<ThinId>, source: KernelError },
+    #[error("reading pool state: {0}")]
+    Kernel(#[from] KernelError),
+}
+
+impl CommitError {
+    /// True when the failure left no delete of the transaction posted, so
+    /// [`abort`] can undo its partial effects and consume its id cleanly.
+    pub fn abortable(&self) -> bool {
+        match self {
+            CommitError::DeleteOfActiveDevice { .. } | CommitError::Suspend { .. } => true,
+            CommitError::Message { op, .. } => op.created().is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// How a replay treats the kernel's "already" errors.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// First attempt: EEXIST means the allocation is wrong.
+    Fresh,
+    /// Re-running a transaction the kernel may have partly applied: EEXIST on
+    /// a create and ENODATA on a delete of this transaction's ids mean done.
+    Replay,
+}
+
+/// Commits `txn` on a pool the kernel reports at `txn.id() - 1`.
+pub fn commit(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Observer) -> Result<CommitReport, CommitError> {
+    run(kernel, txn, Mode::Fresh, observer)
+}
+
+fn usable_status(kernel: &impl Kernel) -> Result<TransactionId, CommitError> {
+    match kernel.pool_status()? {
+        PoolStatus::Failed => Err(CommitError::PoolUnavailable("the kernel reports the pool failed".into())),
+        PoolStatus::Working(w) if w.needs_check => Err(CommitError::PoolUnavailable("pool metadata needs_check is set".into())),
+        PoolStatus::Working(w) if w.mode == PoolMode::ReadOnly => Err(CommitError::PoolUnavailable("pool is read-only".into())),
+        // Out of data space still takes metadata changes: deletes free space.
+        PoolStatus::Working(w) => Ok(w.transaction_id),
+    }
+}
+
+fn run(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut impl Observer) -> Result<CommitReport, CommitError> {
+    let n = txn.id();
+    let kernel_at = usable_status(kernel)?;
+    if kernel_at != txn.predecessor() {
+        return Err(CommitError::NotAtPredecessor { txn: n, kernel: kernel_at });
+    }
+    let active = kernel.active_thins()?;
+    for id in txn.deleted_ids() {
+        if let Some(a) = active.iter().find(|a| a.id == id) {
+            return Err(CommitError::DeleteOfActiveDevice { txn: n, device: id, open_count: a.open_count });
+        }
+    }
+    observer.reached(n, Boundary::Start);
+
+    let active_ids: BTreeSet<ThinId> = active.iter().map(|a| a.id).collect();
+    let mut suspended = Vec::new();
+    for origin in txn.origins().into_iter().filter(|o| active_ids.contains(o)) {
+        if let Err(source) = kernel.suspend_thin(origin) {
+            resume_all(kernel, n, &suspended, false)?;
+            return Err(CommitError::Suspend { txn: n, device: origin, source });
+        }
+        suspended.push(origin);
+    }
+    observer.reached(n, Boundary::Suspended);
+
+    let outcome = post(kernel, txn, mode, observer);
+    let committed = outcome.is_ok();
+    resume_all(kernel, n, &suspended, committed)?;
+    let already_done = outcome?;
+    observer.reached(n, Boundary::Resumed);
+    Ok(CommitReport { id: n, suspended, already_done })
+}
+
+/// The message phase: operations in order, then the commit point.
+fn post(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut impl Observer) -> Result<Vec<Operation>, CommitError> {
+    let n = txn.id();
+    let mut already_done = Vec::new();
+    for (index, op) in txn.operations().iter().enumerate() {
+        match (kernel.message(&op.message()), mode, op) {
+            (Ok(()), _, _) => {}
+            (Err(KernelError::AlreadyExists(_)), Mode::Replay, op) if op.created().is_some() => already_done.push(*op),
+            (Err(KernelError::NoData(_)), Mode::Replay, Operation::Delete { .. }) => already_done.push(*op),
+            (Err(KernelError::AlreadyExists(_)), Mode::Fresh, op) if op.created().is_some() => {
+                return Err(CommitError::IdCollision { txn: n, op: *op, id: op.created().unwrap() });
+            }
+            (Err(source), _, op) => return Err(CommitError::Message { txn: n, op: *op, posted: index, source }),
+        }
+        observer.reached(n, Boundary::Posted { index });
+    }
+    let set = PoolMessage::SetTransactionId { current: txn.predecessor(), new: n };
+    kernel.message(&set).map_err(|source| CommitError::Diverged { txn: n, source })?;
+    observer.reached(n, Boundary::TransactionIdSet);
+    Ok(already_done)
+}
+
+/// Resumes every device in `devices`, retrying each a few times: a device
+/// left suspended stalls every writer on it.
+fn resume_all(kernel: &mut impl Kernel, txn: TransactionId, devices: &[ThinId], committed: bool) -> Result<(), CommitError> {
+    const ATTEMPTS: usize = 3;
+    let mut failed = Vec::new();
+    let mut last_error = None;
+    for &id in devices {
+        let mut result = kernel.resume_thin(id);
+        for _ in 1..ATTEMPTS {
+            if result.is_ok() {
+                break;
+            }
+            result = kernel.resume_thin(id);
+        }
+        if let Err(e) = result {
+            error!(%txn, device = %id, error = %e, "resume failed; the device stays suspended");
+            failed.push(id);
+            last_error = Some(e);
+        }
+    }
+    match last_error {
+        None => Ok(()),
+        Some(source) => Err(CommitError::ResumeFailed { txn, committed, devices: failed, source }),
+    }
+}
+
+/// Consumes transaction id `txn` without its effects: deletes whatever of its
+/// creates reached the pool, then moves the pool to `txn`.
+///
+/// Precondition: none of `txn`'s deletes was posted (see
+/// [`CommitError::abortable`]); deletes cannot be undone.
+pub fn abort(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(), CommitError> {
+    let n = txn.id();
+    let kernel_at = usable_status(kernel)?;
+    if kernel_at != txn.predecessor() {
+        return Err(CommitError::NotAtPredecessor { txn: n, kernel: kernel_at });
+    }
+    let active = kernel.active_thins()?;
+    for (posted, id) in txn.created_ids().enumerate() {
+        if let Some(a) = active.iter().find(|a| a.id == id) {
+            return Err(CommitError::DeleteOfActiveDevice { txn: n, device: id, open_count: a.open_count });
+        }
+        let op = Operation::Delete { id };
+        match kernel.message(&op.message()) {
+            Ok(()) | Err(KernelError::NoData(_)) => {}
+            Err(source) => return Err(CommitError::Message { txn: n, op, posted, source }),
+        }
+    }
+    let set = PoolMessage::SetTransactionId { current: txn.predecessor(), new: n };
+    kernel.message(&set).map_err(|source| CommitError::Diverged { txn: n, source })?;
+    warn!(txn = %n, "transaction aborted");
+    Ok(())
+}
+
+/// What the controller has recorded for a pool: the last transaction id it
+/// knows finished (committed or aborted), and the transactions assigned
+/// after it, in order, ids dense from `finished + 1`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub finished: TransactionId,
+    pub pending: Vec<Transaction>,
+}
+
+impl PoolRecord {
+    pub fn last_assigned(&self) -> TransactionId {
+        self.pending.last().map_or(self.finished, Transaction::id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Committed(CommitReport),
+    Aborted { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The kernel's transaction id when recovery started.
+    pub kernel_was_at: TransactionId,
+    /// Devices found suspended (a crash between suspend and resume) and resumed.
+    pub resumed: Vec<ThinId>,
+    /// Pending transactions the kernel had already committed: only their
+    /// status write was lost.
+    pub committed_unreported: Vec<TransactionId>,
+    /// The transaction that was in flight at the crash, finished now.
+    pub finished: Option<(TransactionId, Outcome)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecoverError {
+    #[error("the record is malformed: {0}")]
+    BadRecord(String),
+    #[error("pool diverged: the kernel is at transaction {kernel}, ahead of every recorded transaction (last assigned {last_assigned}); not guessing")]
+    KernelAhead { kernel: TransactionId, last_assigned: TransactionId },
+    #[error("pool diverged: the kernel is at transaction {kernel}, behind the finished transaction {finished}; not guessing")]
+    KernelBehind { kernel: TransactionId, finished: TransactionId },
+    #[error("transaction {txn} cannot be finished now, the pool stays at {}: {source}", txn.predecessor().map_or(0, |p| p.get()))]
+    Blocked { txn: TransactionId, source: CommitError },
+    #[error("resuming suspended device {device} failed: {source}")]
+    Resume { device: ThinId, source: KernelError },
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error("reading pool state: {0}")]
+    Kernel(#[from] KernelError),
+}
+
+impl RecoverError {
+    /// Divergence means the pool must be marked unhealthy and left alone.
+    pub fn is_divergence(&self) -> bool {
+        matches!(self, RecoverError::KernelAhead { .. } | RecoverError::KernelBehind { .. })
+            || matches!(self, RecoverError::Blocked { source: CommitError::Diverged { .. } | CommitError::IdCollision { .. }, .. })
+    }
+}
+
+/// Reconciles the kernel with the controller's record after a start or a
+/// crash. Sends no message unless a transaction was in flight; never guesses.
+pub fn recover(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Result<RecoveryReport, RecoverError> {
+    check_record(record)?;
+    // A crash between suspend and resume leaves origins frozen: thaw them first.
+    let mut resumed = Vec::new();
+    for thin in kernel.active_thins()?.into_iter().filter(|t| t.suspended) {
+        kernel.resume_thin(thin.id).map_err(|source| RecoverError::Resume { device: thin.id, source })?;
+        info!(device = %thin.id, "resumed a device left suspended");
+        resumed.push(thin.id);
+    }
+    let kernel_at = usable_status(kernel)?;
+    let last_assigned = record.last_assigned();
+    if kernel_at > last_assigned {
+        return Err(RecoverError::KernelAhead { kernel: kernel_at, last_assigned });
+    }
+    if kernel_at < record.finished {
+        return Err(RecoverError::KernelBehind { kernel: kernel_at, finished: record.finished });
+    }
+    let committed_unreported: Vec<TransactionId> = record.pending.iter().map(Transaction::id).filter(|id| *id <= kernel_at).collect();
+    let finished = match record.pending.iter().find(|t| t.id() == kernel_at.successor()) {
+        None => None,
+        Some(txn) => Some((txn.id(), finish(kernel, txn, observer)?)),
+    };
+    debug!(kernel_was_at = %kernel_at, ?committed_unreported, ?finished, "recovered");
+    Ok(RecoveryReport { kernel_was_at: kernel_at, resumed, committed_unreported, finished })
+}
+
+fn check_record(record: &PoolRecord) -> Result<(), RecoverError> {
+    let mut expected = record.finished.successor();
+    for txn in &record.pending {
+        if txn.id() != expected {
+            return Err(RecoverError::BadRecord(format!("pending transaction {} where {expected} was expected", txn.id())));
+        }
+        expected = expected.successor();
+    }
+    Ok(())
+}
+
+/// Finishes the transaction after the kernel's: it may have been partly
+/// applied. Roll forward by replay; if a create cannot be done (a real
+/// failure, not a replay), no delete has run yet, so abort cleanly.
+fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Observer) -> Result<Outcome, RecoverError> {
+    match run(kernel, txn, Mode::Replay, observer) {
+        Ok(report) => Ok(Outcome::Committed(report)),
+        Err(e @ CommitError::Message { .. }) if e.abortable() => {
+            abort(kernel, txn).map_err(|source| RecoverError::Blocked { txn: txn.id(), source })?;
+            Ok(Outcome::Aborted { reason: e.to_string() })
+        }
+        Err(source) => Err(RecoverError::Blocked { txn: txn.id(), source }),
+    }
+}
