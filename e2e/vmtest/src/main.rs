@@ -1,1 +1,387 @@
-fn main() {}
+//! thin-vmtest: runs inside the qemu VM against the real thin-pool target.
+//! Each subcommand prints `PASS <name>` / `FAIL <name>: <why>` lines that
+//! the host-side suite counts (e2e/run engine), or `BENCH ...` lines.
+
+mod bench;
+mod fixture;
+mod record;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use thinpool::cases::{self, Session};
+use thinpool::engine::Outcome;
+use thinpool::{commit, recover, Boundary, Kernel, Operation, PoolName, Sectors, ThinId, Transaction, TransactionId};
+use thinpool_dm::DmPool;
+
+use fixture::DmFixture;
+use record::Record;
+
+const THIN_SIZE: Sectors = Sectors(2048 * 16);
+
+struct Args(BTreeMap<String, String>);
+
+impl Args {
+    fn parse(raw: &[String]) -> Result<Args, String> {
+        let mut map = BTreeMap::new();
+        let mut it = raw.iter();
+        while let Some(key) = it.next() {
+            let key = key.strip_prefix("--").ok_or_else(|| format!("expected --option, got {key:?}"))?;
+            let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
+            map.insert(key.to_string(), value.clone());
+        }
+        Ok(Args(map))
+    }
+    fn get(&self, key: &str) -> Result<&str, String> {
+        self.0.get(key).map(String::as_str).ok_or_else(|| format!("--{key} is required"))
+    }
+    fn path(&self, key: &str) -> Result<PathBuf, String> {
+        self.get(key).map(PathBuf::from)
+    }
+    fn num(&self, key: &str, default: u64) -> Result<u64, String> {
+        self.0.get(key).map_or(Ok(default), |v| v.parse().map_err(|_| format!("--{key} {v:?} is not a number")))
+    }
+}
+
+/// Counts results the way the host suite reads them.
+#[derive(Default)]
+struct Tally {
+    failed: usize,
+}
+
+impl Tally {
+    fn report(&mut self, name: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => println!("PASS {name}"),
+            Err(why) => {
+                self.failed += 1;
+                println!("FAIL {name}: {why}");
+            }
+        }
+    }
+    fn exit(&self) -> ExitCode {
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pool_name() -> PoolName {
+    PoolName::new("vmtest").expect("valid name")
+}
+
+fn uuid() -> [u8; 16] {
+    let mut u = [0u8; 16];
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    u[..16].copy_from_slice(&t.to_le_bytes());
+    u[15] ^= std::process::id() as u8;
+    u
+}
+
+/// Opens the pool on `device`, laying it out first if the device is blank.
+fn open_or_create(device: &Path) -> Result<DmPool, String> {
+    match thinpool_dm::probe(device).map_err(|e| e.to_string())? {
+        thinpool::layout::Contents::Zeros => DmPool::create_on_device(device, pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string()),
+        thinpool::layout::Contents::Pool(_) => DmPool::open_on_device(device).map_err(|e| e.to_string()),
+        thinpool::layout::Contents::Foreign(what) => Err(format!("{} holds {what}", device.display())),
+    }
+}
+
+/// The pool's thin ids as its metadata lists them, read through a metadata
+/// snapshot (thin_dump cannot read live metadata otherwise).
+fn list_pool_devices(pool: &mut DmPool) -> Result<BTreeSet<ThinId>, String> {
+    use thinpool::PoolMessage;
+    pool.message(&PoolMessage::ReserveMetadataSnap).map_err(|e| e.to_string())?;
+    let meta = pool.metadata_device_path().map_err(|e| e.to_string())?;
+    let out = Command::new("thin_dump").arg("--metadata-snap").arg(&meta).output();
+    pool.message(&PoolMessage::ReleaseMetadataSnap).map_err(|e| e.to_string())?;
+    let out = out.map_err(|e| format!("thin_dump: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("thin_dump failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("dev_id=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap_or("").parse::<ThinId>().map_err(|e| e.to_string()))
+        .collect()
+}
+
+fn kernel_txn(pool: &impl Kernel) -> Result<TransactionId, String> {
+    Ok(pool.pool_status().map_err(|e| e.to_string())?.working().ok_or("pool failed")?.transaction_id)
+}
+
+fn run_cases(pool: DmPool, tally: &mut Tally) -> Result<DmPool, String> {
+    let mut session = Session::new(DmFixture::new(pool), 1)?;
+    session.size = THIN_SIZE;
+    for (name, case) in cases::all::<DmFixture>() {
+        let result = case(&mut session);
+        tally.report(name, result);
+        // Leave nothing active between cases, whatever happened.
+        for t in session.kernel.active_thins().unwrap_or_default() {
+            let _ = session.kernel.resume_thin(t.id);
+            let _ = session.kernel.deactivate_thin(t.id);
+        }
+    }
+    Ok(session.kernel.pool)
+}
+
+/// Tears the pool down and runs thin_check on its metadata.
+fn teardown_and_check(pool: DmPool, tally: &mut Tally) {
+    let meta = pool.metadata_location();
+    tally.report("teardown", pool.teardown().map_err(|e| e.to_string()));
+    tally.report("thin_check clean after teardown", thin_check(&meta));
+}
+
+fn thin_check(meta: &thinpool_dm::MetadataLocation) -> Result<(), String> {
+    // Metadata inside a laid-out device gets a linear map of its own to check.
+    let (path, cleanup) = match meta.offset {
+        Sectors(0) => (meta.device.clone(), false),
+        offset => {
+            let table = format!("0 {} linear {} {}", meta.len.0, meta.device.display(), offset.0);
+            run("dmsetup", &["create", "vmtest-check", "--table", &table])?;
+            run("dmsetup", &["mknodes", "vmtest-check"])?;
+            (PathBuf::from("/dev/mapper/vmtest-check"), true)
+        }
+    };
+    let result = run("thin_check", &[path.to_str().unwrap()]);
+    if cleanup {
+        run("dmsetup", &["remove", "vmtest-check"])?;
+    }
+    result
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd} {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let pool = match args.0.get("device") {
+        Some(device) => {
+            let device = Path::new(device);
+            let pool = DmPool::create_on_device(device, pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string())?;
+            tally.report("pool laid out on one device", Ok(()));
+            pool
+        }
+        None => DmPool::adopt(pool_name(), &args.path("meta")?, &args.path("data")?, Sectors(128)).map_err(|e| e.to_string())?,
+    };
+    let pool = run_cases(pool, tally)?;
+    teardown_and_check(pool, tally);
+    if let Some(device) = args.0.get("device") {
+        let device = Path::new(device);
+        let found = thinpool_dm::find_pools(&[device.to_path_buf()]);
+        tally.report("pool found again by its header", if found.len() == 1 { Ok(()) } else { Err(format!("found {found:?}")) });
+        let reopened = DmPool::open_on_device(device).map_err(|e| e.to_string());
+        let txn = reopened.as_ref().map_err(Clone::clone).and_then(kernel_txn);
+        tally.report("reopened pool keeps its transaction id", txn.map(|t| if t.get() > 0 { Ok(()) } else { Err(format!("transaction id {t}")) })?);
+        if let Ok(pool) = reopened {
+            tally.report("teardown after reopen", pool.teardown().map_err(|e| e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+fn cmd_refuse(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let device = args.path("device")?;
+    let expect = args.get("expect")?;
+    let before = std::fs::read(&device).map_err(|e| e.to_string())?;
+    match DmPool::create_on_device(&device, pool_name(), uuid(), Sectors(128)) {
+        Ok(pool) => {
+            let _ = pool.teardown();
+            tally.report("foreign device refused", Err(format!("a pool was created on {}", device.display())));
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let ok = msg.contains(expect) && msg.contains(device.to_str().unwrap());
+            tally.report("foreign device refused", if ok { Ok(()) } else { Err(format!("error does not name {expect:?} and the device: {msg}")) });
+        }
+    }
+    let after = std::fs::read(&device).map_err(|e| e.to_string())?;
+    tally.report("foreign device left untouched", if before == after { Ok(()) } else { Err("device bytes changed".into()) });
+    Ok(())
+}
+
+/// Parses `start`, `suspended`, `posted-N`, `txn-set`, `resumed`.
+fn parse_boundary(s: &str) -> Result<Boundary, String> {
+    Ok(match s {
+        "start" => Boundary::Start,
+        "suspended" => Boundary::Suspended,
+        "txn-set" => Boundary::TransactionIdSet,
+        "resumed" => Boundary::Resumed,
+        other => match other.strip_prefix("posted-").and_then(|n| n.parse().ok()) {
+            Some(index) => Boundary::Posted { index },
+            None => return Err(format!("unknown boundary {other:?}")),
+        },
+    })
+}
+
+/// Makes sure the pool holds an active origin to snapshot and a spare to
+/// delete, committing normally; returns (origin, spare).
+fn ensure_devices(pool: &mut DmPool, record: &mut Record, record_path: &Path) -> Result<(ThinId, ThinId), String> {
+    while record.live.len() < 2 {
+        let id = record.allocate();
+        let n = record.pool.last_assigned().successor();
+        let txn = Transaction::new(n, vec![Operation::CreateThin { id }]).map_err(|e| e.to_string())?;
+        record.pool.pending.push(txn.clone());
+        record.store(record_path)?;
+        commit(pool, &txn, &mut ()).map_err(|e| e.to_string())?;
+        record.committed(n);
+        record.store(record_path)?;
+    }
+    let mut ids = record.live.iter().copied();
+    let (origin, spare) = (ids.next().unwrap(), ids.last().unwrap());
+    if !pool.active_thins().map_err(|e| e.to_string())?.iter().any(|t| t.id == origin) {
+        pool.activate_thin(origin, THIN_SIZE).map_err(|e| e.to_string())?;
+    }
+    Ok((origin, spare))
+}
+
+/// A transaction with a snapshot of an active origin, a create and a delete.
+fn mixed_transaction(pool: &mut DmPool, record: &mut Record, record_path: &Path) -> Result<Transaction, String> {
+    let (origin, spare) = ensure_devices(pool, record, record_path)?;
+    let snap = record.allocate();
+    let thin = record.allocate();
+    let n = record.pool.last_assigned().successor();
+    let txn = Transaction::new(
+        n,
+        vec![Operation::CreateSnapshot { id: snap, origin }, Operation::CreateThin { id: thin }, Operation::Delete { id: spare }],
+    )
+    .map_err(|e| e.to_string())?;
+    record.pool.pending.push(txn.clone());
+    record.store(record_path)?; // the record is written before the node acts
+    Ok(txn)
+}
+
+fn cmd_crash(args: &Args) -> Result<(), String> {
+    let device = args.path("device")?;
+    let record_path = args.path("record")?;
+    let at = parse_boundary(args.get("at")?)?;
+    let mut pool = open_or_create(&device)?;
+    let mut record = Record::load(&record_path)?;
+    let txn = mixed_transaction(&mut pool, &mut record, &record_path)?;
+    println!("committing transaction {} and dying at {at:?}", txn.id());
+    let mut die_at = |_: TransactionId, b: Boundary| {
+        if b == at {
+            // SAFETY: plain syscall; the process dies here, as in a crash.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    };
+    let result = commit(&mut pool, &txn, &mut die_at);
+    Err(format!("still alive after commit ({result:?}); boundary {at:?} never reached"))
+}
+
+/// Recovers after a crash and checks every invariant against the record.
+fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, label: &str) -> Result<(), String> {
+    let mut record = Record::load(record_path)?;
+    let report = recover(pool, &record.pool, &mut ());
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            tally.report(&format!("{label}: recovery"), Err(e.to_string()));
+            return Ok(());
+        }
+    };
+    println!("recovery: {report:?}");
+    for n in &report.committed_unreported {
+        record.committed(*n);
+    }
+    match report.finished {
+        Some((n, Outcome::Committed(_))) => record.committed(n),
+        Some((n, Outcome::Aborted { .. })) => record.aborted(n),
+        None => {}
+    }
+    record.store(record_path)?;
+    tally.report(&format!("{label}: recovery"), Ok(()));
+    let at = kernel_txn(pool)?;
+    tally.report(
+        &format!("{label}: every transaction ended, kernel at the last one"),
+        if at == record.pool.finished && record.pool.pending.is_empty() { Ok(()) } else { Err(format!("kernel at {at}, record {:?}", record.pool)) },
+    );
+    let suspended: Vec<_> = pool.active_thins().map_err(|e| e.to_string())?.into_iter().filter(|t| t.suspended).collect();
+    tally.report(&format!("{label}: no device left suspended"), if suspended.is_empty() { Ok(()) } else { Err(format!("{suspended:?}")) });
+    let devices = list_pool_devices(pool)?;
+    tally.report(
+        &format!("{label}: pool devices match the record"),
+        if devices == record.live { Ok(()) } else { Err(format!("pool has {devices:?}, record says {:?}", record.live)) },
+    );
+    Ok(())
+}
+
+fn cmd_recover(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let mut pool = DmPool::open_on_device(&args.path("device")?).map_err(|e| e.to_string())?;
+    recover_and_check(&mut pool, &args.path("record")?, tally, args.get("label").unwrap_or("recover"))
+}
+
+/// Commits transactions until the VM is powered off under it.
+fn cmd_powerrun(args: &Args) -> Result<(), String> {
+    let device = args.path("device")?;
+    let record_path = args.path("record")?;
+    let mut pool = open_or_create(&device)?;
+    let mut record = Record::load(&record_path)?;
+    for _ in 0..args.num("count", 1_000_000)? {
+        let txn = mixed_transaction(&mut pool, &mut record, &record_path)?;
+        commit(&mut pool, &txn, &mut ()).map_err(|e| e.to_string())?;
+        record.committed(txn.id());
+        record.store(&record_path)?;
+        println!("TXN {} committed", txn.id());
+    }
+    Ok(())
+}
+
+fn cmd_powercheck(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let candidates: Vec<PathBuf> = args.get("candidates")?.split(',').map(PathBuf::from).collect();
+    let found = thinpool_dm::find_pools(&candidates);
+    tally.report("after power-off: pool found by its header", if found.len() == 1 { Ok(()) } else { Err(format!("found {found:?}")) });
+    let Some((device, _)) = found.into_iter().next() else { return Ok(()) };
+    let mut pool = DmPool::open_on_device(&device).map_err(|e| e.to_string())?;
+    println!("after power-off: kernel at {}", kernel_txn(&pool)?);
+    recover_and_check(&mut pool, &args.path("record")?, tally, "after power-off")?;
+    for t in pool.active_thins().map_err(|e| e.to_string())? {
+        let _ = pool.deactivate_thin(t.id);
+    }
+    teardown_and_check(pool, tally);
+    Ok(())
+}
+
+/// Deactivates everything, tears the pool down and checks its metadata.
+fn cmd_finish(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let mut pool = DmPool::open_on_device(&args.path("device")?).map_err(|e| e.to_string())?;
+    for t in pool.active_thins().map_err(|e| e.to_string())? {
+        pool.deactivate_thin(t.id).map_err(|e| e.to_string())?;
+    }
+    teardown_and_check(pool, tally);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = argv.split_first() else {
+        eprintln!("usage: thin-vmtest cases|refuse|crash|recover|finish|powerrun|powercheck|bench [--option value]...");
+        return ExitCode::from(2);
+    };
+    let mut tally = Tally::default();
+    let result = Args::parse(rest).and_then(|args| match command.as_str() {
+        "cases" => cmd_cases(&args, &mut tally),
+        "refuse" => cmd_refuse(&args, &mut tally),
+        "crash" => cmd_crash(&args),
+        "recover" => cmd_recover(&args, &mut tally),
+        "powerrun" => cmd_powerrun(&args),
+        "finish" => cmd_finish(&args, &mut tally),
+        "powercheck" => cmd_powercheck(&args, &mut tally),
+        "bench" => bench::run(&args.path("device")?, &args.0),
+        other => Err(format!("unknown command {other:?}")),
+    });
+    if let Err(why) = result {
+        println!("FAIL {command}: {why}");
+        return ExitCode::FAILURE;
+    }
+    tally.exit()
+}
