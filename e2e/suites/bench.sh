@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# bench: in ONE VM run on the same kernel, snapshot and delete timed with our
+# engine, with the same steps as separate dmsetup processes, and with lvm2;
+# a 16-origin group snapshot; and scale (10 000 thin devices in our pool,
+# 600 thin LVs in lvm2's VG). Writes bench/results/engine-<date>.md.
+set -euo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+vmtest=$(build_vmtest)
+log=$(mktemp "${TMPDIR:-/tmp}/thin-csi-bench.XXXXXX")
+args=("$@")
+rc=0
+"$E2E/vm/boot" --bin "$vmtest" --mem 3072 --timeout 3000 --log "$log" -- "$E2E/guest/bench.sh" "${args[@]}" >/dev/null || rc=$?
+grep -E '^(BENCH|filled|FAIL)' "$log" || true
+lines=$(grep -c '^BENCH .* median_us=' "$log" || true)
+failed=$(grep -c '^FAIL ' "$log" || true)
+[[ $rc -eq 0 ]] || failed=$((failed + 1))
+
+if [[ $lines -gt 0 ]]; then
+	out="$REPO/bench/results/engine-$(date -u +%Y-%m-%d).md"
+	mkdir -p "$(dirname "$out")"
+	{
+		echo "# Engine benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+		echo
+		echo "Command: \`e2e/run bench\` (guest: e2e/guest/bench.sh; qemu TCG, 2 vCPUs, rcupdate.rcu_expedited=1;"
+		echo "our pool and lvm2's VG each on a 1 GiB loop device over tmpfs, same VM run, same kernel)."
+		echo
+		echo "| op | tool | median µs | p90 µs | n |"
+		echo "|---|---|---:|---:|---:|"
+		grep '^BENCH .* median_us=' "$log" | grep -v warmup |
+			sed -E 's/^BENCH ([^ ]+) ([^ ]+) median_us=([0-9]+) p90_us=([0-9]+) n=([0-9]+).*/| \1 | \2 | \3 | \4 | \5 |/'
+		echo
+		grep '^filled' "$log" | sed 's/^/- /'
+		awk '/^BENCH snapshot (thin-csi|lvm2|dmsetup) / { split($4, a, "="); m[$3] = a[2] }
+			END { if (m["thin-csi"] > 0) printf "\nRatios (median): lvm2 / thin-csi = %.1f×, dmsetup / thin-csi = %.1f×\n", m["lvm2"] / m["thin-csi"], m["dmsetup"] / m["thin-csi"] }' "$log"
+	} >"$out"
+	echo "wrote $out"
+fi
+rm -f "$log"
+echo "bench: $lines passed, $failed failed"
+[[ $failed -eq 0 && $lines -gt 0 ]]
