@@ -3,6 +3,7 @@
 //! the host-side suite counts (e2e/run engine), or `BENCH ...` lines.
 
 mod bench;
+mod demo;
 mod fixture;
 mod record;
 
@@ -364,7 +365,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
-        eprintln!("usage: thin-vmtest cases|refuse|crash|recover|finish|powerrun|powercheck|bench [--option value]...");
+        eprintln!("usage: thin-vmtest cases|refuse|crash|recover|finish|powerrun|powercheck|demo|bench [--option value]...");
         return ExitCode::from(2);
     };
     let mut tally = Tally::default();
@@ -376,6 +377,7 @@ fn main() -> ExitCode {
         "powerrun" => cmd_powerrun(&args),
         "finish" => cmd_finish(&args, &mut tally),
         "powercheck" => cmd_powercheck(&args, &mut tally),
+        "demo" => demo::run(&args.path("device")?),
         "bench" => bench::run(&args.path("device")?, &args.0),
         other => Err(format!("unknown command {other:?}")),
     });
