@@ -1,0 +1,30 @@
+//! thinpool-dm: the engine's [`thinpool::Kernel`] boundary on device-mapper
+//! ioctls (the `devicemapper` crate's low-level `DM` calls; no lvm2, no
+//! dmsetup processes), and setting a pool up on a node's block devices.
+//!
+//! - [`DmPool`] is one active pool. Its `Kernel` implementation: status with
+//!   `DM_NOFLUSH`; messages with `target_msg`; suspend of a thin device with
+//!   flush and filesystem freeze; thin devices as `0 <len> thin <pool> <id>`.
+//! - Setup ([`DmPool::create_on_device`], [`DmPool::open_on_device`],
+//!   [`DmPool::adopt`], [`DmPool::teardown`], [`probe`], [`find_pools`])
+//!   never sends a message.
+//! - Device names ([`names`]) let a node find every device again from the
+//!   pool name: `thincsi-<pool>-{meta,data,pool}`, `thincsi-<pool>-thin-<id>`.
+//!
+//! Only csi-node and the VM tests link this crate; nothing here works
+//! without `/dev/mapper/control` (a kernel with dm-mod, and privilege).
+//! The unit tests need neither.
+
+mod blockdev;
+mod dmops;
+pub mod error;
+pub mod names;
+mod pool;
+mod setup;
+pub mod table;
+
+pub use blockdev::{thin_superblock, ThinSuperblock, THIN_METADATA_MAGIC};
+pub use error::{from_errno, DmError};
+pub use pool::{DmPool, MetadataArea, PoolLayout};
+pub use setup::{describe, find_pools, probe, ExposedMetadata};
+pub use table::PoolFeatures;
