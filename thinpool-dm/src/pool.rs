@@ -115,6 +115,16 @@ impl DmPool {
         Ok(path)
     }
 
+    /// Posts a message given as text, exactly as `dmsetup message` would:
+    /// for tests that act behind the engine's back and for the kernel's own
+    /// argument checks (ids of 2^24 and more).
+    pub fn raw_message(&mut self, text: &str) -> Result<(), KernelError> {
+        let name = self.pool_dm_name();
+        self.dm.target_msg(&DevId::Name(Self::dm_name(&name)?), None, text).map_err(|e| kernel_error(text.to_string(), &e))?;
+        debug!(pool = %self.name(), message = %text, "message posted");
+        Ok(())
+    }
+
     /// Removes every thin device (refusing, before removing anything, if one
     /// is open), the pool and the linear maps. The on-disk state stays: the
     /// pool can be opened again, and `thin_check` can read the returned
@@ -183,11 +193,7 @@ impl Kernel for DmPool {
     }
 
     fn message(&mut self, message: &PoolMessage) -> Result<(), KernelError> {
-        let text = message.to_string();
-        let name = self.pool_dm_name();
-        self.dm.target_msg(&DevId::Name(Self::dm_name(&name)?), None, &text).map_err(|e| kernel_error(text.clone(), &e))?;
-        debug!(pool = %self.name(), message = %text, "message posted");
-        Ok(())
+        self.raw_message(&message.to_string())
     }
 
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
@@ -260,8 +266,12 @@ impl Kernel for DmPool {
         let dm_name = Self::dm_name(&name)?;
         let created = match self.dm.device_create(dm_name, None, DmOptions::default()) {
             Ok(info) => info,
-            Err(e) if errno_of(&e) == Some(libc::EEXIST) => return Err(KernelError::AlreadyActive(id)),
-            Err(e) => return Err(kernel_error(context(), &e)),
+            Err(e) => {
+                // The kernel answers EBUSY (not EEXIST) for a name in use.
+                let exists = matches!(errno_of(&e), Some(libc::EBUSY | libc::EEXIST))
+                    && self.dm.device_info(&DevId::Name(dm_name)).is_ok();
+                return Err(if exists { KernelError::AlreadyActive(id) } else { kernel_error(context(), &e) });
+            }
         };
         let line = TableLine { start: Sectors(0), length: size, target: Target::Thin(ThinParams { pool: self.pool_device, id }) };
         let loaded = self
@@ -294,7 +304,9 @@ impl Kernel for DmPool {
         if info.open_count() > 0 {
             return Err(KernelError::Busy(format!("deactivate {name}: open {} times", info.open_count())));
         }
+        let started = std::time::Instant::now();
         self.dm.device_remove(&DevId::Name(dm_name), DmOptions::default()).map_err(|e| self.thin_error(id, "deactivate", &e))?;
+        debug!(device = %name, elapsed_us = started.elapsed().as_micros() as u64, "remove");
         blockdev::remove_node(&mapper_path(&name), info.device());
         debug!(device = %name, "thin device removed");
         Ok(())

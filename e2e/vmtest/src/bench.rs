@@ -81,7 +81,7 @@ impl Bench {
 
     /// The same four steps as separate dmsetup processes (two for a delete).
     fn dmsetup(&mut self, origin: ThinId, reps: usize) -> Result<(), String> {
-        let names = thinpool_dm::DeviceNames::new(&self.name);
+        let names = thinpool_dm::names::DeviceNames::new(&self.name);
         let (pool, origin_dev) = (names.pool(), names.thin(origin));
         let (mut snap_us, mut del_us, mut snaps) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
@@ -179,7 +179,7 @@ pub fn run(device: &Path, opts: &BTreeMap<String, String>) -> Result<(), String>
     let scale = num("scale", 10_000)?;
     let lvm_scale = num("lvm-scale", 600)?;
     let name = PoolName::new("bench").expect("valid");
-    let pool = DmPool::create_on_device(device, name.clone(), [0x42; 16], Sectors(128)).map_err(|e| e.to_string())?;
+    let pool = DmPool::create_on_device(device, &name, [0x42; 16], Sectors(128)).map_err(|e| e.to_string())?;
     let txn = pool.pool_status().map_err(|e| e.to_string())?.working().ok_or("pool failed")?.transaction_id;
     let mut b = Bench { pool, name, next_id: 0, txn };
     let origin = b.active_origin()?;

@@ -23,7 +23,7 @@ fn step(what: &str) {
 pub fn run(device: &Path) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     step(&format!("laying a pool out on {}", device.display()));
-    let mut pool = DmPool::create_on_device(device, PoolName::new("demo").unwrap(), [0x5a; 16], Sectors(128)).map_err(|e| err(&e))?;
+    let mut pool = DmPool::create_on_device(device, &PoolName::new("demo").unwrap(), [0x5a; 16], Sectors(128)).map_err(|e| err(&e))?;
     let mut txn = TransactionId::ZERO;
     let mut run_txn = |pool: &mut DmPool, ops: Vec<Operation>| -> Result<u64, String> {
         txn = txn.successor();

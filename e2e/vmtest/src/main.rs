@@ -85,7 +85,7 @@ fn uuid() -> [u8; 16] {
 /// Opens the pool on `device`, laying it out first if the device is blank.
 fn open_or_create(device: &Path) -> Result<DmPool, String> {
     match thinpool_dm::probe(device).map_err(|e| e.to_string())? {
-        thinpool::layout::Contents::Zeros => DmPool::create_on_device(device, pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string()),
+        thinpool::layout::Contents::Zeros => DmPool::create_on_device(device, &pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string()),
         thinpool::layout::Contents::Pool(_) => DmPool::open_on_device(device).map_err(|e| e.to_string()),
         thinpool::layout::Contents::Foreign(what) => Err(format!("{} holds {what}", device.display())),
     }
@@ -95,9 +95,9 @@ fn open_or_create(device: &Path) -> Result<DmPool, String> {
 /// snapshot (thin_dump cannot read live metadata otherwise).
 fn list_pool_devices(pool: &mut DmPool) -> Result<BTreeSet<ThinId>, String> {
     use thinpool::PoolMessage;
+    let meta = pool.metadata_area().expose(pool.name()).map_err(|e| e.to_string())?;
     pool.message(&PoolMessage::ReserveMetadataSnap).map_err(|e| e.to_string())?;
-    let meta = pool.metadata_device_path().map_err(|e| e.to_string())?;
-    let out = Command::new("thin_dump").arg("--metadata-snap").arg(&meta).output();
+    let out = Command::new("thin_dump").arg("--metadata-snap").arg(meta.path()).output();
     pool.message(&PoolMessage::ReleaseMetadataSnap).map_err(|e| e.to_string())?;
     let out = out.map_err(|e| format!("thin_dump: {e}"))?;
     if !out.status.success() {
@@ -131,26 +131,20 @@ fn run_cases(pool: DmPool, tally: &mut Tally) -> Result<DmPool, String> {
 
 /// Tears the pool down and runs thin_check on its metadata.
 fn teardown_and_check(pool: DmPool, tally: &mut Tally) {
-    let meta = pool.metadata_location();
-    tally.report("teardown", pool.teardown().map_err(|e| e.to_string()));
-    tally.report("thin_check clean after teardown", thin_check(&meta));
+    let name = pool.name().clone();
+    match pool.teardown() {
+        Err(e) => tally.report("teardown", Err(e.to_string())),
+        Ok(area) => {
+            tally.report("teardown", Ok(()));
+            tally.report("thin_check clean after teardown", thin_check(&area, &name));
+        }
+    }
 }
 
-fn thin_check(meta: &thinpool_dm::MetadataLocation) -> Result<(), String> {
-    // Metadata inside a laid-out device gets a linear map of its own to check.
-    let (path, cleanup) = match meta.offset {
-        Sectors(0) => (meta.device.clone(), false),
-        offset => {
-            let table = format!("0 {} linear {} {}", meta.len.0, meta.device.display(), offset.0);
-            run("dmsetup", &["create", "vmtest-check", "--table", &table])?;
-            run("dmsetup", &["mknodes", "vmtest-check"])?;
-            (PathBuf::from("/dev/mapper/vmtest-check"), true)
-        }
-    };
-    let result = run("thin_check", &[path.to_str().unwrap()]);
-    if cleanup {
-        run("dmsetup", &["remove", "vmtest-check"])?;
-    }
+fn thin_check(area: &thinpool_dm::MetadataArea, pool: &PoolName) -> Result<(), String> {
+    let exposed = area.expose(pool).map_err(|e| e.to_string())?;
+    let result = run("thin_check", &[exposed.path().to_str().unwrap()]);
+    exposed.close().map_err(|e| e.to_string())?;
     result
 }
 
@@ -167,11 +161,11 @@ fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
     let pool = match args.0.get("device") {
         Some(device) => {
             let device = Path::new(device);
-            let pool = DmPool::create_on_device(device, pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string())?;
+            let pool = DmPool::create_on_device(device, &pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string())?;
             tally.report("pool laid out on one device", Ok(()));
             pool
         }
-        None => DmPool::adopt(pool_name(), &args.path("meta")?, &args.path("data")?, Sectors(128)).map_err(|e| e.to_string())?,
+        None => DmPool::adopt(&pool_name(), &args.path("meta")?, &args.path("data")?, Sectors(128)).map_err(|e| e.to_string())?,
     };
     let pool = run_cases(pool, tally)?;
     teardown_and_check(pool, tally);
@@ -183,7 +177,7 @@ fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
         let txn = reopened.as_ref().map_err(Clone::clone).and_then(kernel_txn);
         tally.report("reopened pool keeps its transaction id", txn.map(|t| if t.get() > 0 { Ok(()) } else { Err(format!("transaction id {t}")) })?);
         if let Ok(pool) = reopened {
-            tally.report("teardown after reopen", pool.teardown().map_err(|e| e.to_string()));
+            tally.report("teardown after reopen", pool.teardown().map(drop).map_err(|e| e.to_string()));
         }
     }
     Ok(())
@@ -193,7 +187,7 @@ fn cmd_refuse(args: &Args, tally: &mut Tally) -> Result<(), String> {
     let device = args.path("device")?;
     let expect = args.get("expect")?;
     let before = std::fs::read(&device).map_err(|e| e.to_string())?;
-    match DmPool::create_on_device(&device, pool_name(), uuid(), Sectors(128)) {
+    match DmPool::create_on_device(&device, &pool_name(), uuid(), Sectors(128)) {
         Ok(pool) => {
             let _ = pool.teardown();
             tally.report("foreign device refused", Err(format!("a pool was created on {}", device.display())));
