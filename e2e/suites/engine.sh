@@ -15,28 +15,29 @@ rc=0
 grep -E '^(PASS|FAIL|---)' "$work/cases.log" || true
 [[ $rc -eq 0 ]] || { echo "FAIL engine VM: exit status $rc (log: $work/cases.log)"; tail -20 "$work/cases.log"; host_fail=$((host_fail + 1)); }
 
-echo "--- VM 2+3: hard power-off in the middle of a run of transactions, reboot, recover"
-truncate -s 512M "$work/pool.img"
-truncate -s 4M "$work/record.img"
-truncate -s 64M "$work/other.img"
-delay=$((RANDOM % 40))
-rc=0
-"$E2E/vm/boot" --bin "$vmtest" --disk "$work/pool.img" --disk "$work/record.img" --disk "$work/other.img" --timeout 600 \
-	--log "$work/power1.log" --kill-after-pattern '^TXN 25 committed' --kill-delay-ms "$delay" \
-	-- "$E2E/guest/powerrun.sh" >/dev/null || rc=$?
-last=$(grep -o '^TXN [0-9]* committed' "$work/power1.log" | tail -1 || true)
-if [[ $rc -eq 0 ]] && grep -q 'VM KILLED' "$work/power1.log" && [[ -n $last ]]; then
-	echo "PASS power cut ${delay} ms after transaction 25 (last reported: ${last})"
-	host_pass=$((host_pass + 1))
-else
-	echo "FAIL power cut: VM was not killed mid-run (exit $rc; log $work/power1.log)"; tail -20 "$work/power1.log"
-	host_fail=$((host_fail + 1))
-fi
-rc=0
-"$E2E/vm/boot" --bin "$vmtest" --disk "$work/pool.img" --disk "$work/record.img" --disk "$work/other.img" --timeout 600 \
-	--log "$work/power2.log" -- "$E2E/guest/powercheck.sh" >/dev/null || rc=$?
-grep -E '^(PASS|FAIL|after power-off: kernel at)' "$work/power2.log" || true
-[[ $rc -eq 0 ]] || { echo "FAIL power-cut recovery VM: exit status $rc"; tail -20 "$work/power2.log"; host_fail=$((host_fail + 1)); }
+echo "--- VM 2+3: hard power-off in the middle of a run of transactions, reboot, recover (3 rounds)"
+for round in 1 2 3; do
+	truncate -s 512M "$work/pool$round.img"
+	truncate -s 4M "$work/record$round.img"
+	truncate -s 64M "$work/other$round.img"
+	disks=(--disk "$work/pool$round.img" --disk "$work/record$round.img" --disk "$work/other$round.img")
+	after=$((10 + round * 7)) delay=$((RANDOM % 50))
+	rc=0
+	"$E2E/vm/boot" --bin "$vmtest" "${disks[@]}" --timeout 600 --log "$work/power$round.log" \
+		--kill-after-pattern "^TXN $after committed" --kill-delay-ms "$delay" -- "$E2E/guest/powerrun.sh" >/dev/null 2>&1 || rc=$?
+	last=$(grep -o '^TXN [0-9]* committed' "$work/power$round.log" | tail -1 || true)
+	if [[ $rc -eq 0 ]] && grep -q 'VM KILLED' "$work/power$round.log" && [[ -n $last ]]; then
+		echo "PASS power cut $round: ${delay} ms after transaction $after (last reported: ${last})"
+		host_pass=$((host_pass + 1))
+	else
+		echo "FAIL power cut $round: VM was not killed mid-run (exit $rc; log $work/power$round.log)"; tail -20 "$work/power$round.log"
+		host_fail=$((host_fail + 1))
+	fi
+	rc=0
+	"$E2E/vm/boot" --bin "$vmtest" "${disks[@]}" --timeout 600 --log "$work/check$round.log" -- "$E2E/guest/powercheck.sh" >/dev/null 2>&1 || rc=$?
+	sed -n -E 's/^(PASS|FAIL) /\1 round '"$round"' /p; s/^(after power-off: kernel at.*|recovery: .*)/  \1/p' "$work/check$round.log"
+	[[ $rc -eq 0 ]] || { echo "FAIL power-cut recovery VM $round: exit status $rc"; tail -20 "$work/check$round.log"; host_fail=$((host_fail + 1)); }
+done
 
-cat "$work/cases.log" "$work/power2.log" >"$work/all.log"
+cat "$work/cases.log" "$work"/check*.log >"$work/all.log"
 summarize engine "$work/all.log" "$host_pass" "$host_fail"

@@ -190,16 +190,16 @@ fn cmd_refuse(args: &Args, tally: &mut Tally) -> Result<(), String> {
     match DmPool::create_on_device(&device, &pool_name(), uuid(), Sectors(128)) {
         Ok(pool) => {
             let _ = pool.teardown();
-            tally.report("foreign device refused", Err(format!("a pool was created on {}", device.display())));
+            tally.report(&format!("device with {expect} refused"), Err(format!("a pool was created on {}", device.display())));
         }
         Err(e) => {
             let msg = e.to_string();
             let ok = msg.contains(expect) && msg.contains(device.to_str().unwrap());
-            tally.report("foreign device refused", if ok { Ok(()) } else { Err(format!("error does not name {expect:?} and the device: {msg}")) });
+            tally.report(&format!("device with {expect} refused"), if ok { Ok(()) } else { Err(format!("error does not name {expect:?} and the device: {msg}")) });
         }
     }
     let after = std::fs::read(&device).map_err(|e| e.to_string())?;
-    tally.report("foreign device left untouched", if before == after { Ok(()) } else { Err("device bytes changed".into()) });
+    tally.report(&format!("device with {expect} left untouched"), if before == after { Ok(()) } else { Err("device bytes changed".into()) });
     Ok(())
 }
 
