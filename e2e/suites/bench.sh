@@ -22,7 +22,7 @@ if [[ $lines -gt 0 ]]; then
 		echo "# Engine benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 		echo
 		echo "Command: \`e2e/run bench\` (guest: e2e/guest/bench.sh; qemu TCG, 2 vCPUs, rcupdate.rcu_expedited=1;"
-		echo "our pool and lvm2's VG each on a 1 GiB loop device over tmpfs, same VM run, same kernel)."
+		echo "our pool on a 4 GiB and lvm2's VG on a 1 GiB sparse loop device over tmpfs, same VM run, same kernel)."
 		echo
 		echo "| op | tool | median µs | p90 µs | n |"
 		echo "|---|---|---:|---:|---:|"

@@ -113,14 +113,19 @@ impl PoolHeader {
     }
 }
 
-/// Metadata area size for a data area: 64 bytes per data block, doubled for
-/// snapshot sharing, at least 4 MiB, at most the kernel's ~16 GiB ceiling,
-/// rounded up to 1 MiB. This matches the guidance of `thin_metadata_size`
-/// (and lvm2's estimate) with headroom for many snapshots.
+/// Metadata area size for a data area: 128 bytes per data block (mappings,
+/// with room for snapshot sharing) plus 8 KiB per thin device the pool may
+/// hold (each device's mapping tree needs its own blocks; without this term
+/// a small pool runs out of metadata after ~1000 devices and the kernel
+/// turns it read-only). Planned devices: a quarter of the data blocks,
+/// between 1024 and 65536. At least 4 MiB, at most the kernel's ~16 GiB,
+/// rounded up to 1 MiB. This follows `thin_metadata_size` (block size, pool
+/// size, max thins) with headroom.
 pub fn metadata_size_for(data: Sectors, block_size: Sectors) -> Sectors {
     const MIB: u64 = 2048;
     let blocks = data.0 / block_size.0.max(1);
-    let bytes = blocks.saturating_mul(128);
+    let thins = (blocks / 4).clamp(1024, 65536);
+    let bytes = blocks.saturating_mul(128).saturating_add(thins * 8192);
     let sectors = Sectors::from_bytes_ceil(bytes).0.clamp(4 * MIB, 16 * 1024 * MIB - MIB);
     Sectors(sectors.div_ceil(MIB) * MIB)
 }
@@ -251,9 +256,12 @@ mod tests {
 
     #[test]
     fn metadata_size_follows_guidance() {
-        assert_eq!(metadata_size_for(Sectors(2048), Sectors(128)), Sectors(4 * 2048));
-        // 1 TiB of 64 KiB blocks: 16 Mi blocks × 128 B = 2 GiB.
-        assert_eq!(metadata_size_for(Sectors(2 * 1024 * 1024 * 1024), Sectors(128)), Sectors(2 * 1024 * 2048));
+        // A tiny pool still plans for 1024 devices: 8 MiB + 2 KiB → 9 MiB.
+        assert_eq!(metadata_size_for(Sectors(2048), Sectors(128)), Sectors(9 * 2048));
+        // 4 GiB of 64 KiB blocks: 65536 blocks × 128 B + 16384 devices × 8 KiB = 8 + 128 MiB.
+        assert_eq!(metadata_size_for(Sectors(8 * 1024 * 1024), Sectors(128)), Sectors(136 * 2048));
+        // 1 TiB: 16 Mi blocks × 128 B = 2 GiB, plus 65536 devices × 8 KiB = 512 MiB.
+        assert_eq!(metadata_size_for(Sectors(2 * 1024 * 1024 * 1024), Sectors(128)), Sectors((2048 + 512) * 2048));
         assert!(metadata_size_for(Sectors(u64::MAX / 2), Sectors(128)).0 < 16 * 1024 * 2048);
         assert!(PoolHeader::plan([0; 16], PoolName::new("x").unwrap(), Sectors(4096), Sectors(128)).is_err());
         assert!(PoolHeader::plan([0; 16], PoolName::new("x").unwrap(), Sectors(1 << 30), Sectors(100)).is_err());
