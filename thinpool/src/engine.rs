@@ -335,3 +335,74 @@ fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Obser
         Err(source) => Err(RecoverError::Blocked { txn: txn.id(), source }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelKernel;
+    use crate::ids::Sectors;
+
+    fn t(n: u32) -> ThinId {
+        ThinId::new(n.into()).unwrap()
+    }
+
+    fn txn(n: u64, ops: Vec<Operation>) -> Transaction {
+        Transaction::new(TransactionId::new(n), ops).unwrap()
+    }
+
+    /// Two active origins; the second refuses to suspend.
+    #[test]
+    fn a_failed_suspend_resumes_what_was_suspended_and_posts_nothing() {
+        let mut k = ModelKernel::new();
+        commit(&mut k, &txn(1, vec![Operation::CreateThin { id: t(1) }, Operation::CreateThin { id: t(2) }]), &mut ()).unwrap();
+        k.activate_thin(t(1), Sectors(8)).unwrap();
+        k.activate_thin(t(2), Sectors(8)).unwrap();
+        k.refuse_suspend(Some(t(2)));
+        let group = txn(2, vec![Operation::CreateSnapshot { id: t(3), origin: t(1) }, Operation::CreateSnapshot { id: t(4), origin: t(2) }]);
+        let err = commit(&mut k, &group, &mut ()).unwrap_err();
+        assert!(matches!(err, CommitError::Suspend { device, .. } if device == t(2)), "{err}");
+        assert!(err.abortable());
+        assert!(k.active_thins().unwrap().iter().all(|a| !a.suspended), "origin 1 must be resumed");
+        assert_eq!(k.transaction_id(), TransactionId::new(1));
+        assert_eq!(k.devices().count(), 2, "nothing posted");
+        abort(&mut k, &group).unwrap();
+        assert_eq!(k.transaction_id(), TransactionId::new(2));
+    }
+
+    #[test]
+    fn an_unusable_pool_takes_no_transaction() {
+        for (mode, needs_check) in [(PoolMode::ReadOnly, false), (PoolMode::ReadWrite, true)] {
+            let mut k = ModelKernel::new();
+            k.set_mode(mode, needs_check);
+            let err = commit(&mut k, &txn(1, vec![Operation::CreateThin { id: t(1) }]), &mut ()).unwrap_err();
+            assert!(matches!(err, CommitError::PoolUnavailable(_)), "{err}");
+        }
+        let mut k = ModelKernel::new();
+        k.set_mode(PoolMode::OutOfDataSpace, false);
+        commit(&mut k, &txn(1, vec![Operation::CreateThin { id: t(1) }]), &mut ()).expect("metadata changes still work when data is full");
+    }
+
+    #[test]
+    fn kernel_behind_a_finished_transaction_is_divergence() {
+        let mut k = ModelKernel::new();
+        let record = PoolRecord { finished: TransactionId::new(3), pending: vec![] };
+        let err = recover(&mut k, &record, &mut ()).unwrap_err();
+        assert!(matches!(err, RecoverError::KernelBehind { .. }) && err.is_divergence(), "{err}");
+    }
+
+    #[test]
+    fn a_first_attempt_eexist_is_a_collision_not_a_replay() {
+        let mut k = ModelKernel::new();
+        commit(&mut k, &txn(1, vec![Operation::CreateThin { id: t(1) }]), &mut ()).unwrap();
+        let err = commit(&mut k, &txn(2, vec![Operation::CreateThin { id: t(1) }]), &mut ()).unwrap_err();
+        assert!(matches!(err, CommitError::IdCollision { id, .. } if id == t(1)), "{err}");
+        assert!(!err.abortable());
+    }
+
+    #[test]
+    fn a_malformed_record_is_refused() {
+        let mut k = ModelKernel::new();
+        let record = PoolRecord { finished: TransactionId::ZERO, pending: vec![txn(2, vec![Operation::CreateThin { id: t(1) }])] };
+        assert!(matches!(recover(&mut k, &record, &mut ()), Err(RecoverError::BadRecord(_))));
+    }
+}

@@ -40,6 +40,8 @@ pub struct ModelKernel {
     steps: u64,
     crash_after: Option<u64>,
     crashed: bool,
+    /// Suspends of this device fail (a filesystem that cannot be frozen).
+    refuse_suspend: Option<ThinId>,
     /// Snapshots taken of an active origin that was not suspended: the kernel
     /// allows it, but the snapshot would not be consistent. Tests assert 0.
     pub unsafe_snapshots: u64,
@@ -64,6 +66,7 @@ impl ModelKernel {
             steps: 0,
             crash_after: None,
             crashed: false,
+            refuse_suspend: None,
             unsafe_snapshots: 0,
         }
     }
@@ -100,6 +103,11 @@ impl ModelKernel {
         self.restart();
         self.active.clear();
         self.metadata_snapshot_held = false;
+    }
+
+    /// Makes every suspend of `id` fail with EBUSY.
+    pub fn refuse_suspend(&mut self, id: Option<ThinId>) {
+        self.refuse_suspend = id;
     }
 
     /// Someone else moves the transaction id (for divergence tests).
@@ -283,6 +291,9 @@ impl Kernel for ModelKernel {
 
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
         self.alive("suspend")?;
+        if self.refuse_suspend == Some(id) {
+            return Err(KernelError::Busy(format!("suspend thin {id}")));
+        }
         self.active.get_mut(&id).ok_or(KernelError::NotActive(id))?.suspended = true;
         self.step();
         Ok(())

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use thinpool::cases::{self, Session};
+use thinpool::cases::{self, Fixture, Session};
 use thinpool::engine::Outcome;
 use thinpool::{commit, recover, Boundary, Kernel, Operation, PoolName, Sectors, ThinId, Transaction, TransactionId};
 use thinpool_dm::DmPool;
@@ -168,17 +168,35 @@ fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
         None => DmPool::adopt(&pool_name(), &args.path("meta")?, &args.path("data")?, Sectors(128)).map_err(|e| e.to_string())?,
     };
     let pool = run_cases(pool, tally)?;
+    let txn_before = kernel_txn(&pool)?;
     teardown_and_check(pool, tally);
     if let Some(device) = args.0.get("device") {
         let device = Path::new(device);
         let found = thinpool_dm::find_pools(&[device.to_path_buf()]);
         tally.report("pool found again by its header", if found.len() == 1 { Ok(()) } else { Err(format!("found {found:?}")) });
-        let reopened = DmPool::open_on_device(device).map_err(|e| e.to_string());
-        let txn = reopened.as_ref().map_err(Clone::clone).and_then(kernel_txn);
-        tally.report("reopened pool keeps its transaction id", txn.map(|t| if t.get() > 0 { Ok(()) } else { Err(format!("transaction id {t}")) })?);
-        if let Ok(pool) = reopened {
-            tally.report("teardown after reopen", pool.teardown().map(drop).map_err(|e| e.to_string()));
-        }
+        let mut pool = DmPool::open_on_device(device).map_err(|e| e.to_string())?;
+        let txn = kernel_txn(&pool)?;
+        tally.report(
+            "reopening sends no message: same transaction id",
+            if txn == txn_before && txn.get() > 0 { Ok(()) } else { Err(format!("{txn_before} before, {txn} after")) },
+        );
+        // An existing thin device activates again, with its data.
+        let mut fixture = DmFixture::new(pool);
+        let id = ThinId::new(1_000).expect("small id");
+        let n = txn.successor();
+        let result = (|| {
+            commit(&mut fixture, &Transaction::new(n, vec![Operation::CreateThin { id }]).map_err(|e| e.to_string())?, &mut ()).map_err(|e| e.to_string())?;
+            fixture.activate_thin(id, THIN_SIZE).map_err(|e| e.to_string())?;
+            fixture.write_pattern(id, 77)?;
+            fixture.deactivate_thin(id).map_err(|e| e.to_string())?;
+            fixture.activate_thin(id, THIN_SIZE).map_err(|e| e.to_string())?;
+            let seed = fixture.read_pattern(id)?;
+            fixture.deactivate_thin(id).map_err(|e| e.to_string())?;
+            if seed == 77 { Ok(()) } else { Err(format!("read pattern {seed} after reactivation")) }
+        })();
+        tally.report("thin device reactivates with its data after reopen", result);
+        pool = fixture.pool;
+        tally.report("teardown after reopen", pool.teardown().map(drop).map_err(|e| e.to_string()));
     }
     Ok(())
 }
