@@ -19,7 +19,7 @@ ensure_build_deps() { vm_need_packages "${BUILD_PACKAGES[@]}"; }
 # Builds the VM test binary (release) and prints its path.
 build_vmtest() {
 	ensure_build_deps
-	(cd "$REPO" && cargo build --release --locked -q -p thin-vmtest >&2) || { echo "cargo build of thin-vmtest failed" >&2; return 1; }
+	(cd "$REPO" && cargo build --release -q -p thin-vmtest >&2) || { echo "cargo build of thin-vmtest failed" >&2; return 1; }
 	echo "$CARGO_TARGET_DIR/release/thin-vmtest"
 }
 

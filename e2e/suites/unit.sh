@@ -5,7 +5,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 ensure_build_deps
 log=$(mktemp)
 rc=0
-(cd "$REPO" && cargo test --workspace --locked 2>&1) | tee "$log" || rc=$?
+(cd "$REPO" && cargo test --workspace 2>&1) | tee "$log" || rc=$?
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p+0, f+0 }' "$log")
 passed=${passed:-0}; failed=${failed:-0}
 if [[ $rc -ne 0 && $failed -eq 0 ]]; then failed=1; echo "cargo test failed to build or run"; fi

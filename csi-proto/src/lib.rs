@@ -1,0 +1,9 @@
+//! The CSI v1 gRPC API (spec v1.12), generated from the spec's csi.proto at
+//! build time. Messages and service traits only: no logic lives here.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("csi.v1");
+}
+
+pub use v1::*;
