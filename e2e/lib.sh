@@ -7,7 +7,7 @@ source "$E2E/vm/lib.sh"
 export THIN_CSI_CACHE
 
 # Build dependencies of the workspace (devicemapper-sys runs bindgen).
-BUILD_PACKAGES=(libdevmapper-dev libclang-dev pkg-config)
+BUILD_PACKAGES=(libdevmapper-dev libclang-dev pkg-config protobuf-compiler libprotobuf-dev)
 
 # The cargo target lives in the cache, keyed by the toolchain, so a clean
 # checkout rebuilds only what changed.
