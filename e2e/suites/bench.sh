@@ -30,8 +30,8 @@ if [[ $lines -gt 0 ]]; then
 			sed -E 's/^BENCH ([^ ]+) ([^ ]+) median_us=([0-9]+) p90_us=([0-9]+) n=([0-9]+).*/| \1 | \2 | \3 | \4 | \5 |/'
 		echo
 		grep '^filled' "$log" | sed 's/^/- /'
-		awk '/^BENCH snapshot (thin-csi|lvm2|dmsetup) / { split($4, a, "="); m[$3] = a[2] }
-			END { if (m["thin-csi"] > 0) printf "\nRatios (median): lvm2 / thin-csi = %.1f×, dmsetup / thin-csi = %.1f×\n", m["lvm2"] / m["thin-csi"], m["dmsetup"] / m["thin-csi"] }' "$log"
+		awk '/^BENCH snapshot (thin-csi|lvm2|dmsetup|raw-ioctl) / { split($4, a, "="); m[$3] = a[2] }
+			END { if (m["thin-csi"] > 0 && m["raw-ioctl"] > 0) printf "\nRatios of snapshot medians: lvm2 / thin-csi = %.1f×, dmsetup / thin-csi = %.1f×, thin-csi / raw-ioctl floor = %.2f×\n", m["lvm2"] / m["thin-csi"], m["dmsetup"] / m["thin-csi"], m["thin-csi"] / m["raw-ioctl"] }' "$log"
 	} >"$out"
 	echo "wrote $out"
 fi

@@ -113,6 +113,33 @@ impl Bench {
         Ok(())
     }
 
+    /// The floor: the same four kernel calls with no engine around them
+    /// (no status read, no device listing, no checks).
+    fn raw_ioctls(&mut self, origin: ThinId, reps: usize) -> Result<(), String> {
+        let mut us = Vec::new();
+        let mut snaps = Vec::new();
+        for _ in 0..reps {
+            let id = self.id();
+            let (a, b) = (self.txn, self.txn.successor());
+            let create = format!("create_snap {id} {origin}");
+            let set = format!("set_transaction_id {a} {b}");
+            let pool = &mut self.pool;
+            us.push(
+                timed(|| {
+                    pool.suspend_thin(origin).map_err(|e| e.to_string())?;
+                    pool.raw_message(&create).map_err(|e| e.to_string())?;
+                    pool.raw_message(&set).map_err(|e| e.to_string())?;
+                    pool.resume_thin(origin).map_err(|e| e.to_string())
+                })?
+                .1,
+            );
+            self.txn = b;
+            snaps.push(id);
+        }
+        print("snapshot", "raw-ioctl", us);
+        self.commit(snaps.into_iter().map(|id| Operation::Delete { id }).collect())
+    }
+
     /// One transaction snapshotting 16 active origins at once.
     fn group(&mut self, reps: usize) -> Result<(), String> {
         let origins = (0..16).map(|_| self.active_origin()).collect::<Result<Vec<_>, _>>()?;
@@ -185,6 +212,7 @@ pub fn run(device: &Path, opts: &BTreeMap<String, String>) -> Result<(), String>
     let origin = b.active_origin()?;
     // Warm up both paths once so the first sample is not an outlier.
     b.engine(origin, 2, "-warmup")?;
+    b.raw_ioctls(origin, reps)?;
     b.engine(origin, reps, "")?;
     b.dmsetup(origin, reps)?;
     b.group(reps.min(20))?;
