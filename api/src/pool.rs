@@ -1,0 +1,222 @@
+//! `ThinPool`: one per pool. `spec` is the controller's allocation record,
+//! `status` is what the node reports.
+//!
+//! The protocol, in short (ARCHITECTURE.md has the long form):
+//! - the controller assigns device ids (free list first, then the cursor)
+//!   and the next transaction id, appends the transaction to
+//!   `spec.pendingTransactions` and writes the object with its
+//!   `resourceVersion` (a 409 Conflict re-reads and retries), all before any
+//!   node acts;
+//! - the node runs pending transactions in id order and reports
+//!   `status.finishedTransaction` (every transaction up to it has ended) and,
+//!   among those, the ones it aborted in `status.abortedTransactions`;
+//! - the controller, on its next write, drops finished transactions from
+//!   `spec.pendingTransactions`, and only then returns the ids they freed to
+//!   `spec.freeDeviceIds`: a committed delete frees its id, an aborted
+//!   transaction frees the ids it would have created (abort deleted them).
+
+use std::borrow::Cow;
+
+use kube::CustomResource;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use thinpool::ThinId;
+
+/// A thin device id on the wire: an integer in `0..=16777215` (24 bits), the
+/// range the kernel accepts. The schema carries the bounds, so the apiserver
+/// rejects anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub u32);
+
+impl JsonSchema for DeviceId {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "DeviceId".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "integer",
+            "format": "int64",
+            "minimum": 0,
+            "maximum": ThinId::LIMIT - 1,
+            "description": "A thin device id: 0..=16777215 (24 bits)."
+        })
+    }
+}
+
+impl From<ThinId> for DeviceId {
+    fn from(id: ThinId) -> Self {
+        DeviceId(id.get())
+    }
+}
+
+impl TryFrom<DeviceId> for ThinId {
+    type Error = thinpool::IdError;
+    fn try_from(id: DeviceId) -> Result<Self, Self::Error> {
+        ThinId::new(id.0.into())
+    }
+}
+
+/// The controller's allocation record for one pool. The object's name is the
+/// pool UUID (the pool's identity; device paths can change across reboots).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "thin.csi.io",
+    version = "v1alpha1",
+    kind = "ThinPool",
+    plural = "thinpools",
+    shortname = "tpool",
+    category = "thin-csi",
+    status = "ThinPoolStatus",
+    derive = "PartialEq",
+    doc = "A device-mapper thin pool on one node: the controller's allocation record (spec) and the node's report (status).",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
+    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.poolName"),
+    printcolumn(name = "Assigned", type_ = "integer", json_path = ".spec.lastAssignedTransaction", description = "last assigned transaction id"),
+    printcolumn(name = "Finished", type_ = "integer", json_path = ".status.finishedTransaction", description = "last transaction the node finished"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".status.mode"),
+    printcolumn(name = "Health", type_ = "string", json_path = ".status.health"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ThinPoolSpec {
+    /// The node the pool lives on (its Node object's name).
+    #[schemars(length(min = 1))]
+    pub node: String,
+    /// The pool's name on its node (device-mapper name part).
+    #[schemars(length(min = 1, max = 48), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub pool_name: String,
+    /// The UUID in the pool's on-device header.
+    #[schemars(length(min = 1))]
+    pub pool_uuid: String,
+    /// The next never-used device id; 16777216 means the range is used up
+    /// (the free list may still have ids).
+    #[schemars(range(min = 0, max = 16777216))]
+    pub next_device_id: u32,
+    /// Ids whose delete has committed in the kernel, free to hand out again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub free_device_ids: Vec<DeviceId>,
+    /// The last transaction id the controller assigned (the kernel's id when
+    /// the pool was created, if none yet).
+    #[schemars(range(min = 0))]
+    pub last_assigned_transaction: u64,
+    /// Assigned transactions not yet known finished, in id order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_transactions: Vec<PendingTransaction>,
+}
+
+/// One assigned transaction: its id and operations, in order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingTransaction {
+    #[schemars(range(min = 1))]
+    pub id: u64,
+    #[schemars(length(min = 1))]
+    pub operations: Vec<TransactionOperation>,
+}
+
+/// One operation: `createThin {id}`, `createSnapshot {id, origin}` or `delete {id}`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionOperation {
+    pub op: OperationKind,
+    pub id: DeviceId,
+    /// The origin of a `createSnapshot`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<DeviceId>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OperationKind {
+    CreateThin,
+    CreateSnapshot,
+    Delete,
+}
+
+/// What the node reports about its pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThinPoolStatus {
+    /// The kernel's transaction id as last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_transaction: Option<u64>,
+    /// Every transaction up to this one has ended (committed or aborted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_transaction: Option<u64>,
+    /// Finished transactions that were aborted (their creates undone, none of
+    /// their deletes posted). Only ids still in `spec.pendingTransactions`
+    /// need to be kept here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aborted_transactions: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PoolMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<PoolHealth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The pool's mode as the kernel reports it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PoolMode {
+    #[serde(rename = "rw")]
+    ReadWrite,
+    #[serde(rename = "out_of_data_space")]
+    OutOfDataSpace,
+    #[serde(rename = "read-only")]
+    ReadOnly,
+    #[serde(rename = "needs_check")]
+    NeedsCheck,
+}
+
+impl PoolMode {
+    /// The mode to report for a working pool: `needs_check` (a flag in the
+    /// kernel's status line) wins over the read/write mode.
+    pub fn of(status: &thinpool::WorkingStatus) -> Self {
+        if status.needs_check {
+            return PoolMode::NeedsCheck;
+        }
+        match status.mode {
+            thinpool::PoolMode::ReadWrite => PoolMode::ReadWrite,
+            thinpool::PoolMode::OutOfDataSpace => PoolMode::OutOfDataSpace,
+            thinpool::PoolMode::ReadOnly => PoolMode::ReadOnly,
+        }
+    }
+}
+
+/// Unhealthy: the node stopped using the pool (divergence, a failed check);
+/// `lastError` says why. No transaction is sent to an unhealthy pool.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PoolHealth {
+    Healthy,
+    Unhealthy,
+}
+
+impl ThinPoolSpec {
+    /// A new pool's record: nothing allocated, the kernel at `kernel_transaction`.
+    pub fn new(node: &str, pool_name: &str, pool_uuid: &str, kernel_transaction: u64) -> Self {
+        ThinPoolSpec {
+            node: node.to_string(),
+            pool_name: pool_name.to_string(),
+            pool_uuid: pool_uuid.to_string(),
+            next_device_id: 0,
+            free_device_ids: Vec::new(),
+            last_assigned_transaction: kernel_transaction,
+            pending_transactions: Vec::new(),
+        }
+    }
+}
