@@ -7,6 +7,7 @@
 
 pub mod cases;
 pub mod engine;
+pub mod executor;
 pub mod ids;
 pub mod kernel;
 pub mod layout;
