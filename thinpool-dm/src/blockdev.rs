@@ -28,7 +28,8 @@ const ALIGN: usize = 4096;
     target_arch = "loongarch64",
     target_arch = "s390x"
 ))]
-const BLKGETSIZE64: Option<u64> = Some((2 << 30) | ((std::mem::size_of::<usize>() as u64) << 16) | (0x12 << 8) | 114);
+const BLKGETSIZE64: Option<u64> =
+    Some((2 << 30) | ((std::mem::size_of::<usize>() as u64) << 16) | (0x12 << 8) | 114);
 #[cfg(not(any(
     target_arch = "x86_64",
     target_arch = "x86",
@@ -53,7 +54,11 @@ impl AlignedBuf {
         let storage = vec![0u8; len + ALIGN];
         let addr = storage.as_ptr() as usize;
         let offset = (ALIGN - addr % ALIGN) % ALIGN;
-        AlignedBuf { storage, offset, len }
+        AlignedBuf {
+            storage,
+            offset,
+            len,
+        }
     }
 
     fn as_slice(&self) -> &[u8] {
@@ -78,7 +83,11 @@ fn open(path: &Path, write: bool, exclusive: bool) -> io::Result<(File, bool)> {
             // anything (a mount, a dm table, another O_EXCL opener) holds it.
             flags |= libc::O_EXCL;
         }
-        OpenOptions::new().read(true).write(write).custom_flags(flags).open(path)
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(flags)
+            .open(path)
     };
     match attempt(true) {
         Ok(file) => Ok((file, true)),
@@ -97,7 +106,13 @@ pub(crate) fn size_of(file: &File) -> io::Result<u64> {
         let mut bytes: u64 = 0;
         // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which
         // points at a live u64.
-        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(file), request as _, &mut bytes as *mut u64) };
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                request as _,
+                &mut bytes as *mut u64,
+            )
+        };
         if rc == 0 {
             return Ok(bytes);
         }
@@ -118,7 +133,10 @@ pub(crate) fn device_len(path: &Path) -> io::Result<Sectors> {
 pub(crate) fn device_number(path: &Path) -> io::Result<Device> {
     let meta = std::fs::metadata(path)?;
     if !meta.file_type().is_block_device() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a block device"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a block device",
+        ));
     }
     Ok(Device::from(meta.rdev() as libc::dev_t))
 }
@@ -130,7 +148,11 @@ pub(crate) fn read_head(path: &Path, max: usize) -> io::Result<Vec<u8>> {
     let len = usize::try_from(size).unwrap_or(usize::MAX).min(max);
     // O_DIRECT reads whole logical blocks: read a rounded-up length and
     // keep what the device has.
-    let want = if direct { len.div_ceil(ALIGN) * ALIGN } else { len };
+    let want = if direct {
+        len.div_ceil(ALIGN) * ALIGN
+    } else {
+        len
+    };
     let mut buf = AlignedBuf::zeroed(want);
     let mut done = 0;
     while done < len {
@@ -191,7 +213,10 @@ pub(crate) fn ensure_node(path: &Path, device: Device) -> io::Result<()> {
             if !link.file_type().is_block_device() {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a device node of {device}", path.display()),
+                    format!(
+                        "{} exists and is not a device node of {device}",
+                        path.display()
+                    ),
                 ));
             }
             // A node left by an earlier activation with another minor.
@@ -251,12 +276,23 @@ pub struct ThinSuperblock {
 /// 128-byte space map roots @64 and @192, data_mapping_root u64 @320,
 /// device_details_root u64 @328, data_block_size u32 @336.
 pub fn thin_superblock(head: &[u8]) -> Option<ThinSuperblock> {
-    let u64_at = |o: usize| head.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    let u32_at = |o: usize| head.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let u64_at = |o: usize| {
+        head.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let u32_at = |o: usize| {
+        head.get(o..o + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
     if u64_at(32)? != THIN_METADATA_MAGIC {
         return None;
     }
-    Some(ThinSuperblock { transaction_id: u64_at(48)?, data_block_size: Sectors(u64::from(u32_at(336)?)) })
+    Some(ThinSuperblock {
+        transaction_id: u64_at(48)?,
+        data_block_size: Sectors(u64::from(u32_at(336)?)),
+    })
 }
 
 #[cfg(test)]
@@ -284,7 +320,13 @@ mod tests {
         sb[32..40].copy_from_slice(&THIN_METADATA_MAGIC.to_le_bytes());
         sb[48..56].copy_from_slice(&17u64.to_le_bytes());
         sb[336..340].copy_from_slice(&128u32.to_le_bytes());
-        assert_eq!(thin_superblock(&sb), Some(ThinSuperblock { transaction_id: 17, data_block_size: Sectors(128) }));
+        assert_eq!(
+            thin_superblock(&sb),
+            Some(ThinSuperblock {
+                transaction_id: 17,
+                data_block_size: Sectors(128)
+            })
+        );
         assert_eq!(thin_superblock(&sb[..300]), None);
         assert_eq!(thin_superblock(&[0u8; 4096]), None);
     }

@@ -12,7 +12,12 @@ pub(crate) fn open_control() -> Result<DM, DmError> {
 }
 
 pub(crate) fn dm_name(name: &str) -> Result<&DmName, DmError> {
-    DmName::new(name).map_err(|e| DmError::Ioctl { action: "name", name: name.to_string(), errno: None, detail: e.to_string() })
+    DmName::new(name).map_err(|e| DmError::Ioctl {
+        action: "name",
+        name: name.to_string(),
+        errno: None,
+        detail: e.to_string(),
+    })
 }
 
 /// Device info, or `None` if no device of that name exists (ENXIO).
@@ -29,20 +34,39 @@ pub(crate) fn info(dm: &DM, name: &str) -> Result<Option<DeviceInfo>, DmError> {
 pub(crate) type RawTable = Vec<(u64, u64, String, String)>;
 
 pub(crate) fn active_table(dm: &DM, name: &str) -> Result<(DeviceInfo, RawTable), DmError> {
-    dm.table_status(&DevId::Name(dm_name(name)?), DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
-        .map_err(|e| ioctl_error("read the table of", name, &e))
+    dm.table_status(
+        &DevId::Name(dm_name(name)?),
+        DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+    )
+    .map_err(|e| ioctl_error("read the table of", name, &e))
 }
 
 /// Resume (suspend without `DM_SUSPEND`), with udev rules that skip
 /// scanning for private devices (metadata, data, pool): nothing should
 /// probe them for filesystems.
 pub(crate) fn resume(dm: &DM, name: &str, private: bool) -> Result<(), DmError> {
-    let options = if private { DmOptions::private() } else { DmOptions::default() };
-    dm.device_suspend(&DevId::Name(dm_name(name)?), options).map(|_| ()).map_err(|e| ioctl_error("resume", name, &e))
+    let options = if private {
+        DmOptions::private()
+    } else {
+        DmOptions::default()
+    };
+    dm.device_suspend(&DevId::Name(dm_name(name)?), options)
+        .map(|_| ())
+        .map_err(|e| ioctl_error("resume", name, &e))
 }
 
 pub(crate) fn remove(dm: &DM, name: &str) -> Result<DeviceInfo, DmError> {
-    dm.device_remove(&DevId::Name(dm_name(name)?), DmOptions::default()).map_err(|e| ioctl_error("remove", name, &e))
+    let started = std::time::Instant::now();
+    let removed = dm
+        .device_remove(&DevId::Name(dm_name(name)?), DmOptions::default())
+        .map_err(|e| ioctl_error("remove", name, &e));
+    debug!(
+        device = name,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        ok = removed.is_ok(),
+        "remove"
+    );
+    removed
 }
 
 /// Removes a device this call created, on an error path: the first error
@@ -85,10 +109,17 @@ pub(crate) fn ensure_device(
     match info(dm, name)? {
         None => {
             let dm_uuid = match uuid {
-                Some(u) => Some(DmUuid::new(u).map_err(|e| DmError::Ioctl { action: "uuid", name: name.to_string(), errno: None, detail: e.to_string() })?),
+                Some(u) => Some(DmUuid::new(u).map_err(|e| DmError::Ioctl {
+                    action: "uuid",
+                    name: name.to_string(),
+                    errno: None,
+                    detail: e.to_string(),
+                })?),
                 None => None,
             };
-            let created = dm.device_create(id_name, dm_uuid, DmOptions::default()).map_err(|e| ioctl_error("create", name, &e))?;
+            let created = dm
+                .device_create(id_name, dm_uuid, DmOptions::default())
+                .map_err(|e| ioctl_error("create", name, &e))?;
             debug!(device = name, dev = %created.device(), table = %line, "created device");
             if let Err(e) = load_and_resume(dm, name, line, private) {
                 remove_quietly(dm, name);
@@ -120,8 +151,16 @@ pub(crate) fn ensure_device(
                         }
                     }
                     _ => {
-                        let found = table.iter().map(|(s, l, t, p)| format!("{s} {l} {t} {}", p.trim_end())).collect::<Vec<_>>().join("; ");
-                        return Err(DmError::ForeignDevice { name: name.to_string(), expected: line.to_string(), found });
+                        let found = table
+                            .iter()
+                            .map(|(s, l, t, p)| format!("{s} {l} {t} {}", p.trim_end()))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        return Err(DmError::ForeignDevice {
+                            name: name.to_string(),
+                            expected: line.to_string(),
+                            found,
+                        });
                     }
                 }
                 if existing.flags().contains(DmFlags::DM_SUSPEND) {
@@ -139,7 +178,11 @@ pub(crate) fn ensure_device(
 }
 
 fn load_and_resume(dm: &DM, name: &str, line: &TableLine, private: bool) -> Result<(), DmError> {
-    dm.table_load(&DevId::Name(dm_name(name)?), &[line.to_dm()], DmOptions::default())
-        .map_err(|e| ioctl_error("load the table of", name, &e))?;
+    dm.table_load(
+        &DevId::Name(dm_name(name)?),
+        &[line.to_dm()],
+        DmOptions::default(),
+    )
+    .map_err(|e| ioctl_error("load the table of", name, &e))?;
     resume(dm, name, private)
 }

@@ -20,32 +20,64 @@ pub enum DmError {
     #[error("{device}: refusing to use as thin-pool metadata: it holds {found}; only zeros (a new pool) or thin-pool metadata are accepted")]
     NotMetadata { device: PathBuf, found: String },
 
-    #[error("{device}: thin-pool metadata has data block size {found}, not the {expected} asked for")]
-    BlockSizeMismatch { device: PathBuf, found: Sectors, expected: Sectors },
+    #[error(
+        "{device}: thin-pool metadata has data block size {found}, not the {expected} asked for"
+    )]
+    BlockSizeMismatch {
+        device: PathBuf,
+        found: Sectors,
+        expected: Sectors,
+    },
 
     #[error("{0}: metadata and data must be two different devices")]
     SameDevice(PathBuf),
 
     #[error("{device}: {source}")]
-    Layout { device: PathBuf, source: LayoutError },
+    Layout {
+        device: PathBuf,
+        source: LayoutError,
+    },
 
     #[error("{device}: the pool header describes {needed} but the device has only {actual}")]
-    DeviceTooSmall { device: PathBuf, needed: Sectors, actual: Sectors },
+    DeviceTooSmall {
+        device: PathBuf,
+        needed: Sectors,
+        actual: Sectors,
+    },
 
     #[error("{device}: {action}: {source}")]
-    Io { device: PathBuf, action: &'static str, source: io::Error },
+    Io {
+        device: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
 
-    #[error("device-mapper is not available ({0}): is dm-mod loaded and is this process privileged?")]
+    #[error(
+        "device-mapper is not available ({0}): is dm-mod loaded and is this process privileged?"
+    )]
     NoDeviceMapper(String),
 
     #[error("device-mapper {action} {name}: {detail}")]
-    Ioctl { action: &'static str, name: String, errno: Option<i32>, detail: String },
+    Ioctl {
+        action: &'static str,
+        name: String,
+        errno: Option<i32>,
+        detail: String,
+    },
 
     #[error("{name} is already active with a table that is not this pool's: expected {expected:?}, found {found:?}")]
-    ForeignDevice { name: String, expected: String, found: String },
+    ForeignDevice {
+        name: String,
+        expected: String,
+        found: String,
+    },
 
     #[error("pool {pool}: thin device {id} is open ({open_count} openers); close it before tearing the pool down")]
-    ThinOpen { pool: PoolName, id: ThinId, open_count: u32 },
+    ThinOpen {
+        pool: PoolName,
+        id: ThinId,
+        open_count: u32,
+    },
 
     #[error("pool {pool}: {source}")]
     Kernel { pool: PoolName, source: KernelError },
@@ -58,7 +90,9 @@ pub(crate) fn errno_of(err: &devicemapper::DmError) -> Option<i32> {
     match err {
         // The crate keeps the ioctl's errno as a boxed `nix::Errno`, a
         // fieldless `repr(i32)` enum whose values are the errno numbers.
-        devicemapper::DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => Some(**errno as i32),
+        devicemapper::DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => {
+            Some(**errno as i32)
+        }
         _ => None,
     }
 }
@@ -67,13 +101,26 @@ pub(crate) fn errno_of(err: &devicemapper::DmError) -> Option<i32> {
 /// both ioctl headers, which is noise in a log line or a CSI message.
 pub(crate) fn describe(err: &devicemapper::DmError) -> String {
     match errno_of(err) {
-        Some(code) => format!("{} ({})", io::Error::from_raw_os_error(code), errno_name(code)),
+        Some(code) => format!(
+            "{} ({})",
+            io::Error::from_raw_os_error(code),
+            errno_name(code)
+        ),
         None => err.to_string(),
     }
 }
 
-pub(crate) fn ioctl_error(action: &'static str, name: &str, err: &devicemapper::DmError) -> DmError {
-    DmError::Ioctl { action, name: name.to_string(), errno: errno_of(err), detail: describe(err) }
+pub(crate) fn ioctl_error(
+    action: &'static str,
+    name: &str,
+    err: &devicemapper::DmError,
+) -> DmError {
+    DmError::Ioctl {
+        action,
+        name: name.to_string(),
+        errno: errno_of(err),
+        detail: describe(err),
+    }
 }
 
 /// Maps a failed ioctl to the trait's error. `context` says what was being
@@ -127,13 +174,34 @@ mod tests {
 
     #[test]
     fn errnos_map_to_the_variants_the_engine_reads() {
-        assert_eq!(map(libc::EEXIST), KernelError::AlreadyExists("create_thin 1".into()));
-        assert_eq!(map(libc::ENODATA), KernelError::NoData("create_thin 1".into()));
-        assert_eq!(map(libc::EINVAL), KernelError::Invalid("create_thin 1".into()));
+        assert_eq!(
+            map(libc::EEXIST),
+            KernelError::AlreadyExists("create_thin 1".into())
+        );
+        assert_eq!(
+            map(libc::ENODATA),
+            KernelError::NoData("create_thin 1".into())
+        );
+        assert_eq!(
+            map(libc::EINVAL),
+            KernelError::Invalid("create_thin 1".into())
+        );
         assert_eq!(map(libc::EBUSY), KernelError::Busy("create_thin 1".into()));
-        assert_eq!(map(libc::ENOSPC), KernelError::NoSpace("create_thin 1".into()));
-        assert_eq!(map(libc::EIO), KernelError::Other { context: "create_thin 1".into(), detail: "detail".into() });
-        assert!(matches!(from_errno("x".into(), None, "no ioctl".into()), KernelError::Other { .. }));
+        assert_eq!(
+            map(libc::ENOSPC),
+            KernelError::NoSpace("create_thin 1".into())
+        );
+        assert_eq!(
+            map(libc::EIO),
+            KernelError::Other {
+                context: "create_thin 1".into(),
+                detail: "detail".into()
+            }
+        );
+        assert!(matches!(
+            from_errno("x".into(), None, "no ioctl".into()),
+            KernelError::Other { .. }
+        ));
     }
 
     #[test]
@@ -146,8 +214,11 @@ mod tests {
         ));
         assert_eq!(errno_of(&err), Some(libc::ENODATA));
         assert!(describe(&err).contains("ENODATA"), "{}", describe(&err));
-        assert!(matches!(kernel_error("delete 3".into(), &err), KernelError::NoData(c) if c == "delete 3"));
-        let other = devicemapper::DmError::Core(devicemapper::errors::Error::ContextInit("nope".into()));
+        assert!(
+            matches!(kernel_error("delete 3".into(), &err), KernelError::NoData(c) if c == "delete 3")
+        );
+        let other =
+            devicemapper::DmError::Core(devicemapper::errors::Error::ContextInit("nope".into()));
         assert_eq!(errno_of(&other), None);
     }
 }

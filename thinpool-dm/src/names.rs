@@ -106,7 +106,10 @@ mod tests {
         assert_eq!(n.pool(), "thincsi-nvme0-pool-pool");
         assert_eq!(n.thin(id(0)), "thincsi-nvme0-pool-thin-0");
         assert_eq!(n.thin(ThinId::MAX), "thincsi-nvme0-pool-thin-16777215");
-        assert_eq!(mapper_path(&n.thin(id(7))), PathBuf::from("/dev/mapper/thincsi-nvme0-pool-thin-7"));
+        assert_eq!(
+            mapper_path(&n.thin(id(7))),
+            PathBuf::from("/dev/mapper/thincsi-nvme0-pool-thin-7")
+        );
         // The longest names fit device-mapper's 127 characters.
         let long = names(&"a".repeat(PoolName::MAX_LEN));
         assert!(long.thin(ThinId::MAX).len() < 128);

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use devicemapper::{DevId, Device, DmFlags, DmOptions, DM};
 use thinpool::layout::PoolHeader;
-use thinpool::{ActiveThin, Kernel, KernelError, PoolMessage, PoolName, PoolStatus, Sectors, ThinId};
+use thinpool::{
+    ActiveThin, Kernel, KernelError, PoolMessage, PoolName, PoolStatus, Sectors, ThinId,
+};
 use tracing::{debug, warn};
 
 use crate::blockdev;
@@ -22,7 +24,11 @@ pub enum PoolLayout {
     /// the data area, the two areas mapped with dm-linear.
     OneDevice { device: PathBuf, header: PoolHeader },
     /// An explicit metadata device and data device, used whole.
-    Pair { metadata: PathBuf, data: PathBuf },
+    Pair {
+        metadata: PathBuf,
+        metadata_len: Sectors,
+        data: PathBuf,
+    },
 }
 
 /// Where a pool's metadata is on disk: what `thin_check` reads once the
@@ -93,12 +99,20 @@ impl DmPool {
     /// Where the metadata is on disk.
     pub fn metadata_area(&self) -> MetadataArea {
         match &self.layout {
-            PoolLayout::OneDevice { device, header } => {
-                MetadataArea { device: device.clone(), start: header.metadata_start, len: header.metadata_len }
-            }
-            PoolLayout::Pair { metadata, .. } => {
-                MetadataArea { device: metadata.clone(), start: Sectors(0), len: blockdev::device_len(metadata).unwrap_or_default() }
-            }
+            PoolLayout::OneDevice { device, header } => MetadataArea {
+                device: device.clone(),
+                start: header.metadata_start,
+                len: header.metadata_len,
+            },
+            PoolLayout::Pair {
+                metadata,
+                metadata_len,
+                ..
+            } => MetadataArea {
+                device: metadata.clone(),
+                start: Sectors(0),
+                len: *metadata_len,
+            },
         }
     }
 
@@ -108,10 +122,15 @@ impl DmPool {
     /// reports (and replaces a stale one).
     pub fn thin_device_path(&self, id: ThinId) -> Result<PathBuf, KernelError> {
         let name = self.names.thin(id);
-        let info = self.dm.device_info(&DevId::Name(Self::dm_name(&name)?)).map_err(|e| self.thin_error(id, "look up", &e))?;
+        let info = self
+            .dm
+            .device_info(&DevId::Name(Self::dm_name(&name)?))
+            .map_err(|e| self.thin_error(id, "look up", &e))?;
         let path = mapper_path(&name);
-        blockdev::ensure_node(&path, info.device())
-            .map_err(|e| KernelError::Other { context: format!("make device node {}", path.display()), detail: e.to_string() })?;
+        blockdev::ensure_node(&path, info.device()).map_err(|e| KernelError::Other {
+            context: format!("make device node {}", path.display()),
+            detail: e.to_string(),
+        })?;
         Ok(path)
     }
 
@@ -120,7 +139,9 @@ impl DmPool {
     /// argument checks (ids of 2^24 and more).
     pub fn raw_message(&mut self, text: &str) -> Result<(), KernelError> {
         let name = self.pool_dm_name();
-        self.dm.target_msg(&DevId::Name(Self::dm_name(&name)?), None, text).map_err(|e| kernel_error(text.to_string(), &e))?;
+        self.dm
+            .target_msg(&DevId::Name(Self::dm_name(&name)?), None, text)
+            .map_err(|e| kernel_error(text.to_string(), &e))?;
         debug!(pool = %self.name(), message = %text, "message posted");
         Ok(())
     }
@@ -132,13 +153,24 @@ impl DmPool {
     /// again to keep using it.
     pub fn teardown(self) -> Result<MetadataArea, DmError> {
         let pool = self.name().clone();
-        let thins = self.active_thins().map_err(|source| DmError::Kernel { pool: pool.clone(), source })?;
+        let thins = self.active_thins().map_err(|source| DmError::Kernel {
+            pool: pool.clone(),
+            source,
+        })?;
         if let Some(open) = thins.iter().find(|t| t.open_count > 0) {
-            return Err(DmError::ThinOpen { pool, id: open.id, open_count: open.open_count });
+            return Err(DmError::ThinOpen {
+                pool,
+                id: open.id,
+                open_count: open.open_count,
+            });
         }
         let mut this = self;
         for thin in &thins {
-            this.deactivate_thin(thin.id).map_err(|source| DmError::Kernel { pool: pool.clone(), source })?;
+            this.deactivate_thin(thin.id)
+                .map_err(|source| DmError::Kernel {
+                    pool: pool.clone(),
+                    source,
+                })?;
         }
         // Removing the pool suspends it first, which commits its metadata.
         dmops::remove(&this.dm, &this.names.pool())?;
@@ -161,7 +193,10 @@ impl DmPool {
     fn dm_name(name: &str) -> Result<&devicemapper::DmName, KernelError> {
         // Built from a validated pool name and a 24-bit id: this fails only
         // if device-mapper's naming rules change.
-        devicemapper::DmName::new(name).map_err(|e| KernelError::Other { context: format!("name {name}"), detail: e.to_string() })
+        devicemapper::DmName::new(name).map_err(|e| KernelError::Other {
+            context: format!("name {name}"),
+            detail: e.to_string(),
+        })
     }
 
     /// Errors of an ioctl on a thin device: ENXIO means it is not active.
@@ -182,13 +217,24 @@ impl Kernel for DmPool {
         // I/O, so monitoring cannot stall the pool.
         let (_, targets) = self
             .dm
-            .table_status(&DevId::Name(Self::dm_name(&name)?), DmOptions::default().set_flags(DmFlags::DM_NOFLUSH))
+            .table_status(
+                &DevId::Name(Self::dm_name(&name)?),
+                DmOptions::default().set_flags(DmFlags::DM_NOFLUSH),
+            )
             .map_err(|e| kernel_error(context(), &e))?;
         match targets.as_slice() {
             [(_, _, kind, params)] if kind == "thin-pool" => {
-                params.parse().map_err(|e: thinpool::status::StatusParseError| KernelError::Other { context: context(), detail: e.to_string() })
+                params
+                    .parse()
+                    .map_err(|e: thinpool::status::StatusParseError| KernelError::Other {
+                        context: context(),
+                        detail: e.to_string(),
+                    })
             }
-            other => Err(KernelError::Other { context: context(), detail: format!("expected one thin-pool target, found {other:?}") }),
+            other => Err(KernelError::Other {
+                context: context(),
+                detail: format!("expected one thin-pool target, found {other:?}"),
+            }),
         }
     }
 
@@ -204,8 +250,13 @@ impl Kernel for DmPool {
         let mut thins = Vec::new();
         for (dm_name, _, _) in listed {
             let name = dm_name.as_ref().to_string();
-            let Some(id) = self.names.thin_id(&name) else { continue };
-            let (info, table) = match self.dm.table_status(&DevId::Name(&dm_name), DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE)) {
+            let Some(id) = self.names.thin_id(&name) else {
+                continue;
+            };
+            let (info, table) = match self.dm.table_status(
+                &DevId::Name(&dm_name),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            ) {
                 Ok(found) => found,
                 // Removed between the listing and now.
                 Err(e) if errno_of(&e) == Some(libc::ENXIO) => continue,
@@ -213,7 +264,11 @@ impl Kernel for DmPool {
             };
             let size = match table.as_slice() {
                 [line] => match TableLine::from_dm(line) {
-                    Ok(TableLine { length, target: Target::Thin(ThinParams { pool, id: table_id }), .. }) if pool == self.pool_device && table_id == id => length,
+                    Ok(TableLine {
+                        length,
+                        target: Target::Thin(ThinParams { pool, id: table_id }),
+                        ..
+                    }) if pool == self.pool_device && table_id == id => length,
                     _ => {
                         warn!(device = %name, table = ?line, "a device with this pool's thin name maps something else; ignoring it");
                         continue;
@@ -244,7 +299,10 @@ impl Kernel for DmPool {
         // filesystem (no DM_NOFLUSH, no DM_SKIP_LOCKFS), so a snapshot taken
         // now is filesystem-consistent.
         self.dm
-            .device_suspend(&DevId::Name(Self::dm_name(&name)?), DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
+            .device_suspend(
+                &DevId::Name(Self::dm_name(&name)?),
+                DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
+            )
             .map_err(|e| self.thin_error(id, "suspend", &e))?;
         Ok(())
     }
@@ -270,19 +328,37 @@ impl Kernel for DmPool {
                 // The kernel answers EBUSY (not EEXIST) for a name in use.
                 let exists = matches!(errno_of(&e), Some(libc::EBUSY | libc::EEXIST))
                     && self.dm.device_info(&DevId::Name(dm_name)).is_ok();
-                return Err(if exists { KernelError::AlreadyActive(id) } else { kernel_error(context(), &e) });
+                return Err(if exists {
+                    KernelError::AlreadyActive(id)
+                } else {
+                    kernel_error(context(), &e)
+                });
             }
         };
-        let line = TableLine { start: Sectors(0), length: size, target: Target::Thin(ThinParams { pool: self.pool_device, id }) };
+        let line = TableLine {
+            start: Sectors(0),
+            length: size,
+            target: Target::Thin(ThinParams {
+                pool: self.pool_device,
+                id,
+            }),
+        };
         let loaded = self
             .dm
             .table_load(&DevId::Name(dm_name), &[line.to_dm()], DmOptions::default())
             // ENODATA here: the id is not in the pool.
             .map_err(|e| kernel_error(context(), &e))
-            .and_then(|_| self.dm.device_suspend(&DevId::Name(dm_name), DmOptions::default()).map_err(|e| kernel_error(format!("resume {name}"), &e)));
+            .and_then(|_| {
+                self.dm
+                    .device_suspend(&DevId::Name(dm_name), DmOptions::default())
+                    .map_err(|e| kernel_error(format!("resume {name}"), &e))
+            });
         if let Err(e) = loaded {
             // Never leave a half-made (suspended, tableless) device behind.
-            if let Err(undo) = self.dm.device_remove(&DevId::Name(dm_name), DmOptions::default()) {
+            if let Err(undo) = self
+                .dm
+                .device_remove(&DevId::Name(dm_name), DmOptions::default())
+            {
                 warn!(device = %name, error = %crate::error::describe(&undo), "could not remove a device after its activation failed");
             }
             return Err(e);
@@ -299,13 +375,21 @@ impl Kernel for DmPool {
     fn deactivate_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
         let name = self.names.thin(id);
         let dm_name = Self::dm_name(&name)?;
-        let info = self.dm.device_info(&DevId::Name(dm_name)).map_err(|e| self.thin_error(id, "look up", &e))?;
+        let info = self
+            .dm
+            .device_info(&DevId::Name(dm_name))
+            .map_err(|e| self.thin_error(id, "look up", &e))?;
         // Checked here because the crate retries a busy remove for ~1 s.
         if info.open_count() > 0 {
-            return Err(KernelError::Busy(format!("deactivate {name}: open {} times", info.open_count())));
+            return Err(KernelError::Busy(format!(
+                "deactivate {name}: open {} times",
+                info.open_count()
+            )));
         }
         let started = std::time::Instant::now();
-        self.dm.device_remove(&DevId::Name(dm_name), DmOptions::default()).map_err(|e| self.thin_error(id, "deactivate", &e))?;
+        self.dm
+            .device_remove(&DevId::Name(dm_name), DmOptions::default())
+            .map_err(|e| self.thin_error(id, "deactivate", &e))?;
         debug!(device = %name, elapsed_us = started.elapsed().as_micros() as u64, "remove");
         blockdev::remove_node(&mapper_path(&name), info.device());
         debug!(device = %name, "thin device removed");

@@ -23,19 +23,35 @@ pub struct TableLine {
 impl TableLine {
     /// The form `DM::table_load` takes.
     pub fn to_dm(&self) -> (u64, u64, String, String) {
-        (self.start.0, self.length.0, self.target.type_name().to_string(), self.target.params())
+        (
+            self.start.0,
+            self.length.0,
+            self.target.type_name().to_string(),
+            self.target.params(),
+        )
     }
 
     /// A line as `DM::table_status` returns it.
     pub fn from_dm(line: &(u64, u64, String, String)) -> Result<TableLine, TableParseError> {
         let (start, length, kind, params) = line;
-        Ok(TableLine { start: Sectors(*start), length: Sectors(*length), target: Target::parse(kind, params)? })
+        Ok(TableLine {
+            start: Sectors(*start),
+            length: Sectors(*length),
+            target: Target::parse(kind, params)?,
+        })
     }
 }
 
 impl fmt::Display for TableLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {} {}", self.start.0, self.length.0, self.target.type_name(), self.target.params())
+        write!(
+            f,
+            "{} {} {} {}",
+            self.start.0,
+            self.length.0,
+            self.target.type_name(),
+            self.target.params()
+        )
     }
 }
 
@@ -68,7 +84,10 @@ impl Target {
             "linear" => params.parse().map(Target::Linear),
             "thin-pool" => params.parse().map(Target::ThinPool),
             "thin" => params.parse().map(Target::Thin),
-            other => Err(TableParseError::new(params, format!("target type {other:?} is not one this crate loads"))),
+            other => Err(TableParseError::new(
+                params,
+                format!("target type {other:?} is not one this crate loads"),
+            )),
         }
     }
 }
@@ -90,7 +109,10 @@ impl FromStr for LinearParams {
     type Err = TableParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [device, offset] => Ok(LinearParams { device: device_field(s, device)?, offset: Sectors(number(s, offset, "offset")?) }),
+            [device, offset] => Ok(LinearParams {
+                device: device_field(s, device)?,
+                offset: Sectors(number(s, offset, "offset")?),
+            }),
             _ => Err(TableParseError::new(s, "linear takes <device> <offset>")),
         }
     }
@@ -115,7 +137,10 @@ impl PoolFeatures {
     /// No-space errors at once: nothing here grows a pool automatically, so
     /// queueing would only stall writers (and any suspend with flush of an
     /// origin) for the timeout before they fail anyway.
-    pub const DEFAULT: PoolFeatures = PoolFeatures { zero_new_blocks: true, error_if_no_space: true };
+    pub const DEFAULT: PoolFeatures = PoolFeatures {
+        zero_new_blocks: true,
+        error_if_no_space: true,
+    };
 
     fn words(&self) -> Vec<&'static str> {
         let mut words = Vec::new();
@@ -149,7 +174,15 @@ impl fmt::Display for ThinPoolParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut features: Vec<&str> = self.features.words();
         features.extend(self.other_features.iter().map(String::as_str));
-        write!(f, "{} {} {} {} {}", self.metadata, self.data, self.block_size.0, self.low_water_mark, features.len())?;
+        write!(
+            f,
+            "{} {} {} {} {}",
+            self.metadata,
+            self.data,
+            self.block_size.0,
+            self.low_water_mark,
+            features.len()
+        )?;
         for word in features {
             write!(f, " {word}")?;
         }
@@ -165,14 +198,21 @@ impl FromStr for ThinPoolParams {
             return Err(TableParseError::new(s, "thin-pool takes <metadata dev> <data dev> <block size> <low water mark> [<#features> <features>]"));
         }
         let count = match fields.get(4) {
-            Some(n) => usize::try_from(number(s, n, "feature count")?).map_err(|_| TableParseError::new(s, "feature count too large"))?,
+            Some(n) => usize::try_from(number(s, n, "feature count")?)
+                .map_err(|_| TableParseError::new(s, "feature count too large"))?,
             None => 0,
         };
         let words = fields.get(5..).unwrap_or(&[]);
         if words.len() != count {
-            return Err(TableParseError::new(s, format!("{count} features announced, {} given", words.len())));
+            return Err(TableParseError::new(
+                s,
+                format!("{count} features announced, {} given", words.len()),
+            ));
         }
-        let mut features = PoolFeatures { zero_new_blocks: true, error_if_no_space: false };
+        let mut features = PoolFeatures {
+            zero_new_blocks: true,
+            error_if_no_space: false,
+        };
         let mut other_features = Vec::new();
         for word in words {
             match *word {
@@ -211,9 +251,14 @@ impl FromStr for ThinParams {
         match s.split_whitespace().collect::<Vec<_>>().as_slice() {
             [pool, id] => Ok(ThinParams {
                 pool: device_field(s, pool)?,
-                id: id.parse().map_err(|e| TableParseError::new(s, format!("thin id: {e}")))?,
+                id: id
+                    .parse()
+                    .map_err(|e| TableParseError::new(s, format!("thin id: {e}")))?,
             }),
-            [_, _, _] => Err(TableParseError::new(s, "a thin device with an external origin is not one of ours")),
+            [_, _, _] => Err(TableParseError::new(
+                s,
+                "a thin device with an external origin is not one of ours",
+            )),
             _ => Err(TableParseError::new(s, "thin takes <pool dev> <dev id>")),
         }
     }
@@ -228,19 +273,32 @@ pub struct TableParseError {
 
 impl TableParseError {
     fn new(params: &str, why: impl Into<String>) -> Self {
-        TableParseError { params: params.to_string(), why: why.into() }
+        TableParseError {
+            params: params.to_string(),
+            why: why.into(),
+        }
     }
 }
 
 fn number(params: &str, field: &str, what: &str) -> Result<u64, TableParseError> {
-    field.parse().map_err(|_| TableParseError::new(params, format!("{what} {field:?} is not a number")))
+    field
+        .parse()
+        .map_err(|_| TableParseError::new(params, format!("{what} {field:?} is not a number")))
 }
 
 /// A `major:minor` field. (The kernel prints devices this way in tables.)
 fn device_field(params: &str, field: &str) -> Result<Device, TableParseError> {
-    let bad = || TableParseError::new(params, format!("{field:?} is not a major:minor device number"));
+    let bad = || {
+        TableParseError::new(
+            params,
+            format!("{field:?} is not a major:minor device number"),
+        )
+    };
     let (major, minor) = field.split_once(':').ok_or_else(bad)?;
-    Ok(Device { major: major.parse().map_err(|_| bad())?, minor: minor.parse().map_err(|_| bad())? })
+    Ok(Device {
+        major: major.parse().map_err(|_| bad())?,
+        minor: minor.parse().map_err(|_| bad())?,
+    })
 }
 
 #[cfg(test)]
@@ -253,7 +311,14 @@ mod tests {
 
     #[test]
     fn renders_the_tables_the_kernel_takes() {
-        let meta = TableLine { start: Sectors(0), length: Sectors(8192), target: Target::Linear(LinearParams { device: dev(7, 0), offset: Sectors(2048) }) };
+        let meta = TableLine {
+            start: Sectors(0),
+            length: Sectors(8192),
+            target: Target::Linear(LinearParams {
+                device: dev(7, 0),
+                offset: Sectors(2048),
+            }),
+        };
         assert_eq!(meta.to_string(), "0 8192 linear 7:0 2048");
         let pool = ThinPoolParams {
             metadata: dev(253, 0),
@@ -264,10 +329,29 @@ mod tests {
             other_features: vec![],
         };
         assert_eq!(pool.to_string(), "253:0 253:1 128 409 1 error_if_no_space");
-        let zeroing_off = ThinPoolParams { features: PoolFeatures { zero_new_blocks: false, error_if_no_space: false }, ..pool.clone() };
-        assert_eq!(zeroing_off.to_string(), "253:0 253:1 128 409 1 skip_block_zeroing");
-        let thin = TableLine { start: Sectors(0), length: Sectors(2097152), target: Target::Thin(ThinParams { pool: dev(253, 2), id: ThinId::new(5).unwrap() }) };
-        assert_eq!(thin.to_dm(), (0, 2097152, "thin".to_string(), "253:2 5".to_string()));
+        let zeroing_off = ThinPoolParams {
+            features: PoolFeatures {
+                zero_new_blocks: false,
+                error_if_no_space: false,
+            },
+            ..pool.clone()
+        };
+        assert_eq!(
+            zeroing_off.to_string(),
+            "253:0 253:1 128 409 1 skip_block_zeroing"
+        );
+        let thin = TableLine {
+            start: Sectors(0),
+            length: Sectors(2097152),
+            target: Target::Thin(ThinParams {
+                pool: dev(253, 2),
+                id: ThinId::new(5).unwrap(),
+            }),
+        };
+        assert_eq!(
+            thin.to_dm(),
+            (0, 2097152, "thin".to_string(), "253:2 5".to_string())
+        );
     }
 
     #[test]
@@ -278,14 +362,34 @@ mod tests {
         assert_eq!(pool.block_size, Sectors(128));
         assert_eq!(pool.features, PoolFeatures::DEFAULT);
         assert!(pool.other_features.is_empty());
-        let lvm: ThinPoolParams = "253:4 253:5 128 0 2 skip_block_zeroing no_discard_passdown".parse().unwrap();
+        let lvm: ThinPoolParams = "253:4 253:5 128 0 2 skip_block_zeroing no_discard_passdown"
+            .parse()
+            .unwrap();
         assert!(!lvm.features.zero_new_blocks);
         assert_eq!(lvm.other_features, vec!["no_discard_passdown".to_string()]);
-        assert!(!"253:0 253:1 128 0 0".parse::<ThinPoolParams>().unwrap().features.error_if_no_space);
+        assert!(
+            !"253:0 253:1 128 0 0"
+                .parse::<ThinPoolParams>()
+                .unwrap()
+                .features
+                .error_if_no_space
+        );
         let line = TableLine::from_dm(&(0, 8192, "linear".into(), "7:0 2048".into())).unwrap();
-        assert_eq!(line.target, Target::Linear(LinearParams { device: dev(7, 0), offset: Sectors(2048) }));
+        assert_eq!(
+            line.target,
+            Target::Linear(LinearParams {
+                device: dev(7, 0),
+                offset: Sectors(2048)
+            })
+        );
         let thin = TableLine::from_dm(&(0, 100, "thin".into(), "253:2 16777215".into())).unwrap();
-        assert_eq!(thin.target, Target::Thin(ThinParams { pool: dev(253, 2), id: ThinId::MAX }));
+        assert_eq!(
+            thin.target,
+            Target::Thin(ThinParams {
+                pool: dev(253, 2),
+                id: ThinId::MAX
+            })
+        );
     }
 
     #[test]
