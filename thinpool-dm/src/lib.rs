@@ -17,6 +17,7 @@
 
 mod blockdev;
 mod dmops;
+mod listing;
 pub mod error;
 pub mod names;
 mod pool;

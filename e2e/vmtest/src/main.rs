@@ -7,7 +7,7 @@ mod demo;
 mod fixture;
 mod record;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -89,25 +89,6 @@ fn open_or_create(device: &Path) -> Result<DmPool, String> {
         thinpool::layout::Contents::Pool(_) => DmPool::open_on_device(device).map_err(|e| e.to_string()),
         thinpool::layout::Contents::Foreign(what) => Err(format!("{} holds {what}", device.display())),
     }
-}
-
-/// The pool's thin ids as its metadata lists them, read through a metadata
-/// snapshot (thin_dump cannot read live metadata otherwise).
-fn list_pool_devices(pool: &mut DmPool) -> Result<BTreeSet<ThinId>, String> {
-    use thinpool::PoolMessage;
-    let meta = pool.metadata_area().expose(pool.name()).map_err(|e| e.to_string())?;
-    pool.message(&PoolMessage::ReserveMetadataSnap).map_err(|e| e.to_string())?;
-    let out = Command::new("thin_dump").arg("--metadata-snap").arg(meta.path()).output();
-    pool.message(&PoolMessage::ReleaseMetadataSnap).map_err(|e| e.to_string())?;
-    let out = out.map_err(|e| format!("thin_dump: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("thin_dump failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("dev_id=\"")
-        .skip(1)
-        .map(|rest| rest.split('"').next().unwrap_or("").parse::<ThinId>().map_err(|e| e.to_string()))
-        .collect()
 }
 
 fn kernel_txn(pool: &impl Kernel) -> Result<TransactionId, String> {
@@ -319,7 +300,7 @@ fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, l
     );
     let suspended: Vec<_> = pool.active_thins().map_err(|e| e.to_string())?.into_iter().filter(|t| t.suspended).collect();
     tally.report(&format!("{label}: no device left suspended"), if suspended.is_empty() { Ok(()) } else { Err(format!("{suspended:?}")) });
-    let devices = list_pool_devices(pool)?;
+    let devices = pool.list_thin_ids().map_err(|e| e.to_string())?;
     tally.report(
         &format!("{label}: pool devices match the record"),
         if devices == record.live { Ok(()) } else { Err(format!("pool has {devices:?}, record says {:?}", record.live)) },
