@@ -4,5 +4,6 @@
 
 pub mod alloc;
 pub mod crds;
+pub mod wait;
 
 pub use alloc::{plan, AllocError, Allocation, Allocator, Plan, Request};
