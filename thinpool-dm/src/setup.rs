@@ -96,8 +96,6 @@ impl DmPool {
         uuid: [u8; 16],
         block_size: Sectors,
     ) -> Result<DmPool, DmError> {
-        // Fail before writing anything if device-mapper is not there.
-        let dm = dmops::open_control()?;
         // A first look without the exclusive open, so a device in use (our
         // own active pool, a mount) is refused naming what it holds rather
         // than with a bare EBUSY.
@@ -110,6 +108,8 @@ impl DmPool {
                 })
             }
         }
+        // Fail before writing anything if device-mapper is not there.
+        let dm = dmops::open_control()?;
         let header = {
             let writer = ExclusiveWriter::open(device)
                 .map_err(|e| io(device, "open exclusively (is the device in use?)", e))?;
@@ -446,5 +446,97 @@ impl MetadataArea {
             path,
             made: made.then_some((name, device)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What can be checked without device-mapper: every refusal happens
+    //! before `/dev/mapper/control` is opened, on plain files.
+    use super::*;
+
+    struct TempDevice(PathBuf);
+
+    impl TempDevice {
+        fn with(name: &str, len: usize, at: usize, bytes: &[u8]) -> TempDevice {
+            let dir = std::env::temp_dir()
+                .join(format!("thinpool-dm-setup-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("dev");
+            let mut content = vec![0u8; len];
+            content[at..at + bytes.len()].copy_from_slice(bytes);
+            std::fs::write(&path, content).unwrap();
+            TempDevice(path)
+        }
+    }
+
+    impl Drop for TempDevice {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn create_refuses_a_device_with_a_filesystem_naming_it() {
+        let dev = TempDevice::with("ext4", 8 << 20, 1080, &[0x53, 0xef]);
+        let err =
+            DmPool::create_on_device(&dev.0, &PoolName::new("p").unwrap(), [1; 16], Sectors(128))
+                .unwrap_err();
+        assert!(
+            matches!(&err, DmError::NotEmpty { found, .. } if found.contains("ext")),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&dev.0.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn open_refuses_a_device_without_our_header() {
+        let dev = TempDevice::with("zeros", 8 << 20, 0, &[]);
+        assert_eq!(probe(&dev.0).unwrap(), Contents::Zeros);
+        let err = DmPool::open_on_device(&dev.0).unwrap_err();
+        assert!(
+            matches!(&err, DmError::NoPoolHeader { found, .. } if found == "only zeros"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn find_pools_reports_only_devices_with_our_header() {
+        let header = PoolHeader::plan(
+            [9; 16],
+            PoolName::new("found").unwrap(),
+            Sectors(1 << 16),
+            Sectors(128),
+        )
+        .unwrap();
+        let ours = TempDevice::with("ours", 2 << 20, 0, &header.encode());
+        let other = TempDevice::with("other", 2 << 20, 0, b"XFSB");
+        let found = find_pools(&[
+            other.0.clone(),
+            PathBuf::from("/nonexistent/dev"),
+            ours.0.clone(),
+        ]);
+        assert_eq!(found, vec![(ours.0.clone(), header)]);
+    }
+
+    #[test]
+    fn adopt_checks_its_arguments_first() {
+        let f = TempDevice::with("plain", 1 << 20, 0, &[]);
+        let name = PoolName::new("p").unwrap();
+        assert!(matches!(
+            DmPool::adopt(&name, &f.0, &f.0, Sectors(100)),
+            Err(DmError::Layout { .. })
+        ));
+        // Plain files are not block devices: named in the error.
+        let err = DmPool::adopt(&name, &f.0, &f.0, Sectors(128)).unwrap_err();
+        assert!(
+            matches!(&err, DmError::Io { device, .. } if device == &f.0),
+            "{err:?}"
+        );
     }
 }
