@@ -335,6 +335,27 @@ mod tests {
     }
 
     #[test]
+    fn blkid_names_what_the_magic_table_does_not_know() {
+        if std::process::Command::new("blkid").arg("-V").output().is_err() {
+            eprintln!("blkid not installed: skipped");
+            return;
+        }
+        // An erofs superblock: magic at 1024, 4 KiB blocks (blkszbits 12).
+        let path = scratch("erofs", 4 << 20);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[1024..1028].copy_from_slice(&[0xe2, 0xe1, 0xf5, 0xe0]);
+        bytes[1036] = 12;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(probe_filesystem(&path).unwrap(), Some(FsType::Foreign("erofs".into())));
+        let err = format_if_empty(&path, &FsType::Ext4, &[]).unwrap_err();
+        assert!(err.to_string().contains("already holds foreign contents (erofs)"), "{err}");
+        // Not erofs any more (broken magic): unrecognised data, named by its offset.
+        bytes[1024] = 0x11;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(probe_filesystem(&path).unwrap(), Some(unrecognised(1024)));
+    }
+
+    #[test]
     fn formats_an_empty_image_once() {
         // Needs mkfs.ext4 on the machine running the tests; skipped if absent.
         if std::process::Command::new("mkfs.ext4").arg("-V").output().is_err() {
