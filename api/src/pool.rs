@@ -15,6 +15,10 @@
 //!   `spec.freeDeviceIds`: a committed delete frees its id, an aborted
 //!   transaction frees the ids it would have created (abort deleted them).
 
+// clippy reads the repeated `type_ = ...` keys of kube's `printcolumn(...)`
+// entries as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::borrow::Cow;
 
 use kube::CustomResource;

@@ -1,6 +1,10 @@
 //! `ThinVolume` and `ThinSnapshot`: one object per CSI name (named by
 //! [`crate::object_name`]), saying which pool and thin device hold it.
 
+// clippy reads the repeated `type_ = ...` keys of kube's `printcolumn(...)`
+// entries as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,8 @@
 //! frees the deleted id; an aborted transaction frees the ids it would have
 //! created (abort removed them) and none of its deletes (none was posted).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
@@ -198,10 +199,19 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
 }
 
 /// Allocates on ThinPool objects through the Kubernetes API.
+///
+/// Clones share state. Within one process, allocations on the same pool
+/// take turns (a per-pool async lock), so the tasks of one controller do
+/// not race each other through the apiserver; the object each write
+/// returned is kept and used as the next read, so an uncontended allocation
+/// is one write. Writers elsewhere (another controller process, the node's
+/// status) are met by optimistic concurrency: a 409 drops the kept object,
+/// re-reads and plans again.
 #[derive(Clone)]
 pub struct Allocator {
     api: Api<ThinPool>,
     max_conflicts: u32,
+    pools: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ThinPool>>>>>>,
 }
 
 impl Allocator {
@@ -209,7 +219,7 @@ impl Allocator {
     pub const DEFAULT_MAX_CONFLICTS: u32 = 1000;
 
     pub fn new(client: Client) -> Self {
-        Allocator { api: Api::all(client), max_conflicts: Self::DEFAULT_MAX_CONFLICTS }
+        Allocator { api: Api::all(client), max_conflicts: Self::DEFAULT_MAX_CONFLICTS, pools: Default::default() }
     }
 
     pub fn with_max_conflicts(mut self, n: u32) -> Self {
@@ -217,30 +227,42 @@ impl Allocator {
         self
     }
 
+    fn pool_slot(&self, pool: &str) -> Arc<tokio::sync::Mutex<Option<ThinPool>>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.entry(pool.to_string()).or_default().clone()
+    }
+
     /// Records one transaction for `requests` on pool object `pool`: ids and
     /// transaction id assigned, written with optimistic concurrency. When
     /// this returns, the transaction is in the API; the node has not acted.
     pub async fn allocate(&self, pool: &str, requests: &[Request]) -> Result<Allocation, AllocError> {
+        let slot = self.pool_slot(pool);
+        let mut kept = slot.lock().await;
         let mut conflicts = 0u32;
         loop {
-            let mut object = match self.api.get(pool).await {
-                Ok(o) => o,
-                Err(kube::Error::Api(s)) if s.code == 404 => return Err(AllocError::PoolNotFound { pool: pool.to_string() }),
-                Err(e) => return Err(AllocError::Api(e)),
+            let mut object = match kept.take() {
+                Some(o) => o,
+                None => match self.api.get(pool).await {
+                    Ok(o) => o,
+                    Err(kube::Error::Api(s)) if s.code == 404 => return Err(AllocError::PoolNotFound { pool: pool.to_string() }),
+                    Err(e) => return Err(AllocError::Api(e)),
+                },
             };
             let plan = plan(&object, requests)?;
             object.spec = plan.spec;
-            // `object` carries the resourceVersion we read: the write fails
-            // with 409 if anything changed the object since.
+            // `object` carries the resourceVersion it was read with: the
+            // write fails with 409 if anything changed the object since.
             match self.api.replace(pool, &PostParams::default(), &object).await {
                 Ok(written) => {
                     tracing::debug!(pool, txn = %plan.transaction.id(), conflicts, "transaction recorded");
+                    let resource_version = written.metadata.resource_version.clone();
+                    *kept = Some(written);
                     return Ok(Allocation {
                         pool: pool.to_string(),
                         transaction: plan.transaction,
                         created: plan.created,
                         freed: plan.freed,
-                        resource_version: written.metadata.resource_version,
+                        resource_version,
                         conflicts,
                     });
                 }
