@@ -1,10 +1,11 @@
 //! The csi-node filesystem layer on a real kernel: run as root inside the
 //! test VM by e2e/guest/fs.sh, on loop devices over tmpfs files.
 //!
-//!     fs_vmtest --work DIR --ext4 DEV:FILE --xfs DEV:FILE --foreign DEV --raw DEV --busy DEV:FILE
+//!     fs_vmtest --work DIR --ext4 DEV:FILE --xfs DEV:FILE --foreign DEV --raw DEV --busy DEV:FILE --spare DEV
 //!
 //! Every device must start out zeroed (fresh sparse files); FILE is the
-//! loop device's backing file, grown to test online expansion. Prints
+//! loop device's backing file, grown to test online expansion; the spare
+//! loop device is left free (it gets a copy of the xfs volume). Prints
 //! `PASS <name>` / `FAIL <name>: <why>` lines and exits 1 if anything
 //! failed.
 
@@ -61,11 +62,12 @@ struct Args {
     foreign: PathBuf,
     raw: PathBuf,
     busy: (PathBuf, PathBuf),
+    spare: PathBuf,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut argv = std::env::args().skip(1);
-    let (mut work, mut ext4, mut xfs, mut foreign, mut raw, mut busy) = (None, None, None, None, None, None);
+    let (mut work, mut ext4, mut xfs, mut foreign, mut raw, mut busy, mut spare) = (None, None, None, None, None, None, None);
     let pair = |v: String| -> Result<(PathBuf, PathBuf), String> {
         let (d, f) = v.split_once(':').ok_or(format!("{v}: expected DEV:FILE"))?;
         Ok((d.into(), f.into()))
@@ -79,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
             "--foreign" => foreign = Some(PathBuf::from(value)),
             "--raw" => raw = Some(PathBuf::from(value)),
             "--busy" => busy = Some(pair(value)?),
+            "--spare" => spare = Some(PathBuf::from(value)),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -89,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
         foreign: foreign.ok_or("--foreign missing")?,
         raw: raw.ok_or("--raw missing")?,
         busy: busy.ok_or("--busy missing")?,
+        spare: spare.ok_or("--spare missing")?,
     })
 }
 
@@ -123,6 +127,37 @@ fn grow(device: &Path, file: &Path, bytes: u64) -> Check {
     ensure!(out.status.success(), "losetup -c {}: {}", device.display(), String::from_utf8_lossy(&out.stderr));
     let size = block_device_size(device).map_err(e)?;
     ensure!(size == bytes, "{} is {size} bytes after losetup -c, expected {bytes}", device.display());
+    Ok(())
+}
+
+/// Copies a sparse file's data ranges only (SEEK_DATA/SEEK_HOLE): a
+/// plain copy would fill tmpfs with the holes' zeros.
+fn sparse_copy(from: &Path, to: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let src = File::open(from).map_err(|err| format!("opening {}: {err}", from.display()))?;
+    let dst = File::create(to).map_err(|err| format!("creating {}: {err}", to.display()))?;
+    let len = src.metadata().map_err(|err| err.to_string())?.len();
+    dst.set_len(len).map_err(|err| err.to_string())?;
+    let mut pos: i64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while (pos as u64) < len {
+        // SAFETY: lseek on an open descriptor; no memory is passed.
+        let data = unsafe { libc::lseek(src.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no data after pos
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        let mut at = data;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], at as u64).map_err(|err| err.to_string())?;
+            dst.write_all_at(&buf[..n], at as u64).map_err(|err| err.to_string())?;
+            at += n as i64;
+        }
+        pos = end;
+    }
     Ok(())
 }
 
@@ -324,6 +359,32 @@ fn main() -> ExitCode {
             ensure!(m.has_mount_option(o), "{o} missing: {:?}", m.mount_options);
         }
         ensure!(File::create(pubx_ro.join("nope")).err().and_then(|e| e.raw_os_error()) == Some(libc::EROFS), "xfs bind writable");
+        Ok(())
+    });
+    t.check("an xfs clone (same UUID) mounts beside its mounted origin", || {
+        write_file(&stagex.join("before-clone"), b"origin data", true).map_err(|err| err.to_string())?;
+        // SAFETY: sync(2) takes no arguments.
+        unsafe { libc::sync() };
+        let copy = w("xfs-clone.img");
+        sparse_copy(xfs_file, &copy)?;
+        let out = Command::new("losetup").arg(&args.spare).arg(&copy).output().map_err(|err| err.to_string())?;
+        ensure!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        let found = probe_filesystem(&args.spare).map_err(e)?;
+        ensure!(found == Some(FsType::Xfs), "the clone probes as {found:?}");
+        let target = w("stage/xfs-clone");
+        let got = mount(&args.spare, &target, &FsType::Xfs, false, &[]).map_err(e)?;
+        ensure!(got == MountOutcome::Mounted, "got {got:?}");
+        // mount() adds nouuid to every xfs mount: without it the kernel
+        // refuses a second filesystem with a UUID already mounted.
+        let mounts = read_mountinfo().map_err(e)?;
+        let m = mount_at(&mounts, &target).ok_or("the clone is not in mountinfo")?;
+        ensure!(m.super_options.iter().any(|o| o == "nouuid"), "no nouuid: {:?}", m.super_options);
+        let back = std::fs::read(target.join("before-clone")).map_err(|err| format!("reading in the clone: {err}"))?;
+        ensure!(back == b"origin data", "the clone holds {back:?}");
+        ensure!(unmount(&target).map_err(e)? == UnmountOutcome::Unmounted, "unmounting the clone");
+        let out = Command::new("losetup").arg("-d").arg(&args.spare).output().map_err(|err| err.to_string())?;
+        ensure!(out.status.success(), "losetup -d: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::remove_file(&copy).map_err(|err| err.to_string())?;
         Ok(())
     });
     t.check("mounts_of lists the stage and its binds", || {

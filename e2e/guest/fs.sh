@@ -38,10 +38,11 @@ fs_vmtest --work $W/mnt \
 	--xfs /dev/loop1:$W/xfs.img \
 	--foreign /dev/loop2 \
 	--raw /dev/loop3 \
-	--busy /dev/loop4:$W/busy.img
+	--busy /dev/loop4:$W/busy.img \
+	--spare /dev/loop5
 rc=$?
 
 # Whatever a failed run left mounted, then the loops.
 for m in $(grep " $W/mnt" /proc/self/mountinfo | cut -d' ' -f5 | sort -r); do umount "$m" 2>/dev/null; done
-for n in 0 1 2 3 4; do losetup -d /dev/loop$n 2>/dev/null; done
+for n in 0 1 2 3 4 5; do losetup -d /dev/loop$n 2>/dev/null; done
 exit $rc

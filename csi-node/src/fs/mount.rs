@@ -153,6 +153,16 @@ impl MountOptions {
         self.data.join(",")
     }
 
+    /// Adds the options this layer always uses for `fs`: `nouuid` for xfs,
+    /// because a thin snapshot or clone carries its origin's UUID and XFS
+    /// refuses to mount a second filesystem with a UUID already mounted.
+    pub fn with_defaults_for(mut self, fs: &FsType) -> MountOptions {
+        if *fs == FsType::Xfs && !self.data.iter().any(|o| o == "nouuid") {
+            self.data.push("nouuid".into());
+        }
+        self
+    }
+
     /// Why an existing mount (its mountinfo line) does not satisfy these
     /// options, if it does not.
     fn mismatch(&self, existing: &MountInfo) -> Option<String> {
@@ -299,7 +309,8 @@ fn canonical_if_exists(path: &Path) -> Result<Option<PathBuf>> {
 
 /// Mounts the filesystem on block device `device` at directory `target`
 /// (created if missing) as `fs`, read-only if `read_only`, with
-/// `mount_options` (see [`MountOptions::parse`]).
+/// `mount_options` (see [`MountOptions::parse`]; xfs always gets
+/// `nouuid`, see [`MountOptions::with_defaults_for`]).
 ///
 /// Idempotent: if `target` already has this device mounted (its whole
 /// filesystem) with compatible options — same read-only-ness, the
@@ -310,7 +321,7 @@ pub fn mount(device: &Path, target: &Path, fs: &FsType, read_only: bool, mount_o
     require_path(device, "device path")?;
     require_path(target, "target path")?;
     fs.require_supported()?;
-    let options = MountOptions::parse(read_only, mount_options)?;
+    let options = MountOptions::parse(read_only, mount_options)?.with_defaults_for(fs);
     let (major, minor) = device_number(device)?;
     ensure_dir(target)?;
     let target_c = canonical(target)?;
@@ -539,6 +550,12 @@ mod tests {
         assert_eq!(o.data(), "discard,errors=remount-ro");
         assert!(!o.read_only());
         assert_eq!(o.to_string(), "rw,nosuid,noatime,discard,errors=remount-ro");
+
+        let o = opts(false, &["noatime"]).unwrap().with_defaults_for(&FsType::Xfs);
+        assert_eq!(o.data(), "nouuid");
+        let o = opts(false, &["nouuid"]).unwrap().with_defaults_for(&FsType::Xfs);
+        assert_eq!(o.data(), "nouuid");
+        assert_eq!(opts(false, &[]).unwrap().with_defaults_for(&FsType::Ext4).data(), "");
 
         let o = opts(true, &["nouuid"]).unwrap();
         assert!(o.read_only());
