@@ -305,13 +305,33 @@ mod tests {
         assert_eq!(from_blkid_name("ext4"), FsType::Ext4);
     }
 
-    fn scratch(name: &str, len: u64) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("thin-csi-fs-probe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    /// A sparse image file standing in for a device, removed when dropped.
+    struct Scratch(std::path::PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Scratch {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn scratch(name: &str, len: u64) -> Scratch {
+        let path = std::env::temp_dir().join(format!("thin-csi-fs-probe-{}-{name}", std::process::id()));
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(len).unwrap();
-        path
+        Scratch(path)
     }
 
     #[test]
@@ -371,6 +391,13 @@ mod tests {
         assert!(matches!(err, FsError::FormatMismatch { found: FsType::Ext4, .. }), "{err}");
         let err = format_if_empty(&path, &FsType::Ext3, &[]).unwrap_err();
         assert!(matches!(err, FsError::FormatMismatch { .. }), "{err}");
+
+        // ext3 and ext2 are made by the same tool and told apart the way blkid does.
+        for fs in [FsType::Ext3, FsType::Ext2] {
+            let image = scratch(fs.name(), 32 << 20);
+            assert_eq!(format_if_empty(&image, &fs, &[]).unwrap(), FormatOutcome::Formatted);
+            assert_eq!(probe_filesystem(&image).unwrap(), Some(fs.clone()));
+        }
 
         // A bad mkfs option: the tool's own complaint comes back.
         let other = scratch("bad-option", 32 << 20);
