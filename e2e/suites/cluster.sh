@@ -6,7 +6,7 @@
 # unique device ids and dense transaction ids 1..=200, each exactly once; a
 # deleted id is reused only after the node reports its delete finished; bad
 # objects are refused by the apiserver's schema validation.
-# The node side (VMs running csi-node) is not part of this suite yet.
+# Then the node side (e2e/suites/cluster-nodes.sh): csi-node in two qemu VMs.
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 ensure_build_deps
@@ -72,5 +72,9 @@ step reuse "reuse-$$"
 
 # (c) schema validation
 step reject
+
+# The node side: csi-node in two VMs, driven through the API.
+source "$E2E/suites/cluster-nodes.sh"
+node_tests "${CLUSTER_MODE:-test}"
 
 summarize cluster "$log"

@@ -1,0 +1,13 @@
+//! Fault-injection annotations on a `ThinPool`, for the cluster tests. The
+//! node honours them only when started with `--test-hooks true`, never in a
+//! deployment.
+
+/// `"<boundary>@<txn>"`: the node SIGKILLs itself when the commit of `txn`
+/// reaches `boundary` (start, suspended, posted-N, txn-set, resumed). Fires
+/// once per node boot.
+pub const KILL_AT: &str = "test.thin.csi.io/kill-at";
+/// Any value: once, move the kernel's transaction id behind the engine's
+/// back (`set_transaction_id k k+5`), as a stray dmsetup would.
+pub const TAMPER: &str = "test.thin.csi.io/tamper-transaction-id";
+/// Any value: the node stops serving the pool and exits 0.
+pub const STOP: &str = "test.thin.csi.io/stop";

@@ -1,0 +1,332 @@
+//! The controller ↔ node protocol end to end, against a real kube-apiserver
+//! (KUBECONFIG) and csi-node running in qemu VMs (e2e/suites/cluster-nodes.sh).
+//! Each subcommand prints `PASS name` / `FAIL name (why)` lines.
+//!
+//!   node_e2e pools NODE...                 wait for each node's ThinPool object; prints `POOL node name`
+//!   node_e2e lifecycle POOL OTHER LEDGER   create, snapshot, delete through the API; OTHER untouched
+//!   node_e2e crash POOL BOUNDARY LEDGER    node SIGKILLed at BOUNDARY of the next transaction; it converges
+//!   node_e2e record-only POOL LEDGER       record a transaction and exit at once (a controller killed before the status)
+//!   node_e2e converge POOL                 every recorded transaction ends
+//!   node_e2e concurrent POOL N LEDGER      N allocations from 4 tasks; all end; the kernel at the last one
+//!   node_e2e diverge POOL                  kernel id moved behind our back → Unhealthy, an Event, no more transactions
+//!   node_e2e bench POOL N                  BENCH snapshot-api (record → node → kernel → status → watch)
+//!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
+//!   node_e2e compare LEDGER DEVICES_LINE   the kernel's devices equal the ledger's
+//!
+//! The LEDGER file tracks what committed: `+id` for a create, `-id` for a delete.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use csi_controller::wait::{wait_finished, Finished};
+use csi_controller::{Allocator, Request};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use serde_json::json;
+use thin_csi_api::{hooks, PoolHealth, ThinPool};
+use thinpool::{ThinId, Transaction};
+
+type Result<T> = std::result::Result<T, String>;
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Ctx {
+    client: Client,
+    pools: Api<ThinPool>,
+    alloc: Allocator,
+}
+
+impl Ctx {
+    /// Records `requests` and waits for the node to finish the transaction.
+    async fn run(&self, pool: &str, requests: &[Request]) -> Result<(Transaction, Finished)> {
+        let a = self.alloc.allocate(pool, requests).await.map_err(|e| e.to_string())?;
+        let n = a.transaction.id().get();
+        let done = wait_finished(&self.pools, pool, n, WAIT).await.map_err(|e| e.to_string())?;
+        Ok((a.transaction, done))
+    }
+
+    async fn committed(&self, pool: &str, requests: &[Request], ledger: &str) -> Result<Transaction> {
+        match self.run(pool, requests).await? {
+            (txn, Finished::Committed) => {
+                write_ledger(ledger, &txn)?;
+                Ok(txn)
+            }
+            (txn, Finished::Aborted { reason }) => Err(format!("transaction {} aborted: {reason:?}", txn.id())),
+        }
+    }
+
+    async fn status(&self, pool: &str) -> Result<thin_csi_api::ThinPoolStatus> {
+        let p = self.pools.get(pool).await.map_err(|e| e.to_string())?;
+        Ok(p.status.unwrap_or_default())
+    }
+
+    async fn annotate(&self, pool: &str, key: &str, value: &str) -> Result<()> {
+        let patch = json!({ "metadata": { "annotations": { key: value } } });
+        self.pools.patch(pool, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+fn write_ledger(path: &str, txn: &Transaction) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| e.to_string())?;
+    for id in txn.created_ids() {
+        writeln!(f, "+{id}").map_err(|e| e.to_string())?;
+    }
+    for id in txn.deleted_ids() {
+        writeln!(f, "-{id}").map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn read_ledger(path: &str) -> Result<BTreeSet<u32>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut live = BTreeSet::new();
+    for line in text.lines() {
+        let (sign, id) = line.split_at(1);
+        let id: u32 = id.parse().map_err(|_| format!("bad ledger line {line:?}"))?;
+        if sign == "+" {
+            live.insert(id);
+        } else {
+            live.remove(&id);
+        }
+    }
+    Ok(live)
+}
+
+fn any_live(ledger: &str) -> Result<ThinId> {
+    let live = read_ledger(ledger)?;
+    let id = live.iter().next().ok_or("no live device in the ledger")?;
+    ThinId::new((*id).into()).map_err(|e| e.to_string())
+}
+
+async fn pools(ctx: &Ctx, nodes: &[&str]) -> Result<String> {
+    let start = Instant::now();
+    let mut found = Vec::new();
+    for node in nodes {
+        loop {
+            let list = ctx.pools.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            // A pool the node registered (it wrote a kernel transaction id),
+            // not a record some other test made up for this node name.
+            let registered = |p: &&ThinPool| p.spec.node == *node && p.status.as_ref().is_some_and(|s| s.kernel_transaction.is_some());
+            if let Some(p) = list.items.iter().filter(registered).max_by_key(|p| p.metadata.creation_timestamp.clone()) {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                println!("POOL {node} {name}");
+                found.push(name);
+                break;
+            }
+            if start.elapsed() > WAIT {
+                return Err(format!("no ThinPool for node {node} after {WAIT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(format!("{} pools registered by their nodes", found.len()))
+}
+
+async fn lifecycle(ctx: &Ctx, pool: &str, other: &str, ledger: &str) -> Result<String> {
+    let other_before = ctx.status(other).await?.finished_transaction;
+    let thin = ctx.committed(pool, &[Request::CreateThin], ledger).await?;
+    let origin = thin.created_ids().next().ok_or("no id created")?;
+    let snap = ctx.committed(pool, &[Request::CreateSnapshot { origin }], ledger).await?;
+    let snap_id = snap.created_ids().next().ok_or("no snapshot id")?;
+    let group = ctx.committed(pool, &[Request::CreateSnapshot { origin }, Request::CreateSnapshot { origin: snap_id }, Request::CreateThin], ledger).await?;
+    let del = ctx.committed(pool, &[Request::Delete { id: snap_id }], ledger).await?;
+    let status = ctx.status(pool).await?;
+    if status.kernel_transaction != Some(del.id().get()) {
+        return Err(format!("kernel at {:?}, expected {}", status.kernel_transaction, del.id()));
+    }
+    let other_after = ctx.status(other).await?.finished_transaction;
+    if other_before != other_after {
+        return Err(format!("the other node's pool moved: {other_before:?} → {other_after:?}"));
+    }
+    Ok(format!("transactions {}..={} committed on {pool}; {other} untouched", thin.id(), group.id().get().max(del.id().get())))
+}
+
+async fn crash(ctx: &Ctx, pool: &str, boundary: &str, ledger: &str) -> Result<String> {
+    let next = ctx.pools.get(pool).await.map_err(|e| e.to_string())?.spec.last_assigned_transaction + 1;
+    ctx.annotate(pool, hooks::KILL_AT, &format!("{boundary}@{next}")).await?;
+    let origin = any_live(ledger)?;
+    let txn = ctx.committed(pool, &[Request::CreateSnapshot { origin }, Request::CreateThin], ledger).await?;
+    if txn.id().get() != next {
+        return Err(format!("expected transaction {next}, got {}", txn.id()));
+    }
+    let status = ctx.status(pool).await?;
+    if status.kernel_transaction != Some(next) || status.health == Some(PoolHealth::Unhealthy) {
+        return Err(format!("after the restart: {status:?}"));
+    }
+    Ok(format!("node killed at {boundary} of transaction {next}, restarted, committed"))
+}
+
+async fn record_only(ctx: &Ctx, pool: &str, ledger: &str) -> Result<String> {
+    let a = ctx.alloc.allocate(pool, &[Request::CreateThin]).await.map_err(|e| e.to_string())?;
+    // The ledger learns it only if it commits; `converge` checks that.
+    std::fs::write(format!("{ledger}.unconfirmed"), format!("{}\n", a.transaction.id())).map_err(|e| e.to_string())?;
+    write_ledger(&format!("{ledger}.pending"), &a.transaction)?;
+    println!("RECORDED {}", a.transaction.id());
+    // Linger, to be killed (SIGKILL) by the harness before it sees any status.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    Err("not killed".into())
+}
+
+async fn converge(ctx: &Ctx, pool: &str, ledger: &str) -> Result<String> {
+    let n: u64 = std::fs::read_to_string(format!("{ledger}.unconfirmed")).map_err(|e| e.to_string())?.trim().parse().map_err(|_| "bad txn")?;
+    match wait_finished(&ctx.pools, pool, n, WAIT).await.map_err(|e| e.to_string())? {
+        Finished::Committed => {
+            let pending = std::fs::read_to_string(format!("{ledger}.pending")).map_err(|e| e.to_string())?;
+            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(ledger).map_err(|e| e.to_string())?;
+            f.write_all(pending.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(format!("transaction {n}, recorded by a controller that died, committed"))
+        }
+        Finished::Aborted { reason } => Err(format!("aborted: {reason:?}")),
+    }
+}
+
+async fn concurrent(ctx: &Ctx, pool: &str, count: usize, ledger: &str) -> Result<String> {
+    let per_task = count.div_ceil(4);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let alloc = ctx.alloc.clone();
+        let pool = pool.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut txns = Vec::new();
+            for _ in 0..per_task {
+                txns.push(alloc.allocate(&pool, &[Request::CreateThin]).await.map_err(|e| e.to_string())?.transaction);
+            }
+            Ok::<_, String>(txns)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    all.sort_by_key(Transaction::id);
+    let last = all.last().ok_or("nothing allocated")?.id().get();
+    let ids: BTreeSet<ThinId> = all.iter().flat_map(|t| t.created_ids().collect::<Vec<_>>()).collect();
+    if ids.len() != all.len() {
+        return Err(format!("{} transactions but {} distinct device ids", all.len(), ids.len()));
+    }
+    let dense = all.windows(2).all(|w| w[1].id().get() == w[0].id().get() + 1);
+    if !dense {
+        return Err("transaction ids are not dense".into());
+    }
+    match wait_finished(&ctx.pools, pool, last, WAIT).await.map_err(|e| e.to_string())? {
+        Finished::Committed => {}
+        other => return Err(format!("last transaction {last}: {other:?}")),
+    }
+    let status = ctx.status(pool).await?;
+    if status.kernel_transaction != Some(last) || !status.aborted_transactions.is_empty() {
+        return Err(format!("kernel at {:?}, aborted {:?}; expected {last}", status.kernel_transaction, status.aborted_transactions));
+    }
+    for t in &all {
+        write_ledger(ledger, t)?;
+    }
+    Ok(format!("{} allocations, ids unique, transactions {}..={last} dense, kernel at {last}", all.len(), all[0].id()))
+}
+
+async fn diverge(ctx: &Ctx, pool: &str) -> Result<String> {
+    ctx.annotate(pool, hooks::TAMPER, "true").await?;
+    let start = Instant::now();
+    loop {
+        let status = ctx.status(pool).await?;
+        if status.health == Some(PoolHealth::Unhealthy) {
+            let events: Api<Event> = Api::default_namespaced(ctx.client.clone());
+            let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let raised = list.items.iter().any(|e| e.reason.as_deref() == Some("PoolDiverged") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool));
+            if !raised {
+                return Err("pool unhealthy but no PoolDiverged event".into());
+            }
+            return match ctx.alloc.allocate(pool, &[Request::CreateThin]).await {
+                Err(e) if e.to_string().contains("unhealthy") => Ok(format!("unhealthy ({}), event raised, allocation refused", status.last_error.unwrap_or_default())),
+                other => Err(format!("allocation on an unhealthy pool: {other:?}")),
+            };
+        }
+        if start.elapsed() > WAIT {
+            return Err(format!("pool not marked unhealthy: {status:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn bench(ctx: &Ctx, pool: &str, reps: usize) -> Result<String> {
+    let ledger = "/dev/null";
+    let origin = ctx.committed(pool, &[Request::CreateThin], ledger).await?.created_ids().next().ok_or("no id")?;
+    let mut us = Vec::new();
+    for _ in 0..reps {
+        let start = Instant::now();
+        let snap = ctx.committed(pool, &[Request::CreateSnapshot { origin }], ledger).await?;
+        us.push(start.elapsed().as_micros() as u64);
+        let id = snap.created_ids().next().ok_or("no id")?;
+        ctx.committed(pool, &[Request::Delete { id }], ledger).await?;
+    }
+    ctx.committed(pool, &[Request::Delete { id: origin }], ledger).await?;
+    us.sort_unstable();
+    let n = us.len();
+    println!("BENCH snapshot-api thin-csi median_us={} p90_us={} n={n}", us[n / 2], us[((n * 9) / 10).min(n - 1)]);
+    Ok(String::new())
+}
+
+fn compare(ledger: &str, devices: &str) -> Result<String> {
+    let expected = read_ledger(ledger)?;
+    let got: BTreeSet<u32> = devices.split_whitespace().skip(1).map(|s| s.parse().map_err(|_| format!("bad id {s:?}"))).collect::<Result<_>>()?;
+    if expected == got {
+        Ok(format!("{} devices, exactly the committed ones", got.len()))
+    } else {
+        let missing: Vec<_> = expected.difference(&got).collect();
+        let extra: Vec<_> = got.difference(&expected).collect();
+        Err(format!("missing from the kernel {missing:?}, not in the record {extra:?}"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["compare", ledger, devices] = argv.as_slice() {
+        return finish("kernel devices match the API record", compare(ledger, devices));
+    }
+    let client = match Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => return finish("kube client", Err(e.to_string())),
+    };
+    let ctx = Ctx { pools: Api::all(client.clone()), alloc: Allocator::new(client.clone()), client };
+    let (name, result) = match argv.as_slice() {
+        ["pools", nodes @ ..] => ("nodes registered their pools".to_string(), pools(&ctx, nodes).await),
+        ["lifecycle", pool, other, ledger] => ("create, snapshot, delete end to end".into(), lifecycle(&ctx, pool, other, ledger).await),
+        ["crash", pool, boundary, ledger] => (format!("node killed at {boundary}"), crash(&ctx, pool, boundary, ledger).await),
+        ["record-only", pool, ledger] => ("controller records a transaction".into(), record_only(&ctx, pool, ledger).await),
+        ["converge", pool, ledger] => ("controller killed before the status: the pool converges".into(), converge(&ctx, pool, ledger).await),
+        ["concurrent", pool, n, ledger] => ("concurrent allocations through the node".into(), concurrent(&ctx, pool, n.parse().unwrap_or(200), ledger).await),
+        ["diverge", pool] => ("divergence marks the pool unhealthy".into(), diverge(&ctx, pool).await),
+        ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
+        ["stop", pools @ ..] => {
+            let mut r = Ok(String::new());
+            for p in pools {
+                if let Err(e) = ctx.annotate(p, hooks::STOP, "true").await {
+                    r = Err(e);
+                }
+            }
+            ("nodes asked to stop".into(), r)
+        }
+        _ => {
+            eprintln!("usage: see the header of csi-controller/examples/node_e2e.rs");
+            return ExitCode::from(2);
+        }
+    };
+    finish(&name, result)
+}
+
+fn finish(name: &str, result: Result<String>) -> ExitCode {
+    match result {
+        Ok(detail) if detail.is_empty() => ExitCode::SUCCESS,
+        Ok(detail) => {
+            println!("PASS {name} ({detail})");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("FAIL {name} ({why})");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The node's transaction executor: watches this pool's `ThinPool` object,
+//! runs its pending transactions against the kernel in order of transaction
+//! id ([`thinpool::executor::drive`]), and writes what the kernel committed
+//! into the object's status. It is the only writer of that status.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use thin_csi_api::pool::{PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus};
+use thinpool::executor::{drive, Ended, Progress};
+use thinpool::{Kernel, TransactionId};
+use thinpool_dm::{DmPool, PoolLayout};
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("pool {pool}: {why}")]
+    Pool { pool: String, why: String },
+    #[error("pool object {object} belongs to node {owner}, not {node}")]
+    WrongNode { object: String, owner: String, node: String },
+}
+
+/// How long to wait before retrying a transaction that is blocked (for
+/// example a device to delete is still open); new events retry at once.
+const BLOCKED_RETRY: Duration = Duration::from_secs(5);
+
+pub struct PoolExecutor {
+    pools: Api<ThinPool>,
+    object: String,
+    kernel: Arc<Mutex<DmPool>>,
+    recorder: Recorder,
+    test_hooks: bool,
+}
+
+pub use thin_csi_api::hooks;
+
+/// The pool's identity: the UUID in its header (device paths change across
+/// reboots), or for an adopted metadata/data pair, node and pool name.
+pub fn pool_identity(pool: &DmPool, node: &str) -> String {
+    match pool.layout() {
+        PoolLayout::OneDevice { header, .. } => header.uuid_string(),
+        PoolLayout::Pair { .. } => format!("{node}-{}", pool.name()),
+    }
+}
+
+fn kernel_err(pool: &str, e: impl std::fmt::Display) -> NodeError {
+    NodeError::Pool { pool: pool.to_string(), why: e.to_string() }
+}
+
+impl PoolExecutor {
+    /// Creates this pool's object if it does not exist yet (its record then
+    /// starts at the kernel's transaction id), or checks it is ours.
+    pub async fn register(client: Client, node: &str, pool: DmPool) -> Result<PoolExecutor, NodeError> {
+        let object = pool_identity(&pool, node);
+        let pools: Api<ThinPool> = Api::all(client.clone());
+        let kernel_at = pool.pool_status().map_err(|e| kernel_err(&object, e))?.working().map(|w| w.transaction_id.get());
+        let kernel_at = kernel_at.ok_or_else(|| kernel_err(&object, "the kernel reports the pool failed"))?;
+        match pools.get_opt(&object).await? {
+            Some(existing) if existing.spec.node != node => {
+                return Err(NodeError::WrongNode { object, owner: existing.spec.node, node: node.to_string() })
+            }
+            Some(_) => info!(pool = %object, "pool object found"),
+            None => {
+                let mut fresh = ThinPool::new(&object, ThinPoolSpec::new(node, pool.name().as_str(), &object, kernel_at));
+                fresh.status = None;
+                pools.create(&PostParams::default(), &fresh).await?;
+                // Everything up to the kernel's id is finished: the record starts here.
+                let status = ThinPoolStatus { finished_transaction: Some(kernel_at), kernel_transaction: Some(kernel_at), ..Default::default() };
+                pools.patch_status(&object, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+                info!(pool = %object, kernel_at, "pool object created");
+            }
+        }
+        let recorder = Recorder::new(client, Reporter { controller: "thin-csi-node".into(), instance: Some(node.to_string()) });
+        Ok(PoolExecutor { pools, object, kernel: Arc::new(Mutex::new(pool)), recorder, test_hooks: false })
+    }
+
+    /// Honour the fault-injection annotations in [`hooks`] (tests only).
+    pub fn with_test_hooks(mut self, enabled: bool) -> Self {
+        self.test_hooks = enabled;
+        self
+    }
+
+    pub fn object_name(&self) -> &str {
+        &self.object
+    }
+
+    /// Watches the pool object and reconciles on every change; never polls.
+    pub async fn run(self) -> Result<(), NodeError> {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.object));
+        let mut changes = watcher(self.pools.clone(), config).default_backoff().applied_objects().boxed();
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut latest: Option<ThinPool> = None;
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = changes.next() => match next {
+                    Some(Ok(pool)) => latest = Some(pool),
+                    Some(Err(e)) => { warn!(error = %e, "watch error; the watcher backs off and resumes"); continue; }
+                    None => return Ok(()),
+                },
+                _ = retry => {}
+            }
+            retry_at = None;
+            let Some(pool) = latest.clone() else { continue };
+            if self.test_hooks && annotation(&pool, hooks::STOP).is_some() {
+                info!("stop requested through the test hook");
+                return Ok(());
+            }
+            match self.reconcile(&pool).await {
+                Ok(true) => retry_at = Some(tokio::time::Instant::now() + BLOCKED_RETRY),
+                Ok(false) => {}
+                Err(e) => {
+                    error!(error = %e, "reconcile failed; retrying");
+                    retry_at = Some(tokio::time::Instant::now() + BLOCKED_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Runs what is pending and reports it. Returns true when a transaction
+    /// is blocked and should be retried later.
+    async fn reconcile(&self, pool: &ThinPool) -> Result<bool, NodeError> {
+        let old = pool.status.clone().unwrap_or_default();
+        if old.health == Some(PoolHealth::Unhealthy) {
+            return Ok(false); // divergence: send it nothing more, never guess
+        }
+        let record = match thin_csi_api::convert::pool_record(pool) {
+            Ok(r) => r,
+            Err(e) => {
+                self.write_status(pool, ThinPoolStatus { last_error: Some(format!("bad record: {e}")), ..old }).await?;
+                return Ok(false);
+            }
+        };
+        let kernel = self.kernel.clone();
+        let job_record = record.clone();
+        let kill_at = if self.test_hooks { annotation(pool, hooks::KILL_AT) } else { None };
+        let tamper = self.test_hooks && annotation(pool, hooks::TAMPER).is_some();
+        let (progress, usage) = tokio::task::spawn_blocking(move || {
+            let mut k = kernel.lock().unwrap_or_else(|p| p.into_inner());
+            if tamper && fire_once("tamper") {
+                if let Some(w) = k.pool_status().ok().and_then(|s| s.working().cloned()) {
+                    let at = w.transaction_id.get();
+                    let _ = k.raw_message(&format!("set_transaction_id {at} {}", at + 5));
+                    warn!(from = at, to = at + 5, "test hook: moved the kernel's transaction id");
+                }
+            }
+            let mut observer = KillAt::parse(kill_at.as_deref());
+            let progress = drive(&mut *k, &job_record, &mut observer);
+            let usage = k.pool_status().ok().and_then(|s| s.working().cloned()).map(|w| (w, k.block_size(), k.metadata_area().len));
+            (progress, usage)
+        })
+        .await
+        .map_err(|e| kernel_err(&self.object, e))?;
+        let mut status = next_status(&old, pool, &record.finished, &progress);
+        if let Some((w, block, meta_len)) = usage {
+            status.data_used_bytes = Some(w.data.used * block.bytes());
+            status.data_total_bytes = Some(w.data.total * block.bytes());
+            status.metadata_used_bytes = Some(w.metadata.used * 4096);
+            status.metadata_total_bytes = Some(w.metadata.total.max(meta_len.bytes() / 4096) * 4096);
+            status.mode = Some(PoolMode::of(&w));
+        }
+        let mut blocked = false;
+        if let Some(stop) = &progress.stopped {
+            if stop.is_divergence() {
+                status.health = Some(PoolHealth::Unhealthy);
+                self.event(pool, EventType::Warning, "PoolDiverged", &stop.to_string()).await;
+                error!(pool = %self.object, error = %stop, "pool diverged; marked unhealthy");
+            } else {
+                blocked = true;
+                if old.last_error.as_deref() != Some(&stop.to_string()) {
+                    self.event(pool, EventType::Warning, "TransactionBlocked", &stop.to_string()).await;
+                }
+            }
+        }
+        for (n, ended) in &progress.ended {
+            if let Ended::Aborted { reason } = ended {
+                self.event(pool, EventType::Warning, "TransactionAborted", &format!("transaction {n}: {reason}")).await;
+            }
+        }
+        if status != old {
+            self.write_status(pool, status).await?;
+        }
+        Ok(blocked)
+    }
+
+    async fn write_status(&self, pool: &ThinPool, status: ThinPoolStatus) -> Result<(), NodeError> {
+        let name = pool.metadata.name.as_deref().unwrap_or(&self.object);
+        self.pools.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+        Ok(())
+    }
+
+    async fn event(&self, pool: &ThinPool, type_: EventType, reason: &str, note: &str) {
+        let reference: ObjectReference = pool.object_ref(&());
+        let event = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+fn annotation(pool: &ThinPool, key: &str) -> Option<String> {
+    pool.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+/// True the first time `what` is asked for in this boot of the machine.
+fn fire_once(what: &str) -> bool {
+    let marker = std::path::Path::new("/run").join(format!("thin-csi-test-hook-{what}"));
+    std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok()
+}
+
+/// The node's engine observer: times each commit (Start → Resumed) and
+/// carries the kill-at test hook.
+struct KillAt(Option<(thinpool::Boundary, u64)>, Option<std::time::Instant>);
+
+impl KillAt {
+    fn parse(spec: Option<&str>) -> KillAt {
+        let parsed = spec.and_then(|s| {
+            let (boundary, txn) = s.split_once('@')?;
+            let boundary = match boundary {
+                "start" => thinpool::Boundary::Start,
+                "suspended" => thinpool::Boundary::Suspended,
+                "txn-set" => thinpool::Boundary::TransactionIdSet,
+                "resumed" => thinpool::Boundary::Resumed,
+                other => thinpool::Boundary::Posted { index: other.strip_prefix("posted-")?.parse().ok()? },
+            };
+            Some((boundary, txn.parse().ok()?))
+        });
+        KillAt(parsed, None)
+    }
+}
+
+impl thinpool::Observer for KillAt {
+    fn reached(&mut self, txn: TransactionId, boundary: thinpool::Boundary) {
+        match boundary {
+            thinpool::Boundary::Start => self.1 = Some(std::time::Instant::now()),
+            thinpool::Boundary::Resumed => {
+                if let Some(start) = self.1.take() {
+                    info!(%txn, micros = start.elapsed().as_micros() as u64, "transaction committed");
+                }
+            }
+            _ => {}
+        }
+        if self.0 == Some((boundary, txn.get())) && fire_once(&format!("kill-{}", txn.get())) {
+            error!(%txn, ?boundary, "test hook: killing the node process");
+            // SAFETY: a plain syscall; the process dies here, as in a crash.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+}
+
+/// The status after a run: the last transaction that ended in order, the
+/// aborted ones still listed in the spec, the kernel's id, the last error.
+fn next_status(old: &ThinPoolStatus, pool: &ThinPool, finished: &TransactionId, progress: &Progress) -> ThinPoolStatus {
+    let finished = progress.ended.last().map_or(*finished, |(n, _)| *n);
+    let still_pending: Vec<u64> = pool.spec.pending_transactions.iter().map(|p| p.id).collect();
+    let mut aborted: Vec<u64> = old.aborted_transactions.iter().copied().filter(|n| still_pending.contains(n)).collect();
+    aborted.extend(progress.ended.iter().filter(|(_, e)| matches!(e, Ended::Aborted { .. })).map(|(n, _)| n.get()));
+    ThinPoolStatus {
+        kernel_transaction: Some(progress.kernel_at.get()),
+        finished_transaction: Some(finished.get()),
+        aborted_transactions: aborted,
+        health: Some(old.health.unwrap_or(PoolHealth::Healthy)),
+        last_error: progress.stopped.as_ref().map(ToString::to_string),
+        ..old.clone()
+    }
+}

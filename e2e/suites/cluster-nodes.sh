@@ -1,0 +1,102 @@
+# shellcheck shell=bash
+# The node half of the cluster suite, sourced by cluster.sh once the control
+# plane is up (uses RUN, log, KUBECONFIG): two qemu VMs, each running
+# csi-node on its own pool and reaching the apiserver through qemu user
+# networking; the controller side (node_e2e) drives them through the API.
+
+node_e2e_step() { # like cluster.sh's step, for node_e2e
+	local out rc=0
+	out=$(mktemp)
+	"$NODE_E2E" "$@" >"$out" 2>>"$RUN/node_e2e.stderr" || rc=$?
+	tee -a "$log" <"$out"
+	if [[ $rc -ne 0 ]] && ! grep -q '^FAIL ' "$out"; then
+		echo "FAIL node_e2e $1 exited $rc (stderr in $RUN/node_e2e.stderr)" | tee -a "$log"
+	fi
+	rm -f "$out"
+}
+
+# Boots one node VM in the background; its console goes to $RUN/logs/vm-NODE.log.
+start_node_vm() {
+	local node=$1
+	truncate -s 1G "$RUN/$node.img"
+	"$E2E/vm/boot" --bin "$CSI_NODE" --file "$RUN/guest.kubeconfig:/guest/kubeconfig" --disk "$RUN/$node.img" \
+		--net --mem 1024 --timeout 1800 --log "$RUN/logs/vm-$node.log" -- "$E2E/guest/node.sh" "$node" >/dev/null 2>&1 &
+	NODE_VM_PIDS+=($!)
+}
+
+stop_node_vms() {
+	local pid
+	for pid in "${NODE_VM_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	NODE_VM_PIDS=()
+}
+
+# Waits (up to $2 s) for every node VM to finish on its own.
+wait_node_vms() {
+	local deadline=$(($(date +%s) + $1)) pid
+	for pid in "${NODE_VM_PIDS[@]}"; do
+		while kill -0 "$pid" 2>/dev/null && [[ $(date +%s) -lt $deadline ]]; do sleep 1; done
+	done
+	stop_node_vms
+}
+
+# usage: node_tests MODE   (MODE: test | bench)
+node_tests() {
+	local mode=$1 a b ledger=$RUN/ledger-a boundary
+	echo "building csi-node (release, for the VM) and node_e2e" >&2
+	if ! (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node >&2 && cargo build -q -p csi-controller --example node_e2e >&2); then
+		echo "FAIL build csi-node / node_e2e" | tee -a "$log"
+		return
+	fi
+	CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
+	NODE_E2E=$CARGO_TARGET_DIR/debug/examples/node_e2e
+	NODE_VM_PIDS=()
+	trap 'stop_node_vms; cleanup' EXIT
+	start_node_vm vm-a
+	start_node_vm vm-b
+	node_e2e_step pools vm-a vm-b
+	a=$(awk '/^POOL vm-a /{print $3}' "$log" | tail -1)
+	b=$(awk '/^POOL vm-b /{print $3}' "$log" | tail -1)
+	if [[ -z $a || -z $b ]]; then
+		echo "FAIL node VMs did not register their pools (logs: $RUN/logs/vm-node-*.log)" | tee -a "$log"
+		tail -15 "$RUN"/logs/vm-vm-a.log
+		stop_node_vms
+		return
+	fi
+	if [[ $mode == bench ]]; then
+		node_e2e_step bench "$a" 50
+		grep -h 'transaction committed' "$RUN/logs/vm-vm-a.log" | sed -E 's/.*micros=([0-9]+).*/\1/' | sort -n |
+			awk '{ v[NR] = $1 } END { if (NR) printf "BENCH snapshot-api-engine thin-csi median_us=%d p90_us=%d n=%d\n", v[int(NR/2)+1], v[int(NR*0.9)], NR }' | tee -a "$log"
+		node_e2e_step stop "$a" "$b"
+		wait_node_vms 120
+		return
+	fi
+	node_e2e_step lifecycle "$a" "$b" "$ledger"
+	for boundary in start suspended posted-0 posted-1 txn-set resumed; do
+		node_e2e_step crash "$a" "$boundary" "$ledger"
+	done
+	# A controller killed between recording a transaction and seeing its status.
+	"$NODE_E2E" record-only "$a" "$ledger" >"$RUN/record-only.out" 2>>"$RUN/node_e2e.stderr" &
+	local rec=$!
+	for _ in $(seq 100); do grep -q '^RECORDED' "$RUN/record-only.out" && break; sleep 0.1; done
+	kill -9 "$rec" 2>/dev/null || true
+	wait "$rec" 2>/dev/null || true
+	node_e2e_step converge "$a" "$ledger"
+	node_e2e_step concurrent "$a" 200 "$ledger"
+	node_e2e_step diverge "$b"
+	node_e2e_step stop "$a" "$b"
+	wait_node_vms 180
+	local devices_a devices_b
+	devices_a=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-a.log" | tail -1 || true)
+	devices_b=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-b.log" | tail -1 || true)
+	if [[ -z $devices_a ]]; then
+		echo "FAIL vm-a listed no devices after stopping (log $RUN/logs/vm-vm-a.log)" | tee -a "$log"
+	else
+		node_e2e_step compare "$ledger" "$devices_a"
+	fi
+	if [[ $devices_b == "DEVICES " || $devices_b == "DEVICES" ]]; then
+		echo "PASS vm-b's pool holds no device (nothing was sent to it)" | tee -a "$log"
+	else
+		echo "FAIL vm-b's pool: ${devices_b:-no listing}" | tee -a "$log"
+	fi
+	grep -c 'csi-node exited with status 137' "$RUN/logs/vm-vm-a.log" | sed 's/^/vm-a restarts after SIGKILL: /'
+}
