@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod crds;
+pub mod leader;
 pub mod wait;
 
 pub use alloc::{plan, AllocError, Allocation, Allocator, Plan, Request};

@@ -10,6 +10,23 @@ log=$(mktemp "${TMPDIR:-/tmp}/thin-csi-bench.XXXXXX")
 args=("$@")
 rc=0
 "$E2E/vm/boot" --bin "$vmtest" --mem 3072 --timeout 3000 --log "$log" -- "$E2E/guest/bench.sh" "${args[@]}" >/dev/null || rc=$?
+
+# The API round trip for one snapshot: controller → apiserver → csi-node in a
+# VM → kernel → status → controller's watch, beside the node's own engine time.
+cluster_bench() {
+	local RUN log=$1 env_out
+	RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-bench-cluster.XXXXXX")
+	cleanup() { stop_node_vms 2>/dev/null || true; "$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true; }
+	trap cleanup RETURN
+	env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || { echo "FAIL control plane up (logs in $RUN/logs)" >>"$log"; return; }
+	eval "$env_out"
+	export KUBECONFIG=$RUN/admin.kubeconfig
+	(cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2) || { echo "FAIL build cluster_e2e" >>"$log"; return; }
+	"$CARGO_TARGET_DIR/debug/examples/cluster_e2e" crds >>"$log"
+	source "$E2E/suites/cluster-nodes.sh"
+	node_tests bench
+}
+cluster_bench "$log" >/dev/null
 grep -E '^(BENCH|filled|FAIL)' "$log" || true
 lines=$(grep -c '^BENCH .* median_us=' "$log" || true)
 failed=$(grep -c '^FAIL ' "$log" || true)
@@ -22,6 +39,7 @@ if [[ $lines -gt 0 ]]; then
 		echo "# Engine benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 		echo
 		echo "Command: \`e2e/run bench\` (guest: e2e/guest/bench.sh; qemu TCG, 2 vCPUs, rcupdate.rcu_expedited=1;"
+		echo "snapshot-api: e2e/suites/cluster-nodes.sh bench mode, real apiserver on loopback, csi-node in a VM over qemu user networking;"
 		echo "our pool on a 4 GiB and lvm2's VG on a 1 GiB sparse loop device over tmpfs, same VM run, same kernel)."
 		echo
 		echo "| op | tool | median µs | p90 µs | n |"

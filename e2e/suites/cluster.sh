@@ -73,6 +73,32 @@ step reuse "reuse-$$"
 # (c) schema validation
 step reject
 
+# One active controller: a leader and a standby on one Lease; the leader is
+# SIGKILLed mid-run and the standby takes over the allocations.
+if (cd "$REPO" && cargo build -q -p csi-controller --example leader_e2e >&2); then
+	LEADER_E2E=$CARGO_TARGET_DIR/debug/examples/leader_e2e
+	lpool=leader-$$
+	step create-pool "$lpool"
+	"$LEADER_E2E" run "$lpool" controller-1 100000 "$RUN/leader-1.txt" >"$RUN/leader-1.out" 2>>"$RUN/leader.stderr" &
+	l1=$!
+	for _ in $(seq 300); do grep -q '^LEADER' "$RUN/leader-1.out" && break; sleep 0.1; done
+	"$LEADER_E2E" run "$lpool" controller-2 100 "$RUN/leader-2.txt" >"$RUN/leader-2.out" 2>>"$RUN/leader.stderr" &
+	l2=$!
+	for _ in $(seq 300); do [[ $(wc -l <"$RUN/leader-1.txt" 2>/dev/null || echo 0) -ge 60 ]] && break; sleep 0.1; done
+	if grep -q '^STANDBY controller-2' "$RUN/leader-2.out" && ! grep -q '^LEADER' "$RUN/leader-2.out"; then
+		echo "PASS a second controller stands by while the first leads ($(wc -l <"$RUN/leader-1.txt") allocations so far)" | tee -a "$log"
+	else
+		echo "FAIL a second controller stands by: $(cat "$RUN/leader-2.out")" | tee -a "$log"
+	fi
+	kill -9 "$l1"
+	wait "$l1" 2>/dev/null || true
+	wait "$l2" || true
+	grep -E '^(PASS|FAIL)' "$RUN/leader-2.out" | tee -a "$log"
+	"$LEADER_E2E" verify "$lpool" "$RUN/leader-1.txt" "$RUN/leader-2.txt" 2>>"$RUN/leader.stderr" | tee -a "$log"
+else
+	echo "FAIL build leader_e2e" | tee -a "$log"
+fi
+
 # The node side: csi-node in two VMs, driven through the API.
 source "$E2E/suites/cluster-nodes.sh"
 node_tests "${CLUSTER_MODE:-test}"
