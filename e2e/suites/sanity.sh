@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# sanity: the real conformance suite (csi-sanity, csi-test v5) against
+# csi-controller on the host and csi-node in a qemu VM, on a real apiserver.
+# csi-sanity runs inside the VM so that the mount and staging paths it checks
+# are the node's own; it reaches the controller at 10.0.2.2 (the host).
+set -euo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+ensure_build_deps
+log=$(mktemp)
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-sanity.XXXXXX")
+CONTROLLER_PID=
+cleanup() {
+	[[ -n $CONTROLLER_PID ]] && kill "$CONTROLLER_PID" 2>/dev/null || true
+	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
+	rm -f "$log"
+}
+trap cleanup EXIT
+
+(cd "$REPO" && cargo build -q --release -p csi-node -p csi-controller >&2) || { echo "FAIL build"; echo "sanity: 0 passed, 1 failed"; exit 1; }
+eval "$("$E2E/cluster/build-tools" --print-paths csi-sanity)"
+env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || { echo "FAIL control plane up"; echo "sanity: 0 passed, 1 failed"; exit 1; }
+eval "$env_out"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity sanity \
+	--csi-endpoint "tcp://127.0.0.1:$port" >"$RUN/logs/csi-controller.log" 2>&1 &
+CONTROLLER_PID=$!
+
+truncate -s 2G "$RUN/node.img"
+rc=0
+"$E2E/vm/boot" --bin "$CARGO_TARGET_DIR/release/csi-node" --bin "$CSI_SANITY" --bin /usr/sbin/resize2fs --bin /usr/sbin/xfs_growfs \
+	--file "$RUN/guest.kubeconfig:/guest/kubeconfig" --disk "$RUN/node.img" --net --mem 2048 --timeout 1500 \
+	--log "$RUN/logs/vm-sanity.log" -- "$E2E/guest/sanity.sh" sanity-node "$port" | tee "$log" || rc=$?
+
+# Ginkgo's summary: "Ran N of M Specs ..." then "N Passed | F Failed | P Pending | S Skipped".
+summary=$(grep -aE '[0-9]+ Passed \| [0-9]+ Failed' "$log" | tail -1 || true)
+passed=$(sed -nE 's/.*([^0-9]|^)([0-9]+) Passed.*/\2/p' <<<"$summary")
+failed=$(sed -nE 's/.* ([0-9]+) Failed.*/\1/p' <<<"$summary")
+skipped=$(sed -nE 's/.* ([0-9]+) Skipped.*/\1/p' <<<"$summary")
+echo "csi-sanity: ${summary:-no summary (VM exit $rc; logs in $RUN/logs)}"
+[[ -n $passed ]] || { passed=0; failed=1; }
+[[ $rc -eq 0 || ${failed:-0} -gt 0 ]] || failed=1
+echo "sanity: $passed passed, ${failed:-0} failed (csi-sanity skipped ${skipped:-0})"
+[[ ${failed:-0} -eq 0 ]]
