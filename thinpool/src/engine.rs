@@ -339,16 +339,9 @@ fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Obser
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{t, txn};
     use crate::model::ModelKernel;
     use crate::ids::Sectors;
-
-    fn t(n: u32) -> ThinId {
-        ThinId::new(n.into()).unwrap()
-    }
-
-    fn txn(n: u64, ops: Vec<Operation>) -> Transaction {
-        Transaction::new(TransactionId::new(n), ops).unwrap()
-    }
 
     /// Two active origins; the second refuses to suspend.
     #[test]

@@ -82,17 +82,9 @@ fn current(kernel: &impl Kernel) -> Option<TransactionId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::ThinId;
+    use crate::test_support::{t, txn};
     use crate::model::ModelKernel;
-    use crate::txn::{Operation, Transaction};
-
-    fn t(n: u32) -> ThinId {
-        ThinId::new(n.into()).unwrap()
-    }
-
-    fn txn(n: u64, ops: Vec<Operation>) -> Transaction {
-        Transaction::new(TransactionId::new(n), ops).unwrap()
-    }
+    use crate::txn::Operation;
 
     #[test]
     fn runs_every_pending_transaction_in_order_aborting_failed_creates() {

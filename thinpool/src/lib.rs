@@ -20,3 +20,17 @@ pub use ids::{IdError, PoolName, Sectors, ThinId, TransactionId};
 pub use kernel::{ActiveThin, Kernel, KernelError};
 pub use status::{PoolMode, PoolStatus, Usage, WorkingStatus};
 pub use txn::{Operation, PoolMessage, Transaction, TransactionError};
+
+/// Shorthands for the unit tests of this crate.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::{Operation, ThinId, Transaction, TransactionId};
+
+    pub fn t(n: u32) -> ThinId {
+        ThinId::new(n.into()).unwrap()
+    }
+
+    pub fn txn(n: u64, ops: Vec<Operation>) -> Transaction {
+        Transaction::new(TransactionId::new(n), ops).unwrap()
+    }
+}

@@ -334,10 +334,7 @@ impl Kernel for ModelKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(n: u32) -> ThinId {
-        ThinId::new(n.into()).unwrap()
-    }
+    use crate::test_support::t;
 
     #[test]
     fn enforces_the_kernel_rules() {

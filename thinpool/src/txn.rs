@@ -159,10 +159,7 @@ impl fmt::Display for PoolMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(n: u32) -> ThinId {
-        ThinId::new(n.into()).unwrap()
-    }
+    use crate::test_support::t;
 
     #[test]
     fn creates_go_before_deletes_keeping_their_order() {
