@@ -27,7 +27,7 @@ CONTROLLER_PID=$!
 
 truncate -s 2G "$RUN/node.img"
 rc=0
-"$E2E/vm/boot" --bin "$CARGO_TARGET_DIR/release/csi-node" --bin "$CSI_SANITY" --bin /usr/sbin/resize2fs --bin /usr/sbin/xfs_growfs \
+"$E2E/vm/boot" --bin "$CARGO_TARGET_DIR/release/csi-node" --bin "$CSI_SANITY" \
 	--file "$RUN/guest.kubeconfig:/guest/kubeconfig" --disk "$RUN/node.img" --net --mem 2048 --timeout 1500 \
 	--log "$RUN/logs/vm-sanity.log" -- "$E2E/guest/sanity.sh" sanity-node "$port" | tee "$log" || rc=$?
 
