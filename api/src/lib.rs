@@ -16,6 +16,7 @@
 //! required. [`convert`] maps the pool spec/status to the engine's
 //! [`thinpool::Transaction`] and [`thinpool::PoolRecord`].
 
+pub mod client;
 pub mod hooks;
 pub mod convert;
 pub mod name;

@@ -50,7 +50,7 @@ impl Report {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let client = match Client::try_default().await {
+    let client = match thin_csi_api::client::connect_default().await {
         Ok(c) => c,
         Err(e) => {
             println!("FAIL kube client ({e})");

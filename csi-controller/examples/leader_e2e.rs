@@ -68,7 +68,7 @@ async fn verify(client: Client, pool: &str, outs: &[&str]) -> Result<String, Str
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let client = match Client::try_default().await {
+    let client = match thin_csi_api::client::connect_default().await {
         Ok(c) => c,
         Err(e) => {
             println!("FAIL kube client ({e})");

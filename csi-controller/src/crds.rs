@@ -39,5 +39,30 @@ pub async fn apply(client: Client, timeout: Duration) -> Result<Vec<String>, Crd
             Err(_) => return Err(CrdError::Timeout { name: name.clone(), after: timeout }),
         }
     }
+    // Established comes a moment before the storage behind a new CRD serves:
+    // until then the apiserver answers 429 "storage is (re)initializing".
+    let client = api.into_client();
+    let deadline = tokio::time::Instant::now() + timeout;
+    wait_serving(Api::<thin_csi_api::ThinPool>::all(client.clone()), deadline, timeout).await?;
+    wait_serving(Api::<thin_csi_api::ThinVolume>::all(client.clone()), deadline, timeout).await?;
+    wait_serving(Api::<thin_csi_api::ThinSnapshot>::all(client), deadline, timeout).await?;
     Ok(names)
+}
+
+async fn wait_serving<K>(api: Api<K>, deadline: tokio::time::Instant, timeout: Duration) -> Result<(), CrdError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    loop {
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(e)) if e.code == 429 => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(CrdError::Timeout { name: format!("{} (storage)", api.resource_url()), after: timeout });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Served, or an error the caller meets on first use.
+            _ => return Ok(()),
+        }
+    }
 }

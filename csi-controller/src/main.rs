@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use csi_controller::leader::LeaderElector;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Config;
 use tracing::{error, info, warn};
 
 const LEASE: &str = "thin-csi-controller";
@@ -35,7 +35,7 @@ async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
         }
         None => Config::infer().await.map_err(|e| e.to_string())?,
     };
-    let client = Client::try_from(config).map_err(|e| e.to_string())?;
+    let client = thin_csi_api::client::connect(config).map_err(|e| e.to_string())?;
     let identity = args.get("identity").cloned().unwrap_or_else(|| format!("csi-controller-{}", std::process::id()));
     let namespace = args.get("namespace").map_or("default", String::as_str);
     let crds = csi_controller::crds::apply(client.clone(), Duration::from_secs(60)).await.map_err(|e| e.to_string())?;

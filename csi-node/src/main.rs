@@ -56,7 +56,7 @@ async fn client(kubeconfig: Option<&String>) -> Result<Client, String> {
         }
         None => Config::infer().await.map_err(|e| e.to_string())?,
     };
-    Client::try_from(config).map_err(|e| e.to_string())
+    thin_csi_api::client::connect(config).map_err(|e| e.to_string())
 }
 
 async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
