@@ -1,10 +1,17 @@
-//! csi-controller: the CSI Identity and Controller services. For now: the
-//! allocation of thin device ids and transaction ids on `ThinPool` objects
-//! ([`alloc`]) and the registration of the CRDs ([`crds`]).
+//! csi-controller: the CSI Identity and Controller services ([`identity`],
+//! [`controller`], errors mapped in [`status`], pure rules in [`params`]),
+//! the allocation of thin device ids and transaction ids on `ThinPool`
+//! objects ([`alloc`]), waiting for the node ([`wait`]), the leader Lease
+//! ([`leader`]) and the registration of the CRDs ([`crds`]).
 
 pub mod alloc;
+pub mod controller;
 pub mod crds;
+pub mod identity;
 pub mod leader;
+pub mod params;
+pub mod serve;
+pub mod status;
 pub mod wait;
 
 pub use alloc::{plan, AllocError, Allocation, Allocator, Plan, Request};

@@ -1,15 +1,21 @@
 //! csi-controller: registers the custom resources, takes the controller
 //! Lease (one active replica; others stand by) and, while leading, owns
-//! allocation for every pool. The CSI Controller service is served here
-//! once it lands; today the binary registers, leads and waits.
+//! allocation for every pool. With `--csi-endpoint` it serves CSI Identity
+//! and Controller there from the start: Probe is not ready and Controller
+//! calls are UNAVAILABLE until this replica leads.
 //!
 //! usage: csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS]
+//!                       [--csi-endpoint unix:///path|tcp://127.0.0.1:PORT] [--wait-timeout SECONDS]
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use csi_controller::controller::ControllerService;
+use csi_controller::identity::IdentityService;
 use csi_controller::leader::LeaderElector;
+use csi_controller::serve::{serve, Endpoint};
+use csi_controller::Allocator;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Config;
 use tracing::{error, info, warn};
@@ -38,17 +44,40 @@ async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
     let client = thin_csi_api::client::connect(config).map_err(|e| e.to_string())?;
     let identity = args.get("identity").cloned().unwrap_or_else(|| format!("csi-controller-{}", std::process::id()));
     let namespace = args.get("namespace").map_or("default", String::as_str);
+    let endpoint = args.get("csi-endpoint").map(|e| Endpoint::parse(e)).transpose()?;
+    let wait_timeout = match args.get("wait-timeout") {
+        Some(s) => Duration::from_secs(s.parse().map_err(|_| format!("--wait-timeout {s:?}: not a number of seconds"))?),
+        None => Duration::from_secs(120),
+    };
     let crds = csi_controller::crds::apply(client.clone(), Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
     info!(?crds, "custom resources registered");
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = endpoint.map(|endpoint| {
+        let identity_svc = IdentityService::new(client.clone(), leading_rx.clone());
+        let controller = ControllerService::new(client.clone(), Allocator::new(client.clone()), leading_rx.clone(), wait_timeout);
+        tokio::spawn(async move { serve(&endpoint, identity_svc, controller, async { let _ = stop_rx.await; }).await })
+    });
     let mut leading = LeaderElector::new(client, namespace, LEASE, &identity, LEASE_DURATION).lead().await;
+    let _ = leading_tx.send(true);
     println!("csi-controller {identity}: leading");
-    tokio::select! {
+    let served = async {
+        match server {
+            Some(task) => task.await.map_err(|e| e.to_string()).and_then(|r| r),
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = served => r.and_then(|()| Err("the CSI server stopped".to_string())),
         _ = leading.wait_for(|l| !*l) => Err("lost the controller lease; exiting so a standby takes over".into()),
         _ = tokio::signal::ctrl_c() => {
             warn!("interrupted");
             Ok(())
         }
-    }
+    };
+    let _ = leading_tx.send(false);
+    let _ = stop_tx.send(());
+    result
 }
 
 fn main() -> ExitCode {
@@ -57,7 +86,7 @@ fn main() -> ExitCode {
     let args = match parse(&argv) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("csi-controller: {e}\nusage: csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS]");
+            eprintln!("csi-controller: {e}\nusage: csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS] [--csi-endpoint unix:///PATH|tcp://HOST:PORT] [--wait-timeout SECONDS]");
             return ExitCode::from(2);
         }
     };
