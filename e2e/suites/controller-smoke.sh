@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# controller-smoke: csi-sanity's Identity and Controller tests, from the host,
+# against csi-controller (host, TCP endpoint) on a real control plane, with
+# ONE node VM running csi-node's transaction executor on a real thin pool:
+# every volume and snapshot csi-sanity makes is a real thin device created
+# and deleted by the node. Afterwards: no ThinVolume/ThinSnapshot object is
+# left and the node's pool holds no device.
+#
+#   e2e/suites/controller-smoke.sh          (prints csi-sanity's summary and
+#                                            "controller-smoke: N passed, M failed")
+# Env: SMOKE_FOCUS (ginkgo focus of the controller run, default "Controller Server"),
+#      KEEP_RUN=1 keeps the run dir (logs) even when everything passed.
+set -euo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+ensure_build_deps
+
+log=$(mktemp)
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-controller-smoke.XXXXXX")
+CONTROLLER_PID=
+STUB_PID=
+NODE_VM_PIDS=()
+source "$E2E/suites/cluster-nodes.sh"
+cleanup() {
+	local rc=$?
+	stop_node_vms
+	[[ -n $STUB_PID ]] && kill "$STUB_PID" 2>/dev/null || true
+	if [[ -n $CONTROLLER_PID ]]; then kill "$CONTROLLER_PID" 2>/dev/null || true; wait "$CONTROLLER_PID" 2>/dev/null || true; fi
+	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
+	if [[ $rc -eq 0 && -z ${KEEP_RUN:-} ]]; then rm -rf "$RUN"; else echo "controller-smoke: run dir kept for its logs: $RUN" >&2; fi
+	rm -f "$log"
+}
+trap cleanup EXIT
+fail_now() { echo "FAIL $*" | tee -a "$log"; summarize controller-smoke "$log"; exit 1; }
+
+echo "building csi-node and csi-controller (release)" >&2
+(cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 &&
+	cargo build -q -p csi-controller --example sanity_node_stub >&2) || fail_now "build"
+CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
+eval "$("$E2E/cluster/build-tools" --print-paths csi-sanity kubectl 2>/dev/null)"
+[[ -x ${CSI_SANITY:-} ]] || fail_now "csi-sanity not built (e2e/cluster/build-tools csi-sanity)"
+
+t0=$(date +%s)
+env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || fail_now "control plane up (logs in $RUN/logs)"
+eval "$env_out"
+export KUBECONFIG=$RUN/admin.kubeconfig
+echo "PASS control plane up ($(($(date +%s) - t0)) s)" | tee -a "$log"
+
+# csi-controller registers the CRDs, leads, serves CSI on a loopback port.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RUST_LOG=${RUST_LOG:-info} "$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity smoke \
+	--csi-endpoint "tcp://127.0.0.1:$port" >"$RUN/logs/csi-controller.out" 2>"$RUN/logs/csi-controller.log" &
+CONTROLLER_PID=$!
+for _ in $(seq 600); do grep -q 'leading' "$RUN/logs/csi-controller.out" 2>/dev/null && break; kill -0 "$CONTROLLER_PID" 2>/dev/null || break; sleep 0.1; done
+grep -q 'leading' "$RUN/logs/csi-controller.out" || fail_now "csi-controller did not lead (log $RUN/logs/csi-controller.log)"
+echo "PASS csi-controller leads and serves tcp://127.0.0.1:$port" | tee -a "$log"
+
+# One node VM: csi-node runs the pool transactions.
+start_node_vm smoke-node
+pool=
+for _ in $(seq 600); do
+	pool=$("$KUBECTL" get thinpools -o jsonpath='{range .items[?(@.spec.node=="smoke-node")]}{.metadata.name}{" "}{.status.kernelTransaction}{"\n"}{end}' 2>/dev/null | awk 'NF==2{print $1}' | tail -1)
+	[[ -n $pool ]] && break
+	sleep 0.5
+done
+[[ -n $pool ]] || { tail -20 "$RUN/logs/vm-smoke-node.log" >&2; fail_now "the node VM registered no pool (log $RUN/logs/vm-smoke-node.log)"; }
+echo "PASS node smoke-node registered pool $pool" | tee -a "$log"
+
+# csi-sanity from the host, in two runs:
+#  - Identity Service against csi-controller's endpoint;
+#  - the Controller Server tests (Controller Service, CreateSnapshot,
+#    DeleteSnapshot, ListSnapshots, ExpandVolume) with the controller
+#    endpoint on csi-controller. Their cleanup calls NodeUnpublishVolume and
+#    NodeGetCapabilities on the node endpoint before DeleteVolume; with no
+#    node plugin in this suite, that endpoint is sanity_node_stub (answers
+#    "not published" and "no capabilities"). The Node tests run elsewhere,
+#    inside the VM against csi-node (e2e/suites/sanity.sh).
+# 1 GiB volumes: the VM's pool has ~1 GiB of data (× the default
+# overprovisioning 10); expand to 2 GiB (a multiple of the 64 KiB block, as
+# sanity checks the returned size for equality).
+stub_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$CARGO_TARGET_DIR/debug/examples/sanity_node_stub" "127.0.0.1:$stub_port" >"$RUN/logs/node-stub.log" 2>&1 &
+STUB_PID=$!
+mkdir -p "$RUN/sanity"
+sanity_run() { # NAME NODE_ENDPOINT FOCUS
+	local name=$1 node_ep=$2 focus=$3 rc=0 summary ran passed failed
+	"$CSI_SANITY" -csi.endpoint "dns:///$node_ep" -csi.controllerendpoint "dns:///127.0.0.1:$port" \
+		-csi.mountdir "$RUN/sanity/mount" -csi.stagingdir "$RUN/sanity/staging" \
+		-csi.testvolumesize 1073741824 -csi.testvolumeexpandsize 2147483648 \
+		-ginkgo.focus "$focus" -ginkgo.skip "Node Service|GroupController" \
+		-ginkgo.no-color -ginkgo.timeout 30m >"$RUN/sanity-$name.log" 2>&1 || rc=$?
+	grep -aE '^\s*\[FAIL\]' "$RUN/sanity-$name.log" | sort -u | sed 's/^/  /' | head -40 >&2 || true
+	summary=$(grep -aE '[0-9]+ Passed \| [0-9]+ Failed' "$RUN/sanity-$name.log" | tail -1 || true)
+	ran=$(grep -aE '^Ran [0-9]+ of [0-9]+ Specs' "$RUN/sanity-$name.log" | tail -1 || true)
+	echo "csi-sanity ($name): ${ran:-?} ${summary:-no summary (exit $rc; log $RUN/sanity-$name.log)}"
+	passed=$(sed -nE 's/.*([^0-9]|^)([0-9]+) Passed.*/\2/p' <<<"$summary")
+	failed=$(sed -nE 's/.* ([0-9]+) Failed.*/\1/p' <<<"$summary")
+	if [[ -n $passed && ${failed:-1} -eq 0 && $rc -eq 0 ]]; then
+		echo "PASS csi-sanity $name: $passed specs passed" | tee -a "$log"
+	else
+		echo "FAIL csi-sanity $name: ${summary:-no summary} (exit $rc, log $RUN/sanity-$name.log)" | tee -a "$log"
+	fi
+}
+sanity_run identity "127.0.0.1:$port" "Identity Service"
+sanity_run controller "127.0.0.1:$stub_port" "${SMOKE_FOCUS:-Controller Server}"
+kill "$STUB_PID" 2>/dev/null || true
+
+# Nothing left behind: no objects, no thin device in the pool.
+left=$("$KUBECTL" get thinvolumes,thinsnapshots -o name 2>/dev/null | wc -l)
+if [[ $left -eq 0 ]]; then
+	echo "PASS no ThinVolume or ThinSnapshot left" | tee -a "$log"
+else
+	echo "FAIL $left ThinVolume/ThinSnapshot objects left: $("$KUBECTL" get thinvolumes,thinsnapshots -o name | head -5 | tr '\n' ' ')" | tee -a "$log"
+fi
+"$KUBECTL" annotate thinpool "$pool" test.thin.csi.io/stop=true >/dev/null
+wait_node_vms 120
+devices=$(grep -a '^DEVICES' "$RUN/logs/vm-smoke-node.log" | tail -1 || true)
+if [[ -z $devices ]]; then
+	echo "FAIL the node listed no devices after stopping (log $RUN/logs/vm-smoke-node.log)" | tee -a "$log"
+elif [[ $devices == "DEVICES" || $devices == "DEVICES " ]]; then
+	echo "PASS the pool holds no thin device after csi-sanity" | tee -a "$log"
+else
+	echo "FAIL devices left in the pool: ${devices:0:200}" | tee -a "$log"
+fi
+summarize controller-smoke "$log"
