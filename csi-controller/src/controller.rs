@@ -139,37 +139,45 @@ impl Inner {
     /// Makes sure the device of a volume object exists: waits on its create
     /// transaction and marks it ready; an aborted create deletes the object.
     async fn settle_volume(&self, v: ThinVolume) -> Result<ThinVolume> {
+        self.try_settle_volume(v).await?.ready()
+    }
+
+    async fn settle_snapshot(&self, s: ThinSnapshot) -> Result<ThinSnapshot> {
+        self.try_settle_snapshot(s).await?.ready()
+    }
+
+    async fn try_settle_volume(&self, v: ThinVolume) -> Result<Settled<ThinVolume>> {
         if v.status.as_ref().is_some_and(|s| s.ready) {
-            return Ok(v);
+            return Ok(Settled::Ready(v));
         }
         let name = v.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&v.metadata)?;
         match self.wait(&v.spec.pool, txn).await? {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
-                Ok(self.volumes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?)
+                Ok(Settled::Ready(self.volumes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
             }
             Finished::Aborted { reason } => {
                 let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
-                Err(aborted_create(&v.spec.pool, reason))
+                Ok(Settled::Aborted(aborted_create(&v.spec.pool, reason)))
             }
         }
     }
 
-    async fn settle_snapshot(&self, s: ThinSnapshot) -> Result<ThinSnapshot> {
+    async fn try_settle_snapshot(&self, s: ThinSnapshot) -> Result<Settled<ThinSnapshot>> {
         if s.status.as_ref().is_some_and(|s| s.ready) {
-            return Ok(s);
+            return Ok(Settled::Ready(s));
         }
         let name = s.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&s.metadata)?;
         match self.wait(&s.spec.pool, txn).await? {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
-                Ok(self.snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?)
+                Ok(Settled::Ready(self.snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
             }
             Finished::Aborted { reason } => {
                 let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
-                Err(aborted_create(&s.spec.pool, reason))
+                Ok(Settled::Aborted(aborted_create(&s.spec.pool, reason)))
             }
         }
     }
@@ -438,11 +446,9 @@ impl Inner {
         let _busy = self.busy(format!("volume {}", req.volume_id))?;
         let Some(v) = self.find_volume(&r).await? else { return Ok(()) };
         let name = v.metadata.name.clone().unwrap_or_default();
-        match self.settle_volume(v).await {
-            Ok(_) => {}
-            // Its create aborted: there is no device, and settle removed the object.
-            Err(Error::Internal(_) | Error::ResourceExhausted(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        // Its create aborted: there is no device, and the object is gone.
+        if let Settled::Aborted(_) = self.try_settle_volume(v).await? {
+            return Ok(());
         }
         self.delete_device(&r.pool, r.device).await?;
         match self.volumes.delete(&name, &DeleteParams::default()).await {
@@ -519,10 +525,8 @@ impl Inner {
         let _busy = self.busy(format!("snapshot {}", req.snapshot_id))?;
         let Some(s) = self.find_snapshot(&r).await? else { return Ok(()) };
         let name = s.metadata.name.clone().unwrap_or_default();
-        match self.settle_snapshot(s).await {
-            Ok(_) => {}
-            Err(Error::Internal(_) | Error::ResourceExhausted(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        if let Settled::Aborted(_) = self.try_settle_snapshot(s).await? {
+            return Ok(());
         }
         self.delete_device(&r.pool, r.device).await?;
         match self.snapshots.delete(&name, &DeleteParams::default()).await {
@@ -722,6 +726,22 @@ impl Inner {
                 volume_condition: Some(VolumeCondition { abnormal, message }),
             }),
         })
+    }
+}
+
+/// An object's device after waiting on its create transaction.
+enum Settled<T> {
+    Ready(T),
+    /// The node aborted the create; the object was removed. The error says why.
+    Aborted(Error),
+}
+
+impl<T> Settled<T> {
+    fn ready(self) -> Result<T> {
+        match self {
+            Settled::Ready(t) => Ok(t),
+            Settled::Aborted(e) => Err(e),
+        }
     }
 }
 
