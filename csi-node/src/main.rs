@@ -1,14 +1,19 @@
-//! csi-node: the only process that touches the pool. For now it runs the
-//! transaction executor for one pool; the CSI Node service comes next.
+//! csi-node: the only process that touches the pool. It runs the
+//! transaction executor for one pool and, with `--csi-endpoint`, serves
+//! CSI Identity and Node on the same pool.
 //!
 //! usage: csi-node --node-name NODE --pool-device DEVICE [--pool-name NAME] [--kubeconfig FILE] [--test-hooks true]
+//!                 [--csi-endpoint unix:///PATH[,tcp://HOST:PORT]] [--max-volumes N]
 //!        csi-node --list-devices DEVICE   (prints `DEVICES <id>...` for the pool on DEVICE)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use csi_node::identity::IdentityService;
+use csi_node::node::{NodeConfig, NodeService};
 use csi_node::pool_executor::PoolExecutor;
+use csi_node::serve::{serve, Endpoint};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use thinpool::layout::Contents;
@@ -71,12 +76,31 @@ async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
     let device = PathBuf::from(args.get("pool-device").ok_or("--pool-device is required")?);
     let name = PoolName::new(args.get("pool-name").map_or("pool0", String::as_str)).map_err(|e| e.to_string())?;
     let pool = open_pool(&device, &name)?;
+    let endpoints = args.get("csi-endpoint").map(|e| Endpoint::parse_list(e)).transpose()?.unwrap_or_default();
+    let max_volumes: i64 = args.get("max-volumes").map_or(Ok(1000), |v| v.parse()).map_err(|e| format!("--max-volumes: {e}"))?;
     let client = client(args.get("kubeconfig")).await?;
     let test_hooks = args.get("test-hooks").is_some_and(|v| v == "true");
-    let executor = PoolExecutor::register(client, node, pool).await.map_err(|e| e.to_string())?.with_test_hooks(test_hooks);
+    let executor = PoolExecutor::register(client.clone(), node, pool).await.map_err(|e| e.to_string())?.with_test_hooks(test_hooks);
     info!(node = %node, pool = %executor.object_name(), device = %device.display(), "csi-node serving its pool");
+    let mut servers = tokio::task::JoinSet::new();
+    if !endpoints.is_empty() {
+        let identity = IdentityService::new(client.clone(), executor.kernel(), executor.object_name());
+        let config = NodeConfig { node: node.clone(), pool_object: executor.object_name().to_string(), max_volumes };
+        let node_svc = NodeService::new(client, executor.kernel(), config);
+        for endpoint in endpoints {
+            let (identity, node_svc) = (identity.clone(), node_svc.clone());
+            servers.spawn(async move { serve(&endpoint, identity, node_svc).await.map_err(|e| format!("{endpoint:?}: {e}")) });
+        }
+    }
     println!("csi-node ready: pool {}", executor.object_name());
-    executor.run().await.map_err(|e| e.to_string())
+    tokio::select! {
+        r = executor.run() => r.map_err(|e| e.to_string()),
+        Some(r) = servers.join_next() => match r {
+            Ok(Ok(())) => Err("the CSI server stopped".to_string()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("the CSI server task: {e}")),
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -85,7 +109,7 @@ fn main() -> ExitCode {
     let args = match parse(&argv) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("csi-node: {e}\nusage: csi-node --node-name NODE --pool-device DEVICE [--pool-name NAME] [--kubeconfig FILE]");
+            eprintln!("csi-node: {e}\nusage: csi-node --node-name NODE --pool-device DEVICE [--pool-name NAME] [--kubeconfig FILE] [--csi-endpoint unix:///PATH[,tcp://HOST:PORT]] [--max-volumes N]");
             return ExitCode::from(2);
         }
     };

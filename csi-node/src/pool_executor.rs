@@ -92,6 +92,13 @@ impl PoolExecutor {
         &self.object
     }
 
+    /// The pool, shared with the CSI Node service: every device-mapper call
+    /// on it takes this lock, so node operations and transactions never
+    /// interleave.
+    pub fn kernel(&self) -> Arc<Mutex<DmPool>> {
+        self.kernel.clone()
+    }
+
     /// Watches the pool object and reconciles on every change; never polls.
     pub async fn run(self) -> Result<(), NodeError> {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.object));

@@ -134,6 +134,83 @@ impl DmPool {
         Ok(path)
     }
 
+    /// Grows active thin device `id` to `size` sectors (a volume expanded by
+    /// the controller): loads the longer table into the inactive slot,
+    /// suspends the device (flush and filesystem freeze), resumes it, which
+    /// swaps the new table in. The same size is a no-op; a smaller one is
+    /// refused (`Invalid`): shrinking would cut a filesystem short. Never
+    /// leaves the device suspended: a failed suspend clears the loaded
+    /// table, and a failed resume is retried before it is reported.
+    /// Returns the length the device had before.
+    pub fn resize_thin(&mut self, id: ThinId, size: Sectors) -> Result<Sectors, KernelError> {
+        let name = self.names.thin(id);
+        let dm_name = Self::dm_name(&name)?;
+        let dev = DevId::Name(dm_name);
+        let (_, table) = self
+            .dm
+            .table_status(&dev, DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
+            .map_err(|e| self.thin_error(id, "read the table of", &e))?;
+        let current = match table.as_slice() {
+            [line] => match TableLine::from_dm(line) {
+                Ok(TableLine { length, target: Target::Thin(ThinParams { pool, id: table_id }), .. })
+                    if pool == self.pool_device && table_id == id =>
+                {
+                    length
+                }
+                _ => {
+                    return Err(KernelError::Other {
+                        context: format!("resize {name}"),
+                        detail: format!("its table maps something else: {line:?}"),
+                    })
+                }
+            },
+            other => {
+                return Err(KernelError::Other {
+                    context: format!("resize {name}"),
+                    detail: format!("expected one thin target, found {other:?}"),
+                })
+            }
+        };
+        if size == current {
+            return Ok(current);
+        }
+        if size < current {
+            return Err(KernelError::Invalid(format!(
+                "resize {name} from {} to {} sectors: shrinking is not supported",
+                current.0, size.0
+            )));
+        }
+        let line = TableLine { start: Sectors(0), length: size, target: Target::Thin(ThinParams { pool: self.pool_device, id }) };
+        self.dm
+            .table_load(&dev, &[line.to_dm()], DmOptions::default())
+            .map_err(|e| kernel_error(format!("load the longer table of {name}"), &e))?;
+        if let Err(e) = self.dm.device_suspend(&dev, DmOptions::default().set_flags(DmFlags::DM_SUSPEND)) {
+            if let Err(undo) = self.dm.table_clear(&dev) {
+                warn!(device = %name, error = %crate::error::describe(&undo), "could not clear the inactive table after a failed suspend");
+            }
+            return Err(kernel_error(format!("suspend {name} to resize it"), &e));
+        }
+        let mut last = None;
+        for attempt in 0..5 {
+            match self.dm.device_suspend(&dev, DmOptions::default()) {
+                Ok(_) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    warn!(device = %name, attempt, error = %crate::error::describe(&e), "resume after resize failed; retrying");
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+        if let Some(e) = last {
+            return Err(kernel_error(format!("resume {name} after resizing it"), &e));
+        }
+        debug!(device = %name, from = current.0, to = size.0, "thin device resized");
+        Ok(current)
+    }
+
     /// Posts a message given as text, exactly as `dmsetup message` would:
     /// for tests that act behind the engine's back and for the kernel's own
     /// argument checks (ids of 2^24 and more).

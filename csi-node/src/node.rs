@@ -1,0 +1,571 @@
+//! The CSI Node service: staging (activate the thin device, make a
+//! filesystem only on an empty device, mount), publishing (bind mount, or
+//! the device node bound onto a file for raw block), the reverse of both,
+//! online expansion, usage and condition, node info and capabilities.
+//!
+//! Paths: the CO creates the staging directory (we create it if it is
+//! missing, and leave it in place on unstage); the publish target is ours —
+//! created on publish (a directory, or a file for raw block, with its
+//! parents) and removed on unpublish.
+//!
+//! Device-mapper calls take the pool lock the transaction executor shares
+//! (short: activate, resize, look up); mkfs, mount and resize tools run
+//! without it, in blocking tasks. One operation per volume at a time: a
+//! second concurrent call for the same volume is ABORTED.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use csi_proto::v1::node_server::Node;
+use csi_proto::v1::volume_capability::access_mode::Mode;
+use csi_proto::v1::volume_capability::{AccessType, MountVolume};
+use csi_proto::v1::*;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use thin_csi_api::ThinVolume;
+use thinpool::status::PoolMode;
+use thinpool::{Kernel, KernelError, Sectors, ThinId};
+use thinpool_dm::DmPool;
+use tonic::{Request, Response, Status};
+
+use crate::fs::{self, FsType};
+use crate::status::{reply, Error, Result};
+
+pub const TOPOLOGY_KEY: &str = "topology.thin.csi.io/node";
+pub const CTX_VOLUME: &str = "thin.csi.io/volume";
+pub const CTX_FS_TYPE: &str = "thin.csi.io/fs-type";
+pub const LABEL_POOL: &str = "thin.csi.io/pool";
+pub const LABEL_DEVICE: &str = "thin.csi.io/device-id";
+
+/// A volume id, `<ThinPool object name>:<thin id>` (docs/csi.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRef {
+    pub pool: String,
+    pub id: ThinId,
+}
+
+/// Parses a volume id. Empty: INVALID_ARGUMENT. Anything this driver never
+/// issued is an unknown volume: NOT_FOUND.
+pub fn parse_volume_id(s: &str) -> Result<VolumeRef> {
+    if s.is_empty() {
+        return Err(Error::invalid("volume_id", "missing"));
+    }
+    let parsed = s.rsplit_once(':').and_then(|(pool, id)| {
+        let id = id.parse::<ThinId>().ok()?;
+        (!pool.is_empty()).then(|| VolumeRef { pool: pool.to_string(), id })
+    });
+    parsed.ok_or_else(|| Error::NotFound(format!("volume {s:?} does not exist: not a volume id of this driver (<pool>:<thin id>)")))
+}
+
+/// Where the node's settings come from (command line).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node: String,
+    /// The ThinPool object name (pool identity) this node serves.
+    pub pool_object: String,
+    pub max_volumes: i64,
+}
+
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    pool: Arc<Mutex<DmPool>>,
+    volumes: Api<ThinVolume>,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Marks a volume busy until dropped.
+struct Busy<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str> {
+    if value.is_empty() {
+        Err(Error::invalid(field, "missing"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("blocking task: {e}")))?
+}
+
+fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::NotFound(format!("{}: no such file or directory", path.display()))
+    } else {
+        Error::Internal(format!("{op} {}: {e}", path.display()))
+    }
+}
+
+/// The access type and whether the mode is read-only; checks the mode.
+fn check_capability(cap: Option<&VolumeCapability>) -> Result<(&AccessType, bool)> {
+    let cap = cap.ok_or_else(|| Error::invalid("volume_capability", "missing"))?;
+    let access = cap.access_type.as_ref().ok_or_else(|| Error::invalid("volume_capability.access_type", "missing (mount or block)"))?;
+    let mode = cap.access_mode.as_ref().ok_or_else(|| Error::invalid("volume_capability.access_mode", "missing"))?;
+    match Mode::try_from(mode.mode) {
+        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => Ok((access, false)),
+        Ok(Mode::SingleNodeReaderOnly) => Ok((access, true)),
+        Ok(m) => Err(Error::invalid("volume_capability.access_mode", format!("{} is not supported: volumes are node-local", m.as_str_name()))),
+        Err(_) => Err(Error::invalid("volume_capability.access_mode", format!("unknown mode {}", mode.mode))),
+    }
+}
+
+/// The filesystem to make/mount: the capability's fs_type, else the
+/// volume context's, else ext4.
+fn fs_type(mount: &MountVolume, context: &HashMap<String, String>) -> Result<FsType> {
+    if !mount.fs_type.is_empty() {
+        return mount.fs_type.parse().map_err(|e: fs::FsError| Error::invalid("volume_capability.mount.fs_type", e.to_string()));
+    }
+    match context.get(CTX_FS_TYPE).filter(|s| !s.is_empty()) {
+        Some(s) => s.parse().map_err(|e: fs::FsError| Error::invalid(format!("volume_context[{CTX_FS_TYPE}]"), e.to_string())),
+        None => Ok(FsType::Ext4),
+    }
+}
+
+/// mkfs options for a fresh thin device: nothing to discard on it.
+fn mkfs_options(fs: &FsType) -> Vec<String> {
+    match fs {
+        FsType::Xfs => vec!["-K".into()],
+        _ => vec!["-E".into(), "nodiscard".into()],
+    }
+}
+
+fn canonical(path: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(|e| io_err("resolving", path, e))
+}
+
+impl NodeService {
+    pub fn new(client: Client, pool: Arc<Mutex<DmPool>>, config: NodeConfig) -> Self {
+        NodeService {
+            inner: Arc::new(Inner { config, pool, volumes: Api::all(client), busy: Mutex::new(HashSet::new()) }),
+        }
+    }
+
+    /// Parses the volume id and checks it is on this node's pool.
+    fn ours(&self, volume_id: &str) -> Result<VolumeRef> {
+        let r = parse_volume_id(volume_id)?;
+        if r.pool != self.inner.config.pool_object {
+            return Err(Error::NotFound(format!(
+                "volume {volume_id} is on pool {}, not on this node's pool {}",
+                r.pool, self.inner.config.pool_object
+            )));
+        }
+        Ok(r)
+    }
+
+    fn busy(&self, volume_id: &str) -> Result<Busy<'_>> {
+        let mut set = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.insert(volume_id.to_string()) {
+            return Err(Error::Aborted(format!("an operation on volume {volume_id} is in progress")));
+        }
+        Ok(Busy { set: &self.inner.busy, key: volume_id.to_string() })
+    }
+
+    /// Runs `f` on the pool (device-mapper ioctls) under the shared lock.
+    async fn kernel<T: Send + 'static>(&self, f: impl FnOnce(&mut DmPool) -> Result<T> + Send + 'static) -> Result<T> {
+        let pool = self.inner.pool.clone();
+        blocking(move || {
+            let mut p = pool.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut p)
+        })
+        .await
+    }
+
+    /// The device node of an active thin device; None if it is not active.
+    async fn active_device(&self, id: ThinId) -> Result<Option<PathBuf>> {
+        self.kernel(move |p| match p.thin_device_path(id) {
+            Ok(path) => Ok(Some(path)),
+            Err(KernelError::NotActive(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    /// The volume's object: by the volume context's name, else by pool and
+    /// device id (labels, then the specs).
+    async fn find_volume(&self, r: &VolumeRef, volume_id: &str, context: &HashMap<String, String>) -> Result<ThinVolume> {
+        let matches = |v: &ThinVolume| v.spec.pool == r.pool && v.spec.device_id.0 == r.id.get();
+        if let Some(name) = context.get(CTX_VOLUME).filter(|s| !s.is_empty()) {
+            return match self.inner.volumes.get_opt(name).await? {
+                Some(v) if matches(&v) => Ok(v),
+                Some(v) => Err(Error::NotFound(format!(
+                    "volume {volume_id} does not exist: ThinVolume {name} holds {}:{}",
+                    v.spec.pool, v.spec.device_id.0
+                ))),
+                None => Err(Error::NotFound(format!("volume {volume_id} does not exist: no ThinVolume {name}"))),
+            };
+        }
+        let selector = format!("{LABEL_POOL}={},{LABEL_DEVICE}={}", r.pool, r.id.get());
+        let labelled = self.inner.volumes.list(&ListParams::default().labels(&selector)).await?;
+        if let Some(v) = labelled.items.into_iter().find(matches) {
+            return Ok(v);
+        }
+        let all = self.inner.volumes.list(&ListParams::default()).await?;
+        all.items.into_iter().find(matches).ok_or_else(|| Error::NotFound(format!("volume {volume_id} does not exist: no ThinVolume holds it")))
+    }
+
+    /// Activates thin `id` at `size` (already active is fine; one smaller
+    /// than `size` is grown) and returns its device node.
+    async fn ensure_active(&self, id: ThinId, size: Sectors) -> Result<PathBuf> {
+        self.kernel(move |p| {
+            match p.activate_thin(id, size) {
+                Ok(()) => {}
+                Err(KernelError::AlreadyActive(_)) => {
+                    let current = p.active_thins()?.into_iter().find(|t| t.id == id).map(|t| t.size);
+                    if current.is_some_and(|c| c < size) {
+                        p.resize_thin(id, size)?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(p.thin_device_path(id)?)
+        })
+        .await
+    }
+
+    async fn stage(&self, req: NodeStageVolumeRequest) -> Result<()> {
+        required(&req.volume_id, "volume_id")?;
+        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
+        let (access, read_only) = check_capability(req.volume_capability.as_ref())?;
+        let r = self.ours(&req.volume_id)?;
+        let fs_and_flags = match access {
+            AccessType::Mount(m) => Some((fs_type(m, &req.volume_context)?, m.mount_flags.clone())),
+            AccessType::Block(_) => None,
+        };
+        let _busy = self.busy(&req.volume_id)?;
+        let volume = self.find_volume(&r, &req.volume_id, &req.volume_context).await?;
+        let size = Sectors::from_bytes_ceil(volume.spec.size_bytes);
+        let device = self.ensure_active(r.id, size).await?;
+        let Some((fs, flags)) = fs_and_flags else {
+            return Ok(()); // raw block: published from the device node
+        };
+        blocking(move || {
+            match fs::format_if_empty(&device, &fs, &mkfs_options(&fs))? {
+                fs::FormatOutcome::Formatted => tracing::info!(device = %device.display(), fs = fs.name(), "made a filesystem"),
+                fs::FormatOutcome::AlreadyFormatted(found) => tracing::info!(device = %device.display(), fs = found.name(), "filesystem found; not formatting"),
+            }
+            fs::mount(&device, &staging, &fs, read_only, &flags)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unstage(&self, req: NodeUnstageVolumeRequest) -> Result<()> {
+        required(&req.volume_id, "volume_id")?;
+        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
+        let r = self.ours(&req.volume_id)?;
+        let _busy = self.busy(&req.volume_id)?;
+        if let Some(device) = self.active_device(r.id).await? {
+            let thin_name = self.kernel(move |p| Ok(p.names().thin(r.id))).await?;
+            let staging_c = staging.clone();
+            blocking(move || {
+                let staging_c = std::fs::canonicalize(&staging_c).ok();
+                // Still published? A bind of the filesystem elsewhere, or of the device node.
+                if let Some(other) = fs::mounts_of(&device)?.into_iter().find(|m| Some(&m.mount_point) != staging_c.as_ref()) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume is still mounted at {} (unpublish it first)",
+                        other.mount_point.display()
+                    )));
+                }
+                if let Some(bound) = fs::read_mountinfo()?.into_iter().find(|m| m.root.file_name().is_some_and(|n| n == thin_name.as_str())) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the volume's device is still bound at {} (unpublish it first)",
+                        bound.mount_point.display()
+                    )));
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        let target = staging.clone();
+        blocking(move || {
+            fs::unmount(&target)?;
+            Ok(())
+        })
+        .await?;
+        self.kernel(move |p| match p.deactivate_thin(r.id) {
+            Ok(()) | Err(KernelError::NotActive(_)) => Ok(()),
+            Err(KernelError::Busy(why)) => Err(Error::FailedPrecondition(format!("cannot deactivate the volume's device: {why}"))),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn publish(&self, req: NodePublishVolumeRequest) -> Result<()> {
+        required(&req.volume_id, "volume_id")?;
+        let target = PathBuf::from(required(&req.target_path, "target_path")?);
+        let (access, mode_read_only) = check_capability(req.volume_capability.as_ref())?;
+        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
+        let r = self.ours(&req.volume_id)?;
+        let read_only = req.readonly || mode_read_only;
+        let block = matches!(access, AccessType::Block(_));
+        if block && read_only {
+            return Err(Error::invalid(
+                "readonly",
+                "a read-only raw block publish is not supported: a bind of a device node cannot refuse writes",
+            ));
+        }
+        let _busy = self.busy(&req.volume_id)?;
+        let device = self
+            .active_device(r.id)
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition(format!("volume {} is not staged on this node", req.volume_id)))?;
+        let volume_id = req.volume_id.clone();
+        blocking(move || {
+            if block {
+                fs::bind_mount_block(&device, &target)?;
+                return Ok(());
+            }
+            let staging_c = canonical(&staging).map_err(|_| Error::FailedPrecondition(format!("volume {volume_id} is not staged at {}", staging.display())))?;
+            if !fs::mounts_of(&device)?.iter().any(|m| m.mount_point == staging_c) {
+                return Err(Error::FailedPrecondition(format!("volume {volume_id} is not staged at {}", staging.display())));
+            }
+            fs::bind_mount(&staging, &target, read_only)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unpublish(&self, req: NodeUnpublishVolumeRequest) -> Result<()> {
+        required(&req.volume_id, "volume_id")?;
+        let target = PathBuf::from(required(&req.target_path, "target_path")?);
+        self.ours(&req.volume_id)?;
+        let _busy = self.busy(&req.volume_id)?;
+        blocking(move || {
+            fs::unmount(&target)?;
+            // The target is ours: created on publish, removed here.
+            match std::fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir(&target).map_err(|e| io_err("removing", &target, e))?,
+                Ok(_) => std::fs::remove_file(&target).map_err(|e| io_err("removing", &target, e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("stat", &target, e)),
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Abnormal when the pool cannot take writes or has failed.
+    async fn condition(&self) -> Result<VolumeCondition> {
+        let status = self.kernel(|p| Ok(p.pool_status()?)).await?;
+        let why = match status.working() {
+            None => Some("the thin pool has failed".to_string()),
+            Some(w) if w.needs_check => Some("the thin pool needs a metadata check (needs_check)".into()),
+            Some(w) if w.mode == PoolMode::OutOfDataSpace => Some("the thin pool is out of data space: writes to unallocated blocks fail".into()),
+            Some(w) if w.mode == PoolMode::ReadOnly => Some("the thin pool is read-only".into()),
+            Some(_) => None,
+        };
+        Ok(VolumeCondition { abnormal: why.is_some(), message: why.unwrap_or_else(|| "the thin pool is healthy".into()) })
+    }
+
+    async fn stats(&self, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
+        required(&req.volume_id, "volume_id")?;
+        let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
+        let r = self.ours(&req.volume_id)?;
+        let device = self
+            .active_device(r.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("volume {} is not staged on this node", req.volume_id)))?;
+        let volume_id = req.volume_id.clone();
+        let usage = blocking(move || {
+            let meta = std::fs::metadata(&path).map_err(|e| io_err("stat", &path, e))?;
+            let dev_meta = std::fs::metadata(&device).map_err(|e| io_err("stat", &device, e))?;
+            let bytes = |total: u64, used: u64, available: u64, unit: volume_usage::Unit| VolumeUsage {
+                total: total as i64,
+                used: used as i64,
+                available: available as i64,
+                unit: unit as i32,
+            };
+            if meta.file_type().is_block_device() {
+                if meta.rdev() != dev_meta.rdev() {
+                    return Err(Error::NotFound(format!("{} is not volume {volume_id}'s device", path.display())));
+                }
+                let total = fs::block_device_size(&device)?;
+                return Ok(vec![VolumeUsage { total: total as i64, unit: volume_usage::Unit::Bytes as i32, ..Default::default() }]);
+            }
+            let path_c = canonical(&path)?;
+            if !fs::mounts_of(&device)?.iter().any(|m| m.mount_point == path_c) {
+                return Err(Error::NotFound(format!("volume {volume_id} is not mounted at {}", path.display())));
+            }
+            let s = fs::stats(&path)?;
+            Ok(vec![
+                bytes(s.bytes_total, s.bytes_used, s.bytes_available, volume_usage::Unit::Bytes),
+                bytes(s.inodes_total, s.inodes_used, s.inodes_free, volume_usage::Unit::Inodes),
+            ])
+        })
+        .await?;
+        Ok(NodeGetVolumeStatsResponse { usage, volume_condition: Some(self.condition().await?) })
+    }
+
+    async fn expand(&self, req: NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse> {
+        required(&req.volume_id, "volume_id")?;
+        let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
+        let r = self.ours(&req.volume_id)?;
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(io_err("stat", &path, e));
+        }
+        let _busy = self.busy(&req.volume_id)?;
+        let volume = self.find_volume(&r, &req.volume_id, &HashMap::new()).await?;
+        let size = volume.spec.size_bytes;
+        if let Some(range) = &req.capacity_range {
+            if range.required_bytes > 0 && range.required_bytes as u64 > size {
+                return Err(Error::OutOfRange(format!(
+                    "capacity_range.required_bytes {} is more than the volume's {size} bytes (expand it through the controller first)",
+                    range.required_bytes
+                )));
+            }
+            if range.limit_bytes > 0 && (range.limit_bytes as u64) < size {
+                return Err(Error::OutOfRange(format!("capacity_range.limit_bytes {} is less than the volume's {size} bytes", range.limit_bytes)));
+            }
+        }
+        if self.active_device(r.id).await?.is_none() {
+            return Err(Error::NotFound(format!("volume {} is not staged on this node", req.volume_id)));
+        }
+        let id = r.id;
+        let sectors = Sectors::from_bytes_ceil(size);
+        let device = self
+            .kernel(move |p| {
+                match p.resize_thin(id, sectors) {
+                    Ok(old) => tracing::info!(thin = %id, from = old.0, to = sectors.0, "thin device length"),
+                    Err(KernelError::Invalid(why)) => return Err(Error::FailedPrecondition(why)),
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(p.thin_device_path(id)?)
+            })
+            .await?;
+        let volume_id = req.volume_id.clone();
+        blocking(move || {
+            let meta = std::fs::metadata(&path).map_err(|e| io_err("stat", &path, e))?;
+            if meta.file_type().is_block_device() {
+                return Ok(()); // the device is the volume: nothing more to grow
+            }
+            let path_c = canonical(&path)?;
+            let mounted = fs::mounts_of(&device)?.into_iter().find(|m| m.mount_point == path_c);
+            let Some(mounted) = mounted else {
+                return Err(Error::NotFound(format!("volume {volume_id} is not mounted at {}", path.display())));
+            };
+            let fs_type: FsType = mounted.fs_type.parse()?;
+            fs::expand(&device, &path, &fs_type)?;
+            Ok(())
+        })
+        .await?;
+        Ok(NodeExpandVolumeResponse { capacity_bytes: size as i64 })
+    }
+
+    fn info(&self) -> NodeGetInfoResponse {
+        let c = &self.inner.config;
+        NodeGetInfoResponse {
+            node_id: c.node.clone(),
+            max_volumes_per_node: c.max_volumes,
+            accessible_topology: Some(Topology { segments: BTreeMap::from([(TOPOLOGY_KEY.to_string(), c.node.clone())]).into_iter().collect() }),
+        }
+    }
+}
+
+/// What NodeGetCapabilities advertises.
+pub fn capabilities() -> Vec<NodeServiceCapability> {
+    use node_service_capability::rpc::Type;
+    [Type::StageUnstageVolume, Type::GetVolumeStats, Type::ExpandVolume, Type::VolumeCondition]
+        .into_iter()
+        .map(|t| NodeServiceCapability {
+            r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type: t as i32 })),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(&self, r: Request<NodeStageVolumeRequest>) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        reply(self.stage(r.into_inner()).await.map(|()| NodeStageVolumeResponse {}))
+    }
+    async fn node_unstage_volume(&self, r: Request<NodeUnstageVolumeRequest>) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        reply(self.unstage(r.into_inner()).await.map(|()| NodeUnstageVolumeResponse {}))
+    }
+    async fn node_publish_volume(&self, r: Request<NodePublishVolumeRequest>) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        reply(self.publish(r.into_inner()).await.map(|()| NodePublishVolumeResponse {}))
+    }
+    async fn node_unpublish_volume(&self, r: Request<NodeUnpublishVolumeRequest>) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        reply(self.unpublish(r.into_inner()).await.map(|()| NodeUnpublishVolumeResponse {}))
+    }
+    async fn node_get_volume_stats(&self, r: Request<NodeGetVolumeStatsRequest>) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        reply(self.stats(r.into_inner()).await)
+    }
+    async fn node_expand_volume(&self, r: Request<NodeExpandVolumeRequest>) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        reply(self.expand(r.into_inner()).await)
+    }
+    async fn node_get_capabilities(&self, _: Request<NodeGetCapabilitiesRequest>) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(NodeGetCapabilitiesResponse { capabilities: capabilities() }))
+    }
+    async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(self.info()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csi_proto::v1::volume_capability::BlockVolume;
+    use tonic::Code;
+
+    #[test]
+    fn volume_ids() {
+        let r = parse_volume_id("3945ce1997034a5a9238173c2f13176b:17").unwrap();
+        assert_eq!(r.pool, "3945ce1997034a5a9238173c2f13176b");
+        assert_eq!(r.id.get(), 17);
+        assert_eq!(parse_volume_id("").unwrap_err().code(), Code::InvalidArgument);
+        for bad in ["some-vol-id", "pool:", ":3", "pool:x", "pool:16777216"] {
+            assert_eq!(parse_volume_id(bad).unwrap_err().code(), Code::NotFound, "{bad}");
+        }
+    }
+
+    fn cap(access: AccessType, mode: Mode) -> VolumeCapability {
+        VolumeCapability { access_type: Some(access), access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }) }
+    }
+
+    #[test]
+    fn capabilities_checked_naming_the_field() {
+        let e = check_capability(None).unwrap_err();
+        assert_eq!((e.code(), e.to_string()), (Code::InvalidArgument, "volume_capability: missing".into()));
+        let no_mode = VolumeCapability { access_type: Some(AccessType::Block(BlockVolume {})), access_mode: None };
+        assert!(check_capability(Some(&no_mode)).unwrap_err().to_string().starts_with("volume_capability.access_mode"));
+        let multi = cap(AccessType::Block(BlockVolume {}), Mode::MultiNodeMultiWriter);
+        assert_eq!(check_capability(Some(&multi)).unwrap_err().code(), Code::InvalidArgument);
+        let ro = cap(AccessType::Mount(MountVolume::default()), Mode::SingleNodeReaderOnly);
+        assert!(check_capability(Some(&ro)).unwrap().1);
+    }
+
+    #[test]
+    fn fs_type_from_capability_then_context_then_ext4() {
+        let mut ctx = HashMap::new();
+        assert_eq!(fs_type(&MountVolume::default(), &ctx).unwrap(), FsType::Ext4);
+        ctx.insert(CTX_FS_TYPE.to_string(), "xfs".to_string());
+        assert_eq!(fs_type(&MountVolume::default(), &ctx).unwrap(), FsType::Xfs);
+        let m = MountVolume { fs_type: "ext4".into(), ..Default::default() };
+        assert_eq!(fs_type(&m, &ctx).unwrap(), FsType::Ext4);
+        let m = MountVolume { fs_type: "btrfs".into(), ..Default::default() };
+        let e = fs_type(&m, &ctx).unwrap_err();
+        assert!(e.to_string().starts_with("volume_capability.mount.fs_type"));
+    }
+
+    #[test]
+    fn advertises_the_node_rpcs() {
+        let caps = capabilities();
+        assert_eq!(caps.len(), 4);
+    }
+}
