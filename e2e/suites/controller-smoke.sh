@@ -3,7 +3,10 @@
 # against csi-controller (host, TCP endpoint) on a real control plane, with
 # ONE node VM running csi-node's transaction executor on a real thin pool:
 # every volume and snapshot csi-sanity makes is a real thin device created
-# and deleted by the node. Afterwards: no ThinVolume/ThinSnapshot object is
+# and deleted by the node. Then csi_e2e checks the controller's own rules
+# (topology placement, restore/clone on the source's node, parameters,
+# GetCapacity per node, expansion, volume condition) and that a standby
+# replica is not ready. Afterwards: no ThinVolume/ThinSnapshot object is
 # left and the node's pool holds no device.
 #
 #   e2e/suites/controller-smoke.sh          (prints csi-sanity's summary and
@@ -34,7 +37,7 @@ fail_now() { echo "FAIL $*" | tee -a "$log"; summarize controller-smoke "$log"; 
 
 echo "building csi-node and csi-controller (release)" >&2
 (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 &&
-	cargo build -q -p csi-controller --example sanity_node_stub >&2) || fail_now "build"
+	cargo build -q -p csi-controller --example sanity_node_stub --example csi_e2e >&2) || fail_now "build"
 CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
 eval "$("$E2E/cluster/build-tools" --print-paths csi-sanity kubectl 2>/dev/null)"
 [[ -x ${CSI_SANITY:-} ]] || fail_now "csi-sanity not built (e2e/cluster/build-tools csi-sanity)"
@@ -103,6 +106,20 @@ sanity_run() { # NAME NODE_ENDPOINT FOCUS
 sanity_run identity "127.0.0.1:$port" "Identity Service"
 sanity_run controller "127.0.0.1:$stub_port" "${SMOKE_FOCUS:-Controller Server}"
 kill "$STUB_PID" 2>/dev/null || true
+
+# The controller's own rules over gRPC (placement, restore on the source's
+# node, parameters, capacity per node, expansion, volume condition).
+"$CARGO_TARGET_DIR/debug/examples/csi_e2e" rules "$port" smoke-node "$pool" 2>>"$RUN/logs/csi_e2e.stderr" | tee -a "$log" || true
+
+# A second replica stands by: it serves, but is not ready and refuses work.
+sb_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity smoke-standby \
+	--csi-endpoint "tcp://127.0.0.1:$sb_port" >"$RUN/logs/csi-controller-standby.out" 2>"$RUN/logs/csi-controller-standby.log" &
+sb_pid=$!
+for _ in $(seq 100); do grep -q 'serving CSI' "$RUN/logs/csi-controller-standby.log" 2>/dev/null && break; sleep 0.1; done
+"$CARGO_TARGET_DIR/debug/examples/csi_e2e" standby "$sb_port" 2>>"$RUN/logs/csi_e2e.stderr" | tee -a "$log" || true
+kill "$sb_pid" 2>/dev/null || true
+wait "$sb_pid" 2>/dev/null || true
 
 # Nothing left behind: no objects, no thin device in the pool.
 left=$("$KUBECTL" get thinvolumes,thinsnapshots -o name 2>/dev/null | wc -l)
