@@ -84,9 +84,9 @@ stub_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 "$CARGO_TARGET_DIR/debug/examples/sanity_node_stub" "127.0.0.1:$stub_port" >"$RUN/logs/node-stub.log" 2>&1 &
 STUB_PID=$!
 mkdir -p "$RUN/sanity"
-sanity_run() { # NAME NODE_ENDPOINT FOCUS
-	local name=$1 node_ep=$2 focus=$3 rc=0 summary ran passed failed
-	"$CSI_SANITY" -csi.endpoint "dns:///$node_ep" -csi.controllerendpoint "dns:///127.0.0.1:$port" \
+sanity_run() { # NAME NODE_ENDPOINT CONTROLLER_ENDPOINT FOCUS
+	local name=$1 node_ep=$2 ctrl_ep=$3 focus=$4 rc=0 summary ran passed failed
+	"$CSI_SANITY" -csi.endpoint "$node_ep" -csi.controllerendpoint "$ctrl_ep" \
 		-csi.mountdir "$RUN/sanity/mount" -csi.stagingdir "$RUN/sanity/staging" \
 		-csi.testvolumesize 1073741824 -csi.testvolumeexpandsize 2147483648 \
 		-ginkgo.focus "$focus" -ginkgo.skip "Node Service|GroupController" \
@@ -103,8 +103,8 @@ sanity_run() { # NAME NODE_ENDPOINT FOCUS
 		echo "FAIL csi-sanity $name: ${summary:-no summary} (exit $rc, log $RUN/sanity-$name.log)" | tee -a "$log"
 	fi
 }
-sanity_run identity "127.0.0.1:$port" "Identity Service"
-sanity_run controller "127.0.0.1:$stub_port" "${SMOKE_FOCUS:-Controller Server}"
+sanity_run identity "dns:///127.0.0.1:$port" "dns:///127.0.0.1:$port" "Identity Service"
+sanity_run controller "dns:///127.0.0.1:$stub_port" "dns:///127.0.0.1:$port" "${SMOKE_FOCUS:-Controller Server}"
 kill "$STUB_PID" 2>/dev/null || true
 
 # The controller's own rules over gRPC (placement, restore on the source's
@@ -118,6 +118,16 @@ sb_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0));
 sb_pid=$!
 for _ in $(seq 100); do grep -q 'serving CSI' "$RUN/logs/csi-controller-standby.log" 2>/dev/null && break; sleep 0.1; done
 "$CARGO_TARGET_DIR/debug/examples/csi_e2e" standby "$sb_port" 2>>"$RUN/logs/csi_e2e.stderr" | tee -a "$log" || true
+kill "$sb_pid" 2>/dev/null || true
+wait "$sb_pid" 2>/dev/null || true
+# The unix socket endpoint (what the sidecars use), on another standby:
+# csi-sanity's Identity tests over it (Probe answers, not ready).
+sock=$RUN/standby-unix/csi.sock
+"$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity smoke-standby-unix \
+	--csi-endpoint "unix://$sock" >"$RUN/logs/csi-controller-unix.out" 2>"$RUN/logs/csi-controller-unix.log" &
+sb_pid=$!
+for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+sanity_run identity-unix "unix://$sock" "unix://$sock" "Identity Service"
 kill "$sb_pid" 2>/dev/null || true
 wait "$sb_pid" 2>/dev/null || true
 
