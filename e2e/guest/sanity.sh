@@ -12,8 +12,14 @@ for _ in $(seq 120); do [ -S /run/csi/csi.sock ] && break; sleep 0.5; done
 csi-sanity -csi.endpoint unix:///run/csi/csi.sock -csi.controllerendpoint "dns:///10.0.2.2:$port" \
 	-csi.mountdir /tmp/sanity/mount -csi.stagingdir /tmp/sanity/stage \
 	-csi.testvolumesize 67108864 -csi.testvolumeexpandsize 134217728 \
-	-ginkgo.no-color -ginkgo.v=false 2>&1 | tail -60
+	-ginkgo.no-color -ginkgo.v >/tmp/sanity.out 2>&1
 rc=$?
+# Every skipped spec with ginkgo's reason, then the summary.
+echo "--- skipped specs"
+grep -A4 '^S \[SKIPPED\]' /tmp/sanity.out | grep -E '^(Controller|Node|Identity|GroupController|SnapshotMetadata|ExpandVolume|DeleteSnapshot|ListSnapshots|CreateSnapshot|.*\[SKIPPED\] )' | grep -v '^S \[SKIPPED\]'
+echo "--- failures"
+grep -B2 -A12 '\[FAIL\]' /tmp/sanity.out | head -80
+tail -8 /tmp/sanity.out
 echo "--- csi-node log (tail)"
 tail -15 /tmp/csi-node.log
 exit $rc
