@@ -221,11 +221,13 @@ impl NodeService {
     }
 
     /// Activates thin `id` at `size` (already active is fine; one smaller
-    /// than `size` is grown) and returns its device node.
-    async fn ensure_active(&self, id: ThinId, size: Sectors) -> Result<PathBuf> {
+    /// than `size` is grown) and returns its device node and whether this
+    /// call activated it.
+    async fn ensure_active(&self, id: ThinId, size: Sectors) -> Result<(PathBuf, bool)> {
         self.kernel(move |p| {
+            let mut activated = false;
             match p.activate_thin(id, size) {
-                Ok(()) => {}
+                Ok(()) => activated = true,
                 Err(KernelError::AlreadyActive(_)) => {
                     let current = p.active_thins()?.into_iter().find(|t| t.id == id).map(|t| t.size);
                     if current.is_some_and(|c| c < size) {
@@ -234,7 +236,7 @@ impl NodeService {
                 }
                 Err(e) => return Err(e.into()),
             }
-            Ok(p.thin_device_path(id)?)
+            Ok((p.thin_device_path(id)?, activated))
         })
         .await
     }
@@ -251,11 +253,11 @@ impl NodeService {
         let _busy = self.busy(&req.volume_id)?;
         let volume = self.find_volume(&r, &req.volume_id, &req.volume_context).await?;
         let size = Sectors::from_bytes_ceil(volume.spec.size_bytes);
-        let device = self.ensure_active(r.id, size).await?;
+        let (device, activated) = self.ensure_active(r.id, size).await?;
         let Some((fs, flags)) = fs_and_flags else {
             return Ok(()); // raw block: published from the device node
         };
-        blocking(move || {
+        let staged = blocking(move || {
             match fs::format_if_empty(&device, &fs, &mkfs_options(&fs))? {
                 fs::FormatOutcome::Formatted => tracing::info!(device = %device.display(), fs = fs.name(), "made a filesystem"),
                 fs::FormatOutcome::AlreadyFormatted(found) => tracing::info!(device = %device.display(), fs = found.name(), "filesystem found; not formatting"),
@@ -263,7 +265,15 @@ impl NodeService {
             fs::mount(&device, &staging, &fs, read_only, &flags)?;
             Ok(())
         })
-        .await
+        .await;
+        if staged.is_err() && activated {
+            // A failed stage leaves nothing behind that it made.
+            let id = r.id;
+            if let Err(e) = self.kernel(move |p| Ok(p.deactivate_thin(id)?)).await {
+                tracing::warn!(thin = %id, error = %e, "could not deactivate after a failed stage");
+            }
+        }
+        staged
     }
 
     async fn unstage(&self, req: NodeUnstageVolumeRequest) -> Result<()> {

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Host driver of the node gRPC test (e2e/guest/node-grpc.sh runs in the VM):
+# a loopback control plane, csi-controller on a loopback TCP port (it
+# registers the CRDs, leads, makes and expands the volumes), and one node VM
+# running csi-node with its CSI endpoint and node_grpc_vmtest, which plays
+# kubelet. Afterwards: no ThinVolume left, and the pool holds no device.
+#
+#   e2e/guest/node-grpc-host.sh          (prints PASS/FAIL lines and
+#                                         "node-grpc: N passed, M failed")
+# Env: KEEP_RUN=1 keeps the run dir (logs) even when everything passed.
+set -euo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+ensure_build_deps
+
+log=$(mktemp)
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-node-grpc.XXXXXX")
+CONTROLLER_PID=
+VM_PID=
+cleanup() {
+	local rc=$?
+	[[ -n $VM_PID ]] && kill "$VM_PID" 2>/dev/null || true
+	if [[ -n $CONTROLLER_PID ]]; then kill "$CONTROLLER_PID" 2>/dev/null || true; wait "$CONTROLLER_PID" 2>/dev/null || true; fi
+	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
+	if [[ $rc -eq 0 && -z ${KEEP_RUN:-} ]]; then rm -rf "$RUN"; else echo "node-grpc: run dir kept for its logs: $RUN" >&2; fi
+	rm -f "$log"
+}
+trap cleanup EXIT
+fail_now() { echo "FAIL $*" | tee -a "$log"; summarize node-grpc "$log"; exit 1; }
+
+echo "building csi-node, csi-controller (release) and node_grpc_vmtest" >&2
+(cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node --example node_grpc_vmtest -p csi-controller --bin csi-controller >&2) || fail_now "build"
+eval "$("$E2E/cluster/build-tools" --print-paths kubectl 2>/dev/null)"
+
+env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || fail_now "control plane up (logs in $RUN/logs)"
+eval "$env_out"
+export KUBECONFIG=$RUN/admin.kubeconfig
+echo "PASS control plane up" | tee -a "$log"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RUST_LOG=${RUST_LOG:-info} "$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity node-grpc \
+	--csi-endpoint "tcp://127.0.0.1:$port" >"$RUN/logs/csi-controller.out" 2>"$RUN/logs/csi-controller.log" &
+CONTROLLER_PID=$!
+for _ in $(seq 600); do grep -q 'leading' "$RUN/logs/csi-controller.out" 2>/dev/null && break; kill -0 "$CONTROLLER_PID" 2>/dev/null || break; sleep 0.1; done
+grep -q 'leading' "$RUN/logs/csi-controller.out" || fail_now "csi-controller did not lead (log $RUN/logs/csi-controller.log)"
+echo "PASS csi-controller leads and serves tcp://127.0.0.1:$port" | tee -a "$log"
+
+node=grpc-node
+truncate -s 1G "$RUN/$node.img"
+vm_rc=0
+"$E2E/vm/boot" --bin "$CARGO_TARGET_DIR/release/csi-node" --bin "$CARGO_TARGET_DIR/release/examples/node_grpc_vmtest" \
+	--bin /usr/sbin/resize2fs --bin /usr/sbin/xfs_growfs \
+	--file "$RUN/guest.kubeconfig:/guest/kubeconfig" --disk "$RUN/$node.img" \
+	--net --mem 1024 --timeout 900 --log "$RUN/logs/vm-$node.log" -- "$E2E/guest/node-grpc.sh" "$node" "$port" \
+	| grep -aE '^(PASS|FAIL|node_grpc_vmtest:)' | tee -a "$log" || vm_rc=$?
+grep -aq 'node_grpc_vmtest:' "$RUN/logs/vm-$node.log" || { tail -30 "$RUN/logs/vm-$node.log" >&2; echo "FAIL the VM test did not finish (log $RUN/logs/vm-$node.log)" | tee -a "$log"; }
+
+left=$("$KUBECTL" get thinvolumes -o name 2>/dev/null | wc -l)
+if [[ $left -eq 0 ]]; then
+	echo "PASS no ThinVolume left" | tee -a "$log"
+else
+	echo "FAIL $left ThinVolume objects left" | tee -a "$log"
+fi
+summarize node-grpc "$log"
