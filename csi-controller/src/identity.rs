@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use csi_proto::v1::identity_server::Identity;
-use csi_proto::v1::plugin_capability::{self, service, volume_expansion};
 use csi_proto::v1::*;
 use kube::api::{Api, ListParams};
 use kube::Client;
@@ -27,21 +26,7 @@ impl IdentityService {
     }
 }
 
-/// What GetPluginCapabilities advertises.
-pub fn capabilities() -> Vec<PluginCapability> {
-    let service = |t: service::Type| PluginCapability {
-        r#type: Some(plugin_capability::Type::Service(plugin_capability::Service { r#type: t as i32 })),
-    };
-    vec![
-        service(service::Type::ControllerService),
-        service(service::Type::VolumeAccessibilityConstraints),
-        PluginCapability {
-            r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {
-                r#type: volume_expansion::Type::Online as i32,
-            })),
-        },
-    ]
-}
+pub use csi_proto::plugin::capabilities;
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
@@ -73,6 +58,7 @@ impl Identity for IdentityService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use csi_proto::v1::plugin_capability::{self, service, volume_expansion};
 
     #[test]
     fn advertises_controller_topology_and_online_expansion() {

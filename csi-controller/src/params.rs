@@ -13,7 +13,7 @@ use thinpool::ThinId;
 
 use crate::status::Error;
 
-pub const DRIVER_NAME: &str = "thin.csi.io";
+pub use csi_proto::plugin::DRIVER_NAME;
 pub const TOPOLOGY_KEY: &str = "topology.thin.csi.io/node";
 /// The pool block size: sizes are rounded up to it.
 pub const BLOCK: u64 = 64 * 1024;

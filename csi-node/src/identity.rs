@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use csi_proto::v1::identity_server::Identity;
-use csi_proto::v1::plugin_capability::{self, service, volume_expansion};
 use csi_proto::v1::*;
 use kube::api::Api;
 use kube::Client;
@@ -15,7 +14,7 @@ use thinpool::Kernel;
 use thinpool_dm::DmPool;
 use tonic::{Request, Response, Status};
 
-pub const DRIVER_NAME: &str = "thin.csi.io";
+pub use csi_proto::plugin::DRIVER_NAME;
 
 #[derive(Clone)]
 pub struct IdentityService {
@@ -51,22 +50,7 @@ impl IdentityService {
     }
 }
 
-/// What GetPluginCapabilities advertises: topology (volumes are node-local)
-/// and online expansion. No CONTROLLER_SERVICE: that is csi-controller.
-pub fn capabilities() -> Vec<PluginCapability> {
-    vec![
-        PluginCapability {
-            r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-                r#type: service::Type::VolumeAccessibilityConstraints as i32,
-            })),
-        },
-        PluginCapability {
-            r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {
-                r#type: volume_expansion::Type::Online as i32,
-            })),
-        },
-    ]
-}
+pub use csi_proto::plugin::capabilities;
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
@@ -99,10 +83,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn advertises_topology_and_online_expansion_only() {
+    fn advertises_the_plugin_capabilities() {
+        use csi_proto::v1::plugin_capability::{self, service, volume_expansion};
         let caps = capabilities();
-        assert_eq!(caps.len(), 2);
-        assert!(!caps.iter().any(|c| matches!(c.r#type, Some(plugin_capability::Type::Service(s)) if s.r#type == service::Type::ControllerService as i32)));
+        let has_service = |t: service::Type| caps.iter().any(|c| matches!(c.r#type, Some(plugin_capability::Type::Service(s)) if s.r#type == t as i32));
+        assert!(has_service(service::Type::ControllerService), "plugin-wide: csi-sanity reads it from the node endpoint");
+        assert!(has_service(service::Type::VolumeAccessibilityConstraints));
         assert!(caps.iter().any(|c| matches!(c.r#type, Some(plugin_capability::Type::VolumeExpansion(e)) if e.r#type == volume_expansion::Type::Online as i32)));
     }
 }
