@@ -204,11 +204,17 @@ async fn kubelet(client: Client, args: &[String]) -> Result<()> {
     let spec = pv.spec.clone().unwrap_or_default();
     let csi = spec.csi.clone().ok_or("the PV has no csi source")?;
     let block = spec.volume_mode.as_deref() == Some("Block");
-    let staging = format!("/var/lib/kubelet/plugins/kubernetes.io/csi/{DRIVER}/{}/globalmount", sha256_hex(&csi.volume_handle));
-    let target = if block {
-        format!("/var/lib/kubelet/pods/{pod_uid}/volumeDevices/kubernetes.io~csi/{pv_name}")
+    // kubelet's paths (pkg/volume/csi: csi_attacher.go, csi_mounter.go, csi_block.go).
+    let (staging, target) = if block {
+        (
+            format!("/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/staging/{pv_name}"),
+            format!("/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/{pv_name}/{pod_uid}"),
+        )
     } else {
-        format!("/var/lib/kubelet/pods/{pod_uid}/volumes/kubernetes.io~csi/{pv_name}/mount")
+        (
+            format!("/var/lib/kubelet/plugins/kubernetes.io/csi/{DRIVER}/{}/globalmount", sha256_hex(&csi.volume_handle)),
+            format!("/var/lib/kubelet/pods/{pod_uid}/volumes/kubernetes.io~csi/{pv_name}/mount"),
+        )
     };
     let access_type = if block {
         volume_capability::AccessType::Block(volume_capability::BlockVolume {})
