@@ -438,6 +438,12 @@ if [[ -n $PV1 ]]; then
 	fi
 fi
 
+if [[ $DATA -eq 1 ]]; then
+	st=$(kubelet stats data-1 | sed -n 's/^STATS //p') || true
+	total=$(sed -nE 's/.*total=([0-9]+).*/\1/p' <<<"$st")
+	if [[ ${total:-0} -gt $((400 << 20)) && $st == *abnormal=false* ]]; then pass "NodeGetVolumeStats data-1: $st"; else fail "NodeGetVolumeStats data-1: '${st:-$(tail -1 "$RUN/k8s_e2e.stderr")}'"; fi
+fi
+
 # 5. CSIStorageCapacity for the node's segment reflects the pool:
 #    data_total x overprovisioning (10) - sum of the volumes' sizes.
 cap_ok=0
@@ -465,8 +471,14 @@ else
 	echo "$out"
 	fail "bench pvc-bound: $(tail -2 "$RUN/k8s_e2e.stderr")"
 fi
+txn0=$(k get thinpool "$POOL" -o jsonpath='{.spec.lastAssignedTransaction}')
 if out=$("$K8S_E2E" bench-snapshot "$NS" data-1 "$VSC" "$BENCH_N" 2>>"$RUN/k8s_e2e.stderr"); then
 	echo "$out" | tee -a "$log"
+	# The engine's part of the same snapshots: the node's commit time of the
+	# N transactions after txn0 (the creates; the deletes come after them).
+	grep -a 'transaction committed' "$RUN/logs/vm-$NODE.log" | sed -nE 's/.*txn=([0-9]+) micros=([0-9]+).*/\1 \2/p' |
+		awk -v a="$txn0" -v n="$BENCH_N" '$1 > a && $1 <= a + n {print $2}' | sort -n |
+		awk '{ v[NR] = $1 } END { if (NR) printf "BENCH volumesnapshot-engine thin-csi median_us=%d p90_us=%d n=%d\n", v[int(NR/2)+1], v[int((NR*9+9)/10)], NR }' | tee -a "$log"
 	pass "bench: $BENCH_N VolumeSnapshots ready and deleted"
 else
 	echo "$out"
