@@ -9,17 +9,22 @@ mkdir -p /run/csi /tmp/sanity
 csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconfig --csi-endpoint unix:///run/csi/csi.sock >/tmp/csi-node.log 2>&1 &
 for _ in $(seq 120); do [ -S /run/csi/csi.sock ] && break; sleep 0.5; done
 [ -S /run/csi/csi.sock ] || { echo "FAIL csi-node did not serve its socket"; tail -20 /tmp/csi-node.log; exit 1; }
-csi-sanity -csi.endpoint unix:///run/csi/csi.sock -csi.controllerendpoint "dns:///10.0.2.2:$port" \
-	-csi.mountdir /tmp/sanity/mount -csi.stagingdir /tmp/sanity/stage \
-	-csi.testvolumesize 67108864 -csi.testvolumeexpandsize 134217728 \
-	-ginkgo.no-color -ginkgo.v >/tmp/sanity.out 2>&1
-rc=$?
-# Every skipped spec with ginkgo's reason, then the summary.
-echo "--- skipped specs"
-grep -A4 '^S \[SKIPPED\]' /tmp/sanity.out | grep -E '^(Controller|Node|Identity|GroupController|SnapshotMetadata|ExpandVolume|DeleteSnapshot|ListSnapshots|CreateSnapshot|.*\[SKIPPED\] )' | grep -v '^S \[SKIPPED\]'
-echo "--- failures"
-grep -B2 -A12 '\[FAIL\]' /tmp/sanity.out | head -80
-tail -8 /tmp/sanity.out
+# Two passes: mount volumes, then raw block volumes.
+rc=0
+for access in mount block; do
+	echo "=== csi-sanity, access type $access"
+	csi-sanity -csi.endpoint unix:///run/csi/csi.sock -csi.controllerendpoint "dns:///10.0.2.2:$port" \
+		-csi.mountdir /tmp/sanity/mount -csi.stagingdir /tmp/sanity/stage \
+		-csi.testvolumesize 67108864 -csi.testvolumeexpandsize 134217728 \
+		-csi.testvolumeaccesstype "$access" \
+		-ginkgo.no-color -ginkgo.v >/tmp/sanity-$access.out 2>&1 || rc=1
+	# Every skipped spec with ginkgo's reason, any failure, then the summary.
+	echo "--- skipped specs ($access)"
+	grep -A4 '^S \[SKIPPED\]' /tmp/sanity-$access.out | grep -E '^(Controller|Node|Identity|GroupController|SnapshotMetadata|.*\[SKIPPED\] )' | grep -v '^S \[SKIPPED\]'
+	echo "--- failures ($access)"
+	grep -A20 '\[FAIL\]' /tmp/sanity-$access.out | grep -v '^I1' | head -60
+	tail -3 /tmp/sanity-$access.out
+done
 echo "--- csi-node log (tail)"
 tail -15 /tmp/csi-node.log
 exit $rc
