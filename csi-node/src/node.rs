@@ -371,17 +371,9 @@ impl NodeService {
         .await
     }
 
-    /// Abnormal when the pool cannot take writes or has failed.
     async fn condition(&self) -> Result<VolumeCondition> {
         let status = self.kernel(|p| Ok(p.pool_status()?)).await?;
-        let why = match status.working() {
-            None => Some("the thin pool has failed".to_string()),
-            Some(w) if w.needs_check => Some("the thin pool needs a metadata check (needs_check)".into()),
-            Some(w) if w.mode == PoolMode::OutOfDataSpace => Some("the thin pool is out of data space: writes to unallocated blocks fail".into()),
-            Some(w) if w.mode == PoolMode::ReadOnly => Some("the thin pool is read-only".into()),
-            Some(_) => None,
-        };
-        Ok(VolumeCondition { abnormal: why.is_some(), message: why.unwrap_or_else(|| "the thin pool is healthy".into()) })
+        Ok(condition_of(&status))
     }
 
     async fn stats(&self, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
@@ -488,6 +480,19 @@ impl NodeService {
     }
 }
 
+/// A volume's condition from its pool's status: abnormal when the pool has
+/// failed, needs a metadata check, is out of data space or read-only.
+pub fn condition_of(status: &thinpool::PoolStatus) -> VolumeCondition {
+    let why = match status.working() {
+        None => Some("the thin pool has failed".to_string()),
+        Some(w) if w.needs_check => Some("the thin pool needs a metadata check (needs_check)".into()),
+        Some(w) if w.mode == PoolMode::OutOfDataSpace => Some("the thin pool is out of data space: writes to unallocated blocks fail".into()),
+        Some(w) if w.mode == PoolMode::ReadOnly => Some("the thin pool is read-only".into()),
+        Some(_) => None,
+    };
+    VolumeCondition { abnormal: why.is_some(), message: why.unwrap_or_else(|| "the thin pool is healthy".into()) }
+}
+
 /// What NodeGetCapabilities advertises.
 pub fn capabilities() -> Vec<NodeServiceCapability> {
     use node_service_capability::rpc::Type;
@@ -571,6 +576,19 @@ mod tests {
         let m = MountVolume { fs_type: "btrfs".into(), ..Default::default() };
         let e = fs_type(&m, &ctx).unwrap_err();
         assert!(e.to_string().starts_with("volume_capability.mount.fs_type"));
+    }
+
+    #[test]
+    fn condition_from_the_pool_status_line() {
+        let cond = |line: &str| condition_of(&line.parse::<thinpool::PoolStatus>().unwrap());
+        assert!(!cond("7 20/1024 30/2000 - rw discard_passdown queue_if_no_space - 1024").abnormal);
+        let c = cond("7 20/1024 2000/2000 - out_of_data_space discard_passdown error_if_no_space - 1024");
+        assert!(c.abnormal && c.message.contains("out of data space"), "{c:?}");
+        let c = cond("7 20/1024 30/2000 - ro discard_passdown queue_if_no_space - 1024");
+        assert!(c.abnormal && c.message.contains("read-only"), "{c:?}");
+        let c = cond("7 20/1024 30/2000 - rw discard_passdown queue_if_no_space needs_check 1024");
+        assert!(c.abnormal && c.message.contains("needs_check"), "{c:?}");
+        assert!(cond("Fail").abnormal);
     }
 
     #[test]
