@@ -401,6 +401,24 @@ if [[ $DATA -eq 1 ]]; then
 	else
 		fail "xfs-1 staged and published: $(tail -1 "$RUN/k8s_e2e.stderr")"
 	fi
+	# A NodeStage that fails (mkfs.xfs refuses less than 300 MB) leaves its
+	# thin device inactive: kubelet does not call NodeUnstage after a final
+	# error, and the volume must still be deletable later.
+	PVC_CLASS=$SC-xfs pvc xfs-small 256Mi
+	select_node xfs-small
+	if provision_check xfs-small; then
+		paths=$(kubelet paths xfs-small) || true
+		guest mkdir "$(sed -n 's/^STAGING //p' <<<"$paths")" >/dev/null || true
+		id=$(k get pv "$(pv_of xfs-small)" -o jsonpath='{.spec.csi.volumeHandle}' | sed 's/.*://')
+		if kubelet stage xfs-small >/dev/null; then
+			fail "NodeStage of a 256Mi xfs volume succeeded (mkfs.xfs needs more than 300 MB)"
+			echo xfs-small >>"$RUN/mounted"
+		else
+			why=$(tail -1 "$RUN/k8s_e2e.stderr" | cut -c1-90)
+			dm=$(guest dm) || true
+			if [[ -n $id && "$dm " != *"-thin-$id "* ]]; then pass "a failed NodeStage ($why...) leaves thin device $id inactive"; else fail "after a failed NodeStage thin device $id is still active: $dm"; fi
+		fi
+	fi
 	PVC_MODE=Block pvc block-1 64Mi
 	select_node block-1
 	if provision_check block-1 && t=$(mount_pvc block-1); then
