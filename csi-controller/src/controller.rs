@@ -899,3 +899,55 @@ impl Controller for ControllerService {
         unimplemented("ControllerModifyVolume")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn objects_carry_their_lookup_labels_and_transaction() {
+        let m = object_meta("vol-a", "pool1", 17, 42, &[(ANN_FS_TYPE, "xfs")]);
+        let labels = m.labels.clone().unwrap();
+        assert_eq!(labels[LABEL_POOL], "pool1");
+        assert_eq!(labels[LABEL_DEVICE], "17");
+        assert_eq!(transaction_of(&m).unwrap(), 42);
+        assert_eq!(m.annotations.unwrap()[ANN_FS_TYPE], "xfs");
+        let bare = ObjectMeta { name: Some("x".into()), ..Default::default() };
+        assert_eq!(transaction_of(&bare).unwrap_err().code(), Code::Internal);
+    }
+
+    #[test]
+    fn snapshots_and_volumes_speak_csi_ids() {
+        let s = ThinSnapshot::new(
+            "snap",
+            ThinSnapshotSpec {
+                csi_name: "Snap 1".into(),
+                pool: "pool1".into(),
+                device_id: thin_csi_api::DeviceId(5),
+                size_bytes: 1 << 30,
+                source: VolumeSource { kind: VolumeSourceKind::Volume, name: "pool1:3".into() },
+            },
+        );
+        let m = snapshot_message(&s);
+        assert_eq!((m.snapshot_id.as_str(), m.source_volume_id.as_str(), m.size_bytes, m.ready_to_use), ("pool1:5", "pool1:3", 1 << 30, false));
+        assert_eq!(node_topology("n1").segments[TOPOLOGY_KEY], "n1");
+    }
+
+    #[test]
+    fn aborted_creates_say_why() {
+        assert_eq!(aborted_create("p", Some("pool is out of data space".into())).code(), Code::ResourceExhausted);
+        let e = aborted_create("p", None);
+        assert_eq!(e.code(), Code::Internal);
+        assert!(e.to_string().contains("no reason given"));
+        assert!(matches!(Settled::<()>::Aborted(Error::Internal("x".into())).ready(), Err(Error::Internal(_))));
+    }
+
+    #[test]
+    fn advertises_what_works() {
+        assert!(CAPABILITIES.contains(&RpcType::CloneVolume));
+        assert!(!CAPABILITIES.contains(&RpcType::PublishUnpublishVolume));
+        assert!(!CAPABILITIES.contains(&RpcType::GetSnapshot));
+        assert!(!CAPABILITIES.contains(&RpcType::ModifyVolume));
+    }
+}
