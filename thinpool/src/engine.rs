@@ -63,7 +63,7 @@ pub enum CommitError {
     NotAtPredecessor { txn: TransactionId, kernel: TransactionId },
     #[error("transaction {txn} deletes thin device {device}, which is still active on this node (open count {open_count}); deactivate it first")]
     DeleteOfActiveDevice { txn: TransactionId, device: ThinId, open_count: u32 },
-    #[error("transaction {txn}: suspending origin {device} failed, nothing was posted: {source}")]
+    #[error("transaction {txn}: suspending or deactivating device {device} failed, nothing was posted: {source}")]
     Suspend { txn: TransactionId, device: ThinId, source: KernelError },
     #[error("transaction {txn}: `{op}` failed after {posted} operation(s) had been posted: {source}")]
     Message { txn: TransactionId, op: Operation, posted: usize, source: KernelError },
@@ -121,11 +121,18 @@ fn run(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut i
         return Err(CommitError::NotAtPredecessor { txn: n, kernel: kernel_at });
     }
     let active = kernel.active_thins()?;
+    // A device to delete must be inactive. One still active but not open
+    // (nothing mounts or holds it) is deactivated here; an open one fails.
     for id in txn.deleted_ids() {
         if let Some(a) = active.iter().find(|a| a.id == id) {
-            return Err(CommitError::DeleteOfActiveDevice { txn: n, device: id, open_count: a.open_count });
+            if a.open_count > 0 {
+                return Err(CommitError::DeleteOfActiveDevice { txn: n, device: id, open_count: a.open_count });
+            }
+            kernel.deactivate_thin(id).map_err(|source| CommitError::Suspend { txn: n, device: id, source })?;
+            info!(txn = %n, device = %id, "deactivated a device to be deleted");
         }
     }
+    let active = kernel.active_thins()?;
     observer.reached(n, Boundary::Start);
 
     let active_ids: BTreeSet<ThinId> = active.iter().map(|a| a.id).collect();
@@ -328,12 +335,39 @@ fn check_record(record: &PoolRecord) -> Result<(), RecoverError> {
 fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Observer) -> Result<Outcome, RecoverError> {
     match run(kernel, txn, Mode::Replay, observer) {
         Ok(report) => Ok(Outcome::Committed(report)),
+        // A create failed for real: no delete can have run (creates go first).
         Err(e @ CommitError::Message { .. }) if e.abortable() => {
             abort(kernel, txn).map_err(|source| RecoverError::Blocked { txn: txn.id(), source })?;
             Ok(Outcome::Aborted { reason: e.to_string() })
         }
+        // Refused before any message (a device to delete is open, an origin
+        // will not suspend). An earlier attempt may have got further; if every
+        // device to delete still exists, none of its deletes ran and abort is
+        // clean. Otherwise the pool must wait: a half-done delete cannot be undone.
+        Err(e @ (CommitError::DeleteOfActiveDevice { .. } | CommitError::Suspend { .. })) => {
+            if all_exist(kernel, txn.deleted_ids()).map_err(|source| RecoverError::Blocked { txn: txn.id(), source: source.into() })? {
+                abort(kernel, txn).map_err(|source| RecoverError::Blocked { txn: txn.id(), source })?;
+                Ok(Outcome::Aborted { reason: e.to_string() })
+            } else {
+                Err(RecoverError::Blocked { txn: txn.id(), source: e })
+            }
+        }
         Err(source) => Err(RecoverError::Blocked { txn: txn.id(), source }),
     }
+}
+
+/// Whether every id is in the pool: an active device is; an inactive one is
+/// probed by activating it (ENODATA: absent) and deactivating it again.
+fn all_exist(kernel: &mut impl Kernel, ids: impl Iterator<Item = ThinId>) -> Result<bool, KernelError> {
+    let active: BTreeSet<ThinId> = kernel.active_thins()?.iter().map(|a| a.id).collect();
+    for id in ids.filter(|id| !active.contains(id)) {
+        match kernel.activate_thin(id, crate::ids::Sectors(8)) {
+            Ok(()) => kernel.deactivate_thin(id)?,
+            Err(KernelError::NoData(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -390,6 +424,37 @@ mod tests {
         let err = commit(&mut k, &txn(2, vec![Operation::CreateThin { id: t(1) }]), &mut ()).unwrap_err();
         assert!(matches!(err, CommitError::IdCollision { id, .. } if id == t(1)), "{err}");
         assert!(!err.abortable());
+    }
+
+    #[test]
+    fn a_delete_of_an_active_unopened_device_deactivates_it_first() {
+        let mut k = ModelKernel::new();
+        commit(&mut k, &txn(1, vec![Operation::CreateThin { id: t(1) }]), &mut ()).unwrap();
+        k.activate_thin(t(1), Sectors(8)).unwrap();
+        commit(&mut k, &txn(2, vec![Operation::Delete { id: t(1) }]), &mut ()).unwrap();
+        assert_eq!(k.devices().count(), 0);
+    }
+
+    /// Recovery must never call a transaction aborted when one of its deletes
+    /// already ran; it must never block the pool when none did.
+    #[test]
+    fn a_refused_delete_in_recovery_aborts_only_when_nothing_was_deleted() {
+        let record = |n: u64, ops| PoolRecord { finished: TransactionId::new(n - 1), pending: vec![txn(n, ops)] };
+        // Nothing deleted yet, the device is open: abort, the pool moves on.
+        let mut k = ModelKernel::new();
+        commit(&mut k, &txn(1, vec![Operation::CreateThin { id: t(1) }, Operation::CreateThin { id: t(2) }]), &mut ()).unwrap();
+        k.activate_thin(t(2), Sectors(8)).unwrap();
+        k.open(t(2)).unwrap();
+        let report = recover(&mut k, &record(2, vec![Operation::Delete { id: t(1) }, Operation::Delete { id: t(2) }]), &mut ()).unwrap();
+        assert!(matches!(report.finished, Some((_, Outcome::Aborted { .. }))), "{report:?}");
+        assert_eq!(k.transaction_id(), TransactionId::new(2));
+        assert_eq!(k.devices().count(), 2, "an aborted transaction deletes nothing");
+        assert!(k.active_thins().unwrap().iter().all(|a| a.id != t(1)), "the existence probe leaves nothing active");
+        // A crash after `delete 1`: now 1 is gone and 2 is open: blocked, not aborted.
+        k.message(&PoolMessage::Delete { id: t(1) }).unwrap();
+        let err = recover(&mut k, &record(3, vec![Operation::Delete { id: t(1) }, Operation::Delete { id: t(2) }]), &mut ()).unwrap_err();
+        assert!(matches!(err, RecoverError::Blocked { .. }), "{err}");
+        assert_eq!(k.transaction_id(), TransactionId::new(2));
     }
 
     #[test]
