@@ -585,6 +585,54 @@ async fn run(t: &T, s: &mut Suite) {
     })
     .await;
     s.check("ext4: DeleteVolume after unstage", async { t.delete(&a).await }).await;
+
+    // ---- a pool out of data space: the condition turns abnormal
+    match t.create("vm-fill", 2048 * MIB, block_cap()).await {
+        Err(e) => {
+            s.check("CreateVolume 2 GiB on a 1 GiB pool (controller)", async { Err::<(), _>(e) }).await;
+        }
+        Ok(f) => {
+            let pf = t.path("pods/7/volumeDevices/vm-fill/dev");
+            s.check("fill the pool: writes fail, the volume condition is abnormal (out of data space)", async {
+                t.stage(&f).await.map_err(st)?;
+                t.publish(&f, &pf, false).await.map_err(st)?;
+                let before = t.stats(&f.id, &pf).await.map_err(st)?.volume_condition.ok_or("no condition")?;
+                ensure!(!before.abnormal, "abnormal before filling: {before:?}");
+                let written = fill(&pf)?;
+                let after = t.stats(&f.id, &pf).await.map_err(st)?.volume_condition.ok_or("no condition")?;
+                ensure!(after.abnormal && after.message.contains("out of data space"), "after {written} bytes written: {after:?}");
+                Ok(())
+            })
+            .await;
+            s.check("the full volume unpublished, unstaged and deleted", async {
+                t.unpublish(&f, &pf).await.map_err(st)?;
+                t.unstage(&f).await.map_err(st)?;
+                t.delete(&f).await
+            })
+            .await;
+        }
+    }
+}
+
+/// Writes the block device at `path` with O_DIRECT until a write fails
+/// (the pool runs out of data space: error_if_no_space); returns the bytes
+/// written. An error if it never fails.
+fn fill(path: &Path) -> Result<u64, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).map_err(|e| e.to_string())?;
+    let chunk = 1usize << 20;
+    let mut raw = vec![0x5au8; chunk + 4096];
+    let off = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[off..off + chunk];
+    let mut written = 0u64;
+    while written < 2048 << 20 {
+        match f.write(buf) {
+            Ok(n) if n > 0 => written += n as u64,
+            Ok(_) => return Ok(written),
+            Err(_) => return Ok(written),
+        }
+    }
+    Err(format!("wrote {written} bytes and nothing failed"))
 }
 
 impl Vol {
