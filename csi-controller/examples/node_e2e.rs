@@ -10,6 +10,7 @@
 //!   node_e2e concurrent POOL N LEDGER      N allocations from 4 tasks; all end; the kernel at the last one
 //!   node_e2e diverge POOL                  kernel id moved behind our back → Unhealthy, an Event, no more transactions
 //!   node_e2e bench POOL N                  BENCH snapshot-api (record → node → kernel → status → watch)
+//!   node_e2e cross-node PORT A B           restore/clone placement with two node VMs, through csi-controller's gRPC
 //!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
 //!   node_e2e compare LEDGER DEVICES_LINE   the kernel's devices equal the ledger's
 //!
@@ -272,6 +273,66 @@ async fn bench(ctx: &Ctx, pool: &str, reps: usize) -> Result<String> {
     Ok(String::new())
 }
 
+/// Restore and clone stay on the source's node: a requisite topology that
+/// excludes it is refused (RESOURCE_EXHAUSTED naming the node); one that
+/// includes it places the volume there even when another node is preferred.
+async fn cross_node(port: &str, a: &str, b: &str) -> Result<String> {
+    use csi_proto::v1::controller_client::ControllerClient;
+    use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+    use csi_proto::v1::volume_content_source::{SnapshotSource, Type as Source, VolumeSource};
+    use csi_proto::v1::*;
+    const KEY: &str = "topology.thin.csi.io/node";
+    let topo = |n: &str| Topology { segments: [(KEY.to_string(), n.to_string())].into() };
+    let req = |name: &str, requisite: &[&str], preferred: &[&str], source: Option<Source>| CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
+        volume_capabilities: vec![VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        }],
+        accessibility_requirements: Some(TopologyRequirement {
+            requisite: requisite.iter().map(|n| topo(n)).collect(),
+            preferred: preferred.iter().map(|n| topo(n)).collect(),
+        }),
+        volume_content_source: source.map(|t| VolumeContentSource { r#type: Some(t) }),
+        ..Default::default()
+    };
+    let node_of = |v: &Volume| v.accessible_topology.first().and_then(|t| t.segments.get(KEY).cloned()).unwrap_or_default();
+    let mut c = ControllerClient::connect(format!("http://127.0.0.1:{port}")).await.map_err(|e| e.to_string())?;
+    let src = c.create_volume(req("x-src", &[a], &[], None)).await.map_err(|e| e.to_string())?.into_inner().volume.ok_or("no volume")?;
+    if node_of(&src) != a {
+        return Err(format!("source placed on {:?}, asked for {a}", node_of(&src)));
+    }
+    let on_b = c.create_volume(req("x-on-b", &[b], &[], None)).await.map_err(|e| format!("a volume on {b}: {e}"))?.into_inner().volume.ok_or("no volume")?;
+    if node_of(&on_b) != b {
+        return Err(format!("volume for {b} placed on {:?}", node_of(&on_b)));
+    }
+    let snap = c
+        .create_snapshot(CreateSnapshotRequest { source_volume_id: src.volume_id.clone(), name: "x-snap".into(), ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .snapshot
+        .ok_or("no snapshot")?;
+    let from_snap = || Some(Source::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() }));
+    let from_vol = || Some(Source::Volume(VolumeSource { volume_id: src.volume_id.clone() }));
+    for (name, source) in [("x-restore-b", from_snap()), ("x-clone-b", from_vol())] {
+        match c.create_volume(req(name, &[b], &[], source)).await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted && s.message().contains(a) => {}
+            other => return Err(format!("{name} with requisite {b} only: expected RESOURCE_EXHAUSTED naming {a}, got {other:?}")),
+        }
+    }
+    let restored = c.create_volume(req("x-restore", &[a, b], &[b], from_snap())).await.map_err(|e| e.to_string())?.into_inner().volume.ok_or("no volume")?;
+    if node_of(&restored) != a {
+        return Err(format!("restore preferred on {b} but placed on {:?}; it must stay with its source on {a}", node_of(&restored)));
+    }
+    for id in [&restored.volume_id, &on_b.volume_id, &src.volume_id] {
+        c.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.map_err(|e| e.to_string())?;
+    }
+    c.delete_snapshot(DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() }).await.map_err(|e| e.to_string())?;
+    Ok(format!("restore and clone refused for {b} (source on {a}), placed on {a} when {b} is only preferred; {b} takes its own volumes"))
+}
+
 fn print_bench(op: &str, mut us: Vec<u64>) {
     us.sort_unstable();
     let n = us.len();
@@ -310,6 +371,7 @@ async fn main() -> ExitCode {
         ["converge", pool, ledger] => ("controller killed before the status: the pool converges".into(), converge(&ctx, pool, ledger).await),
         ["concurrent", pool, n, ledger] => ("concurrent allocations through the node".into(), concurrent(&ctx, pool, n.parse().unwrap_or(200), ledger).await),
         ["diverge", pool] => ("divergence marks the pool unhealthy".into(), diverge(&ctx, pool).await),
+        ["cross-node", port, a, b] => ("restore and clone across two node VMs".into(), cross_node(port, a, b).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
         ["stop", pools @ ..] => {
             let mut r = Ok(String::new());

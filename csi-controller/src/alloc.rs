@@ -162,7 +162,11 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
         }
     }
 
-    // Assign: free list first (oldest freed first), then the cursor.
+    // Assign: the cursor first; freed ids (oldest first) only once all 2^24
+    // have been handed out. A freed id then comes back only after ~16.7 M
+    // creates, so a late retry of a DeleteVolume or DeleteSnapshot (its id
+    // names pool and device, not a generation) cannot reach a new device
+    // that reused the id. The record stays small either way.
     let mut free = std::collections::VecDeque::from(free);
     let mut created = Vec::new();
     let mut ops = Vec::with_capacity(requests.len());
@@ -170,14 +174,12 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
         let op = match *r {
             Request::Delete { id } => Operation::Delete { id },
             Request::CreateThin | Request::CreateSnapshot { .. } => {
-                let id = match free.pop_front() {
-                    Some(id) => id,
-                    None if spec.next_device_id < ThinId::LIMIT => {
-                        let id = ThinId::new(spec.next_device_id.into()).expect("below the limit");
-                        spec.next_device_id += 1;
-                        id
-                    }
-                    None => return Err(AllocError::IdsExhausted { pool: name }),
+                let id = if spec.next_device_id < ThinId::LIMIT {
+                    let id = ThinId::new(spec.next_device_id.into()).expect("below the limit");
+                    spec.next_device_id += 1;
+                    id
+                } else {
+                    free.pop_front().ok_or_else(|| AllocError::IdsExhausted { pool: name.clone() })?
                 };
                 created.push(id);
                 match *r {
@@ -339,17 +341,20 @@ mod tests {
     #[test]
     fn deleted_ids_are_reused_only_after_the_delete_commits() {
         let mut pool = fresh();
-        apply(&mut pool, &[Request::CreateThin, Request::CreateThin]); // 1: ids 0, 1
-        apply(&mut pool, &[Request::Delete { id: t(0) }]); // 2
-        // Not finished yet: 0 is not free.
+        let top = ThinId::LIMIT;
+        pool.spec.next_device_id = top - 3; // reuse starts when the cursor runs out
+        apply(&mut pool, &[Request::CreateThin, Request::CreateThin]); // 1: ids top-3, top-2
+        apply(&mut pool, &[Request::Delete { id: t(top - 3) }]); // 2
+        // Not finished yet: top-3 is not free; the cursor hands out its last id.
         let c = apply(&mut pool, &[Request::CreateThin]); // 3
-        assert_eq!(c.created, [t(2)]);
+        assert_eq!(c.created, [t(top - 1)]);
         assert!(c.freed.is_empty());
-        // The node finished 1 and 2 (committed): 0 comes back.
+        assert!(matches!(plan(&pool, &[Request::CreateThin]), Err(AllocError::IdsExhausted { .. })));
+        // The node finished 1 and 2 (committed): top-3 comes back.
         finish(&mut pool, 2, &[]);
         let d = apply(&mut pool, &[Request::CreateThin]); // 4
-        assert_eq!(d.freed, [t(0)]);
-        assert_eq!(d.created, [t(0)]);
+        assert_eq!(d.freed, [t(top - 3)]);
+        assert_eq!(d.created, [t(top - 3)]);
         assert_eq!(pool.spec.pending_transactions.iter().map(|p| p.id).collect::<Vec<_>>(), [3, 4]);
         assert!(pool.spec.free_device_ids.is_empty());
     }
@@ -363,6 +368,9 @@ mod tests {
         let p = apply(&mut pool, &[Request::Delete { id: t(0) }]); // 3: 0 still exists
         assert_eq!(p.freed, [t(1)]);
         assert_eq!(pool.spec.free_device_ids, [DeviceId(1)]);
+        // Fresh ids first; the freed one once the cursor has run out.
+        assert_eq!(apply(&mut pool, &[Request::CreateThin]).created, [t(2)]);
+        pool.spec.next_device_id = ThinId::LIMIT;
         assert_eq!(apply(&mut pool, &[Request::CreateThin]).created, [t(1)]);
     }
 
