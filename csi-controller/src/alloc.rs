@@ -242,7 +242,9 @@ impl Allocator {
         let mut kept = slot.lock().await;
         let mut conflicts = 0u32;
         loop {
-            let mut object = match kept.take() {
+            let cached = kept.take();
+            let from_cache = cached.is_some();
+            let mut object = match cached {
                 Some(o) => o,
                 None => match self.api.get(pool).await {
                     Ok(o) => o,
@@ -250,7 +252,13 @@ impl Allocator {
                     Err(e) => return Err(AllocError::Api(e)),
                 },
             };
-            let plan = plan(&object, requests)?;
+            let plan = match plan(&object, requests) {
+                Ok(p) => p,
+                // The kept object may predate the node's latest status (ids it
+                // freed, a health change): judge only a fresh read.
+                Err(_) if from_cache => continue,
+                Err(e) => return Err(e),
+            };
             object.spec = plan.spec;
             // `object` carries the resourceVersion it was read with: the
             // write fails with 409 if anything changed the object since.
