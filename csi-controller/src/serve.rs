@@ -1,7 +1,5 @@
 //! Serving the CSI services on `unix:///path` or `tcp://host:port`.
 
-use std::path::PathBuf;
-
 use csi_proto::v1::controller_server::ControllerServer;
 use csi_proto::v1::identity_server::IdentityServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -9,29 +7,8 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use crate::controller::ControllerService;
 use crate::identity::IdentityService;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    Tcp(String),
-}
+pub use csi_proto::endpoint::Endpoint;
 
-impl Endpoint {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(path) = s.strip_prefix("unix://") {
-            if path.is_empty() {
-                return Err(format!("{s}: no socket path"));
-            }
-            Ok(Endpoint::Unix(PathBuf::from(path)))
-        } else if let Some(addr) = s.strip_prefix("tcp://") {
-            if addr.is_empty() {
-                return Err(format!("{s}: no address"));
-            }
-            Ok(Endpoint::Tcp(addr.to_string()))
-        } else {
-            Err(format!("{s}: expected unix:///path or tcp://host:port"))
-        }
-    }
-}
 
 /// Serves Identity and Controller until `shutdown` completes.
 pub async fn serve(

@@ -1,7 +1,5 @@
 //! Serving Identity and Node on `unix:///path` and/or `tcp://host:port`.
 
-use std::path::PathBuf;
-
 use csi_proto::v1::identity_server::IdentityServer;
 use csi_proto::v1::node_server::NodeServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -9,34 +7,8 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use crate::identity::IdentityService;
 use crate::node::NodeService;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    Tcp(String),
-}
+pub use csi_proto::endpoint::Endpoint;
 
-impl Endpoint {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(path) = s.strip_prefix("unix://") {
-            if path.is_empty() {
-                return Err(format!("{s}: no socket path"));
-            }
-            Ok(Endpoint::Unix(PathBuf::from(path)))
-        } else if let Some(addr) = s.strip_prefix("tcp://") {
-            if addr.is_empty() {
-                return Err(format!("{s}: no address"));
-            }
-            Ok(Endpoint::Tcp(addr.to_string()))
-        } else {
-            Err(format!("{s}: expected unix:///path or tcp://host:port"))
-        }
-    }
-
-    /// A comma-separated list: `unix:///run/csi/csi.sock,tcp://0.0.0.0:10000`.
-    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
-        s.split(',').filter(|e| !e.trim().is_empty()).map(|e| Endpoint::parse(e.trim())).collect()
-    }
-}
 
 /// Serves Identity and Node on one endpoint until the server fails.
 pub async fn serve(endpoint: &Endpoint, identity: IdentityService, node: NodeService) -> Result<(), String> {

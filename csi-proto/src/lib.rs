@@ -7,6 +7,7 @@ pub mod v1 {
     tonic::include_proto!("csi.v1");
 }
 
+pub mod endpoint;
 pub mod plugin;
 
 pub use v1::*;
