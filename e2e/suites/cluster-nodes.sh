@@ -43,7 +43,7 @@ wait_node_vms() {
 node_tests() {
 	local mode=$1 a b ledger=$RUN/ledger-a boundary
 	echo "building csi-node (release, for the VM) and node_e2e" >&2
-	if ! (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node >&2 && cargo build -q -p csi-controller --example node_e2e >&2); then
+	if ! (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 && cargo build -q -p csi-controller --example node_e2e >&2); then
 		echo "FAIL build csi-node / node_e2e" | tee -a "$log"
 		return
 	fi
@@ -71,6 +71,16 @@ node_tests() {
 		return
 	fi
 	node_e2e_step lifecycle "$a" "$b" "$ledger"
+	# Restore and clone placement across the two nodes, through csi-controller's gRPC.
+	local port cpid
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	"$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$KUBECONFIG" --identity cluster-suite \
+		--csi-endpoint "tcp://127.0.0.1:$port" >"$RUN/logs/csi-controller.log" 2>&1 &
+	cpid=$!
+	for _ in $(seq 100); do grep -q 'leading' "$RUN/logs/csi-controller.log" && break; sleep 0.2; done
+	node_e2e_step cross-node "$port" vm-a vm-b
+	kill "$cpid" 2>/dev/null || true
+	wait "$cpid" 2>/dev/null || true
 	for boundary in start suspended posted-0 posted-1 txn-set resumed; do
 		node_e2e_step crash "$a" "$boundary" "$ledger"
 	done
@@ -94,7 +104,7 @@ node_tests() {
 		node_e2e_step compare "$ledger" "$devices_a"
 	fi
 	if [[ $devices_b == "DEVICES " || $devices_b == "DEVICES" ]]; then
-		echo "PASS vm-b's pool holds no device (nothing was sent to it)" | tee -a "$log"
+		echo "PASS vm-b's pool holds no device (its one volume was deleted; nothing else was sent to it)" | tee -a "$log"
 	else
 		echo "FAIL vm-b's pool: ${devices_b:-no listing}" | tee -a "$log"
 	fi
