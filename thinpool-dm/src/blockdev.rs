@@ -97,7 +97,7 @@ fn open(path: &Path, write: bool, exclusive: bool) -> io::Result<(File, bool)> {
 }
 
 /// The size of an open block device (or regular file), in bytes.
-pub(crate) fn size_of(file: &File) -> io::Result<u64> {
+pub fn size_of(file: &File) -> io::Result<u64> {
     let meta = file.metadata()?;
     if !meta.file_type().is_block_device() {
         return Ok(meta.len());
@@ -123,10 +123,15 @@ pub(crate) fn size_of(file: &File) -> io::Result<u64> {
     f.seek(SeekFrom::End(0))
 }
 
+/// The size of a block device (BLKGETSIZE64) or regular file, in bytes.
+pub fn device_size(path: &Path) -> io::Result<u64> {
+    let (file, _) = open(path, false, false)?;
+    size_of(&file)
+}
+
 /// The size of a device, in whole sectors.
 pub(crate) fn device_len(path: &Path) -> io::Result<Sectors> {
-    let (file, _) = open(path, false, false)?;
-    Ok(Sectors(size_of(&file)? / Sectors::SIZE))
+    Ok(Sectors(device_size(path)? / Sectors::SIZE))
 }
 
 /// `major:minor` of a block device node.
@@ -141,8 +146,9 @@ pub(crate) fn device_number(path: &Path) -> io::Result<Device> {
     Ok(Device::from(meta.rdev() as libc::dev_t))
 }
 
-/// Reads up to `max` bytes from the start of a device (fewer if it is smaller).
-pub(crate) fn read_head(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+/// Reads up to `max` bytes from the start of a device or file (fewer if it
+/// is smaller), with O_DIRECT where the file allows it.
+pub fn read_head(path: &Path, max: usize) -> io::Result<Vec<u8>> {
     let (file, direct) = open(path, false, false)?;
     let size = size_of(&file)?;
     let len = usize::try_from(size).unwrap_or(usize::MAX).min(max);
@@ -156,11 +162,12 @@ pub(crate) fn read_head(path: &Path, max: usize) -> io::Result<Vec<u8>> {
     let mut buf = AlignedBuf::zeroed(want);
     let mut done = 0;
     while done < len {
-        let n = file.read_at(&mut buf.as_mut_slice()[done..], done as u64)?;
-        if n == 0 {
-            break;
+        match file.read_at(&mut buf.as_mut_slice()[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
-        done += n;
     }
     Ok(buf.as_slice()[..done.min(len)].to_vec())
 }

@@ -24,7 +24,7 @@ mod pool;
 mod setup;
 pub mod table;
 
-pub use blockdev::{thin_superblock, ThinSuperblock, THIN_METADATA_MAGIC};
+pub use blockdev::{device_size, read_head, size_of, thin_superblock, ThinSuperblock, THIN_METADATA_MAGIC};
 pub use error::{from_errno, DmError};
 pub use pool::{DmPool, MetadataArea, PoolLayout};
 pub use setup::{describe, find_pools, probe, ExposedMetadata};
