@@ -9,7 +9,6 @@ use crate::identity::IdentityService;
 
 pub use csi_proto::endpoint::Endpoint;
 
-
 /// Serves Identity and Controller until `shutdown` completes.
 pub async fn serve(
     endpoint: &Endpoint,
@@ -22,14 +21,7 @@ pub async fn serve(
         .add_service(ControllerServer::new(controller));
     match endpoint {
         Endpoint::Unix(path) => {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("removing stale socket {}: {e}", path.display())),
-            }
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            }
+            csi_proto::endpoint::prepare_unix_socket(path)?;
             let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
             tracing::info!(socket = %path.display(), "serving CSI");
             router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await.map_err(|e| e.to_string())

@@ -9,20 +9,12 @@ use crate::node::NodeService;
 
 pub use csi_proto::endpoint::Endpoint;
 
-
 /// Serves Identity and Node on one endpoint until the server fails.
 pub async fn serve(endpoint: &Endpoint, identity: IdentityService, node: NodeService) -> Result<(), String> {
     let router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity)).add_service(NodeServer::new(node));
     match endpoint {
         Endpoint::Unix(path) => {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("removing stale socket {}: {e}", path.display())),
-            }
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            }
+            csi_proto::endpoint::prepare_unix_socket(path)?;
             let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
             tracing::info!(socket = %path.display(), "serving CSI Identity and Node");
             router.serve_with_incoming(UnixListenerStream::new(listener)).await.map_err(|e| e.to_string())

@@ -1,6 +1,6 @@
 //! Where a CSI server listens: `unix:///path` or `tcp://host:port`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -29,4 +29,18 @@ impl Endpoint {
     pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
         s.split(',').filter(|e| !e.trim().is_empty()).map(|e| Endpoint::parse(e.trim())).collect()
     }
+}
+
+/// Makes a unix socket path ready to bind: its directory exists and a socket
+/// left by an earlier run of the server is gone.
+pub fn prepare_unix_socket(path: &Path) -> Result<(), String> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing stale socket {}: {e}", path.display())),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
