@@ -794,7 +794,8 @@ fn transaction_of(meta: &ObjectMeta) -> Result<u64> {
         .ok_or_else(|| Error::Internal(format!("object {name} is not ready and names no transaction ({ANN_TRANSACTION})")))
 }
 
-fn aborted_create(pool: &str, reason: Option<String>) -> Error {
+/// The error a CSI create returns when the node aborted its transaction.
+pub fn aborted_create(pool: &str, reason: Option<String>) -> Error {
     let reason = reason.unwrap_or_else(|| "no reason given".into());
     if reason.contains("space") {
         Error::ResourceExhausted(format!("pool {pool}: the node aborted the create: {reason}"))

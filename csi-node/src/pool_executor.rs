@@ -270,7 +270,7 @@ impl thinpool::Observer for KillAt {
 
 /// The status after a run: the last transaction that ended in order, the
 /// aborted ones still listed in the spec, the kernel's id, the last error.
-fn next_status(old: &ThinPoolStatus, pool: &ThinPool, finished: &TransactionId, progress: &Progress) -> ThinPoolStatus {
+pub fn next_status(old: &ThinPoolStatus, pool: &ThinPool, finished: &TransactionId, progress: &Progress) -> ThinPoolStatus {
     let finished = progress.ended.last().map_or(*finished, |(n, _)| *n);
     let still_pending: Vec<u64> = pool.spec.pending_transactions.iter().map(|p| p.id).collect();
     let mut aborted: Vec<u64> = old.aborted_transactions.iter().copied().filter(|n| still_pending.contains(n)).collect();

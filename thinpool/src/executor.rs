@@ -68,6 +68,16 @@ pub fn drive(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl 
     progress
 }
 
+/// The node's executor across reconciles of one pool.
+#[derive(Clone, Debug, Default)]
+pub struct Executor {}
+
+impl Executor {
+    pub fn drive(&mut self, kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Progress {
+        drive(kernel, record, observer)
+    }
+}
+
 fn ended(outcome: Outcome) -> Ended {
     match outcome {
         Outcome::Committed(_) => Ended::Committed,

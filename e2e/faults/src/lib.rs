@@ -1,0 +1,1040 @@
+//! An exhaustive search of the protocol's fault space: model checking, not
+//! sampling.
+//!
+//! The world is the real protocol code over in-memory parts: the
+//! controller's allocator ([`csi_controller::alloc::plan`]) and outcome
+//! rules ([`csi_controller::wait::outcome`], the abort → gRPC mapping), the
+//! node's executor ([`thinpool::executor`]) and status rule
+//! ([`csi_node::pool_executor::next_status`]), the engine, and the kernel
+//! model. Around them: an API store whose writes can fail, or take effect
+//! with the reply lost; a node that can read a re-delivered (stale) event,
+//! crash after any kernel step, lose power, or restart; a person who
+//! deletes the pool object; a controller that crashes mid-request or races
+//! a second replica. Every interleaving of those, for a scenario of CSI
+//! requests, is explored depth first with visited states merged, up to a
+//! fault budget per path. After every step the invariants are checked
+//! ([`World::check`]); at every end state the liveness ones too.
+//!
+//! The controller's request flows (CreateVolume, CreateSnapshot,
+//! DeleteVolume) are modelled step by step as `controller.rs` runs them:
+//! the steps are the points where another actor can act in between.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use csi_controller::alloc::{plan, AllocError, Request as Alloc};
+use csi_controller::wait::{outcome, Finished};
+use thin_csi_api::{PoolHealth, ThinPool, ThinPoolSpec};
+use thinpool::model::ModelKernel;
+use thinpool::{ActiveThin, Kernel, KernelError, PoolMessage, PoolStatus, Sectors, ThinId, Transaction};
+use tonic::Code;
+
+/// One CSI request of a scenario. `of` is the index of an earlier `Create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Snapshot { of: usize },
+    Delete { of: usize },
+    /// A create when pool metadata is full (the kernel says ENOSPC).
+    CreateNoSpace,
+    /// A DeleteVolume of a volume that is still mounted (open).
+    DeleteOpen { of: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Faults injected on one path at most.
+    pub max_faults: u8,
+    /// Two controller replicas: a request may be run twice at once.
+    pub replicas: u8,
+    /// CO retries of a request that failed or got no reply.
+    pub retries: u8,
+    /// Stop a scenario after this many distinct states (a safety net).
+    pub max_states: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_faults: 2, replicas: 1, retries: 2, max_states: 2_000_000 }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub paths: u64,
+    pub states: u64,
+    pub violations: Vec<Violation>,
+    /// Devices left that no object names, summed over end states (leaks for
+    /// the collector, not violations).
+    pub leaked_end_states: u64,
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub what: String,
+    /// The actions that led there, in order.
+    pub path: Vec<String>,
+}
+
+/// What the kernel did with a transaction id, seen at its `set_transaction_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Truth {
+    Committed,
+    Aborted { no_space: bool },
+    /// Some of its effects and not others: never allowed.
+    Partial,
+    /// The kernel moved to an id the record does not hold.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CsiObject {
+    device: u32,
+    txn: u64,
+    ready: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Reply {
+    Ok(u32),
+    Err(Code),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Step {
+    Start,
+    /// Read the pool object for an allocation; `read` holds it.
+    Plan { read: String },
+    /// The allocation is recorded: clear stale objects, create ours.
+    Allocated { txn: u64, device: u32 },
+    Wait { txn: u64, device: u32 },
+    MarkReady { txn: u64, device: u32 },
+    /// DeleteVolume: the volume's create must have finished.
+    DeleteSettle { txn: u64 },
+    DeletePlan { read: String },
+    DeleteWait { txn: u64 },
+    DeleteObject,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Request {
+    op: Op,
+    name: String,
+    /// Running executions (two when a second replica races the first).
+    execs: Vec<Step>,
+    replies: Vec<Reply>,
+    retries_left: u8,
+    started: bool,
+}
+
+impl Request {
+    fn done(&self) -> bool {
+        self.started && self.execs.is_empty() && (matches!(self.replies.last(), Some(Reply::Ok(_))) || self.retries_left == 0)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    up: bool,
+    /// The last pool object the watch delivered.
+    view: Option<ThinPool>,
+    executor: Option<thinpool::executor::Executor>,
+}
+
+#[derive(Clone)]
+pub struct World {
+    kernel: ModelKernel,
+    pool: Option<ThinPool>,
+    rv: u64,
+    objects: BTreeMap<String, CsiObject>,
+    node: Node,
+    reqs: Vec<Request>,
+    faults: u8,
+    truth: BTreeMap<u64, Truth>,
+    /// CSI creates answered with success and not deleted since: name → device.
+    live: BTreeMap<String, u32>,
+    /// Volumes the harness (as kubelet) keeps mounted.
+    mounted: BTreeSet<u32>,
+    /// Misbehaviour of the node's status writes, seen when they happen.
+    node_defects: Vec<String>,
+}
+
+const POOL: &str = "pool-uuid";
+const NODE: &str = "node-a";
+
+fn json(pool: &ThinPool) -> String {
+    serde_json::to_string(pool).expect("serializable")
+}
+
+fn unjson(s: &str) -> ThinPool {
+    serde_json::from_str(s).expect("round trip")
+}
+
+impl Hash for World {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.kernel.transaction_id().hash(h);
+        for id in self.kernel.devices() {
+            (id, self.kernel.content(id)).hash(h);
+        }
+        if let Ok(active) = self.kernel.active_thins() {
+            for a in active {
+                (a.id, a.open_count, a.suspended).hash(h);
+            }
+        }
+        self.kernel.crashed().hash(h);
+        format!("{:?}", self.kernel.pool_status().ok().and_then(|s| s.working().map(|w| w.mode))).hash(h);
+        self.pool.as_ref().map(json).hash(h);
+        self.objects.hash(h);
+        self.node.up.hash(h);
+        self.node.view.as_ref().map(json).hash(h);
+        format!("{:?}", self.node.executor).hash(h);
+        self.reqs.hash(h);
+        self.faults.hash(h);
+        self.truth.hash(h);
+        self.live.hash(h);
+        self.mounted.hash(h);
+    }
+}
+
+/// A kernel wrapper that records what each transaction id ended as, at the
+/// instant the kernel moved to it.
+struct Recorder<'a> {
+    k: &'a mut ModelKernel,
+    txns: &'a BTreeMap<u64, Transaction>,
+    truth: &'a mut BTreeMap<u64, Truth>,
+    no_space: BTreeSet<u64>,
+}
+
+impl Recorder<'_> {
+    fn classify(&self, n: u64) -> Truth {
+        let Some(txn) = self.txns.get(&n) else { return Truth::Unknown };
+        let has = |id: ThinId| self.k.content(id).is_some();
+        let created: Vec<bool> = txn.created_ids().map(has).collect();
+        let deleted: Vec<bool> = txn.deleted_ids().map(has).collect();
+        if created.iter().all(|x| *x) && deleted.iter().all(|x| !*x) {
+            Truth::Committed
+        } else if created.iter().all(|x| !*x) && deleted.iter().all(|x| *x) {
+            Truth::Aborted { no_space: self.no_space.contains(&n) }
+        } else {
+            Truth::Partial
+        }
+    }
+}
+
+impl Kernel for Recorder<'_> {
+    fn pool_status(&self) -> Result<PoolStatus, KernelError> {
+        self.k.pool_status()
+    }
+    fn message(&mut self, message: &PoolMessage) -> Result<(), KernelError> {
+        let r = self.k.message(message);
+        match (&r, message) {
+            (Ok(()), PoolMessage::SetTransactionId { new, .. }) => {
+                let t = self.classify(new.get());
+                self.truth.insert(new.get(), t);
+            }
+            (Err(KernelError::NoSpace(_)), _) => {
+                self.no_space.insert(self.k.transaction_id().get() + 1);
+            }
+            _ => {}
+        }
+        r
+    }
+    fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
+        self.k.active_thins()
+    }
+    fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
+        self.k.suspend_thin(id)
+    }
+    fn resume_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
+        self.k.resume_thin(id)
+    }
+    fn activate_thin(&mut self, id: ThinId, size: Sectors) -> Result<(), KernelError> {
+        self.k.activate_thin(id, size)
+    }
+    fn deactivate_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
+        self.k.deactivate_thin(id)
+    }
+}
+
+fn thin(id: u32) -> ThinId {
+    ThinId::new(id.into()).expect("small ids")
+}
+
+/// How an API write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    Ok,
+    /// Failed; nothing changed.
+    Failed,
+    /// Took effect; the reply was lost, the writer sees an error.
+    Lost,
+}
+
+impl Write {
+    fn all(w: &World, cfg: &Config) -> Vec<Write> {
+        if w.faults < cfg.max_faults {
+            vec![Write::Ok, Write::Failed, Write::Lost]
+        } else {
+            vec![Write::Ok]
+        }
+    }
+    fn takes_effect(self) -> bool {
+        self != Write::Failed
+    }
+    fn is_fault(self) -> bool {
+        self != Write::Ok
+    }
+}
+
+/// RFC 7386 JSON merge patch, as the apiserver applies `Patch::Merge`.
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+impl World {
+    pub fn new(ops: &[Op], cfg: &Config) -> World {
+        let creates_before_full = ops.iter().take_while(|o| !matches!(o, Op::CreateNoSpace)).filter(|o| matches!(o, Op::Create | Op::Snapshot { .. })).count();
+        let kernel = if ops.contains(&Op::CreateNoSpace) { ModelKernel::new().with_metadata_capacity(creates_before_full) } else { ModelKernel::new() };
+        let mut w = World {
+            kernel,
+            pool: None,
+            rv: 0,
+            objects: BTreeMap::new(),
+            node: Node { up: true, view: None, executor: None },
+            reqs: ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| Request { op: *op, name: format!("r{i}"), execs: vec![], replies: vec![], retries_left: cfg.retries, started: false })
+                .collect(),
+            faults: 0,
+            truth: BTreeMap::new(),
+            live: BTreeMap::new(),
+            mounted: BTreeSet::new(),
+            node_defects: Vec::new(),
+        };
+        w.register();
+        w
+    }
+
+    fn bump(&mut self) -> String {
+        self.rv += 1;
+        self.rv.to_string()
+    }
+
+    fn store_pool(&mut self, mut pool: ThinPool) {
+        pool.metadata.resource_version = Some(self.bump());
+        self.pool = Some(pool);
+    }
+
+    /// The node registers its pool object as `PoolExecutor::register` does.
+    fn register(&mut self) {
+        self.register_create();
+        self.register_status();
+    }
+
+    fn register_create(&mut self) -> bool {
+        if self.pool.is_some() {
+            return false;
+        }
+        let at = self.kernel.transaction_id().get();
+        let mut fresh = ThinPool::new(POOL, ThinPoolSpec::new(NODE, "pool0", POOL, at));
+        fresh.status = None;
+        self.store_pool(fresh);
+        true
+    }
+
+    fn register_status(&mut self) {
+        let at = self.kernel.transaction_id().get();
+        if let Some(mut p) = self.pool.clone() {
+            p.status = Some(thin_csi_api::ThinPoolStatus { finished_transaction: Some(at), kernel_transaction: Some(at), ..Default::default() });
+            self.store_pool(p);
+        }
+    }
+
+    fn request_ready(&self, i: usize) -> bool {
+        let dep = match self.reqs[i].op {
+            Op::Snapshot { of } | Op::Delete { of } | Op::DeleteOpen { of } => Some(of),
+            _ => None,
+        };
+        // Requests are issued in order (one CO, one provisioner queue); a
+        // dependent one only after its source was answered.
+        (i == 0 || self.reqs[i - 1].started) && dep.is_none_or(|d| self.reqs[d].done())
+    }
+
+    fn reply(&mut self, i: usize, exec: usize, reply: Reply) {
+        self.reqs[i].execs.remove(exec);
+        self.reqs[i].replies.push(reply);
+        let name = self.reqs[i].name.clone();
+        match (self.reqs[i].op, reply) {
+            (Op::Create | Op::CreateNoSpace | Op::Snapshot { .. }, Reply::Ok(d)) => {
+                self.live.insert(name, d);
+                // The harness stages (activates and mounts) every new volume:
+                // snapshots then suspend a live origin, deletes must unstage.
+                if !matches!(self.reqs[i].op, Op::Snapshot { .. }) && self.kernel.activate_thin(thin(d), Sectors(8)).is_ok() {
+                    let _ = self.kernel.open(thin(d));
+                    self.mounted.insert(d);
+                }
+            }
+            (Op::Delete { of } | Op::DeleteOpen { of }, Reply::Ok(_)) => {
+                let target = self.reqs[of].name.clone();
+                self.live.remove(&target);
+            }
+            _ => {}
+        }
+    }
+
+    fn target(&self, i: usize) -> String {
+        match self.reqs[i].op {
+            Op::Delete { of } | Op::DeleteOpen { of } => self.reqs[of].name.clone(),
+            _ => self.reqs[i].name.clone(),
+        }
+    }
+
+    /// Every action enabled in this state, with its label and whether it is a fault.
+    fn successors(&self, cfg: &Config) -> Vec<(String, World)> {
+        let mut out = Vec::new();
+        let can_fault = self.faults < cfg.max_faults;
+        // CO: issue a request, or retry one that failed.
+        for i in 0..self.reqs.len() {
+            let r = &self.reqs[i];
+            if !r.started && self.request_ready(i) {
+                let mut w = self.clone();
+                w.reqs[i].started = true;
+                w.reqs[i].execs.push(Step::Start);
+                if let Op::Delete { of } = r.op {
+                    // The kubelet unstages before the CO deletes.
+                    if let Some(d) = w.live.get(&w.reqs[of].name).copied() {
+                        if w.mounted.remove(&d) {
+                            let _ = w.kernel.close(thin(d));
+                            let _ = w.kernel.deactivate_thin(thin(d));
+                        }
+                    }
+                }
+                out.push((format!("issue {} {:?}", r.name, r.op), w));
+            } else if r.started && r.execs.is_empty() && !r.done() {
+                let mut w = self.clone();
+                w.reqs[i].retries_left -= 1;
+                w.reqs[i].execs.push(Step::Start);
+                out.push((format!("retry {}", r.name), w));
+            }
+            for e in 0..r.execs.len() {
+                out.extend(self.controller_step(i, e, cfg));
+                if can_fault {
+                    let mut w = self.clone();
+                    w.faults += 1;
+                    w.reqs[i].execs.remove(e);
+                    w.reqs[i].replies.push(Reply::Err(Code::Unavailable));
+                    out.push((format!("FAULT controller crash during {} at {:?}", r.name, r.execs[e]), w));
+                    if cfg.replicas > 1 && r.execs.len() == 1 {
+                        let mut w = self.clone();
+                        w.faults += 1;
+                        w.reqs[i].execs.push(Step::Start);
+                        out.push((format!("FAULT second replica runs {} too", r.name), w));
+                    }
+                }
+            }
+        }
+        out.extend(self.node_steps(cfg));
+        if can_fault && self.pool.is_some() {
+            let mut w = self.clone();
+            w.faults += 1;
+            w.pool = None;
+            out.push(("FAULT a person deletes the ThinPool object".into(), w));
+        }
+        out
+    }
+
+    fn controller_step(&self, i: usize, e: usize, cfg: &Config) -> Vec<(String, World)> {
+        let r = &self.reqs[i];
+        let step = r.execs[e].clone();
+        let label = |s: &str| format!("{} {s}", r.name);
+        let mut out = Vec::new();
+        let mut w = self.clone();
+        let is_delete = matches!(r.op, Op::Delete { .. } | Op::DeleteOpen { .. });
+        match step {
+            Step::Start if !is_delete => {
+                match w.objects.get(&r.name).cloned() {
+                    Some(o) if o.ready => w.reply(i, e, Reply::Ok(o.device)),
+                    Some(o) => w.reqs[i].execs[e] = Step::Wait { txn: o.txn, device: o.device },
+                    None => match &w.pool {
+                        None => w.reply(i, e, Reply::Err(Code::NotFound)),
+                        Some(p) => w.reqs[i].execs[e] = Step::Plan { read: json(p) },
+                    },
+                }
+                out.push((label("looks up its object / reads the pool"), w));
+            }
+            Step::Plan { read } => {
+                let read = unjson(&read);
+                let request = match r.op {
+                    Op::Snapshot { of } => match self.live.get(&self.reqs[of].name) {
+                        Some(d) => Alloc::CreateSnapshot { origin: thin(*d) },
+                        None => {
+                            w.reply(i, e, Reply::Err(Code::NotFound));
+                            out.push((label("finds no source volume"), w));
+                            return out;
+                        }
+                    },
+                    _ => Alloc::CreateThin,
+                };
+                let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.clone());
+                match plan(&read, &[request]) {
+                    Err(err) => {
+                        let code = csi_controller::status::Error::from(err).code();
+                        w.reply(i, e, Reply::Err(code));
+                        out.push((label("plan refused"), w));
+                    }
+                    Ok(_) if current_rv != read.metadata.resource_version => {
+                        // 409: re-read and plan again.
+                        match &w.pool {
+                            Some(p) => w.reqs[i].execs[e] = Step::Plan { read: json(p) },
+                            None => w.reply(i, e, Reply::Err(Code::NotFound)),
+                        }
+                        out.push((label("allocation write conflicts (409), re-reads"), w));
+                    }
+                    Ok(p) => {
+                        for outcome in Write::all(self, cfg) {
+                            let mut w = self.clone();
+                            if outcome.takes_effect() {
+                                let mut obj = read.clone();
+                                obj.spec = p.spec.clone();
+                                w.store_pool(obj);
+                            }
+                            if outcome.is_fault() {
+                                w.faults += 1;
+                                w.reply(i, e, Reply::Err(Code::Unavailable));
+                            } else {
+                                w.reqs[i].execs[e] = Step::Allocated { txn: p.transaction.id().get(), device: p.created[0].get() };
+                            }
+                            out.push((label(&format!("records transaction {} ({outcome:?})", p.transaction.id())), w));
+                        }
+                    }
+                }
+            }
+            Step::Allocated { txn, device } => {
+                // clear_stale: objects naming the id just handed out are removed.
+                for outcome in Write::all(self, cfg) {
+                    let mut w = self.clone();
+                    w.objects.retain(|_, o| o.device != device);
+                    let exists = w.objects.contains_key(&r.name);
+                    if outcome.takes_effect() && !exists {
+                        w.objects.insert(r.name.clone(), CsiObject { device, txn, ready: false });
+                    }
+                    if outcome.is_fault() || exists {
+                        w.faults += outcome.is_fault() as u8;
+                        // give_back: a best-effort delete of the device, not awaited.
+                        w.give_back(device);
+                        w.reply(i, e, Reply::Err(if exists { Code::AlreadyExists } else { Code::Unavailable }));
+                    } else {
+                        w.reqs[i].execs[e] = Step::Wait { txn, device };
+                    }
+                    out.push((label(&format!("clears stale objects of device {device}, creates its object ({outcome:?})")), w));
+                }
+            }
+            Step::Wait { txn, device } => {
+                let Some(pool) = &self.pool else {
+                    w.reply(i, e, Reply::Err(Code::NotFound));
+                    out.push((label("waits: pool object gone"), w));
+                    return out;
+                };
+                match outcome(pool, txn) {
+                    Ok(None) => {} // blocked until the status changes
+                    Err(err) => {
+                        let code = csi_controller::status::Error::from(err).code();
+                        w.reply(i, e, Reply::Err(code));
+                        out.push((label("waits: pool unhealthy"), w));
+                    }
+                    Ok(Some(Finished::Committed)) => {
+                        w.reqs[i].execs[e] = Step::MarkReady { txn, device };
+                        out.push((label(&format!("sees transaction {txn} committed")), w));
+                    }
+                    Ok(Some(Finished::Aborted { reason })) => {
+                        w.objects.remove(&r.name);
+                        let code = csi_controller::controller::aborted_create(POOL, reason).code();
+                        w.reply(i, e, Reply::Err(code));
+                        out.push((label(&format!("sees transaction {txn} aborted")), w));
+                    }
+                }
+            }
+            Step::MarkReady { device, .. } => {
+                for outcome in Write::all(self, cfg) {
+                    let mut w = self.clone();
+                    if outcome.takes_effect() {
+                        if let Some(o) = w.objects.get_mut(&r.name) {
+                            o.ready = true;
+                        }
+                    }
+                    if outcome.is_fault() {
+                        w.faults += 1;
+                        w.reply(i, e, Reply::Err(Code::Unavailable));
+                    } else if w.objects.contains_key(&r.name) {
+                        w.reply(i, e, Reply::Ok(device));
+                    } else {
+                        w.reply(i, e, Reply::Err(Code::NotFound));
+                    }
+                    out.push((label(&format!("marks its object ready ({outcome:?})")), w));
+                }
+            }
+            Step::Start => {
+                let target = self.target(i);
+                match w.objects.get(&target).cloned() {
+                    None => w.reply(i, e, Reply::Ok(0)),
+                    Some(o) if !o.ready => w.reqs[i].execs[e] = Step::DeleteSettle { txn: o.txn },
+                    Some(_) => match &w.pool {
+                        None => w.reply(i, e, Reply::Ok(0)),
+                        Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
+                    },
+                }
+                out.push((label("looks up the volume"), w));
+            }
+            Step::DeleteSettle { txn } => {
+                let Some(pool) = &self.pool else {
+                    w.reply(i, e, Reply::Err(Code::NotFound));
+                    out.push((label("settles: pool object gone"), w));
+                    return out;
+                };
+                match outcome(pool, txn) {
+                    Ok(None) => {}
+                    Err(_) => {
+                        w.reply(i, e, Reply::Err(Code::Unavailable));
+                        out.push((label("settles: pool unhealthy"), w));
+                    }
+                    Ok(Some(Finished::Aborted { .. })) => {
+                        let target = self.target(i);
+                        w.objects.remove(&target);
+                        w.reply(i, e, Reply::Ok(0));
+                        out.push((label("settles: its create aborted, nothing to delete"), w));
+                    }
+                    Ok(Some(Finished::Committed)) => {
+                        w.reqs[i].execs[e] = match &w.pool {
+                            Some(p) => Step::DeletePlan { read: json(p) },
+                            None => Step::DeleteObject,
+                        };
+                        out.push((label("settles: its create committed"), w));
+                    }
+                }
+            }
+            Step::DeletePlan { read } => {
+                let read = unjson(&read);
+                let target = self.target(i);
+                let Some(device) = self.objects.get(&target).map(|o| o.device) else {
+                    w.reply(i, e, Reply::Ok(0));
+                    out.push((label("its object is gone"), w));
+                    return out;
+                };
+                let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.clone());
+                match plan(&read, &[Alloc::Delete { id: thin(device) }]) {
+                    Err(AllocError::NotAllocated { .. }) | Err(AllocError::PoolNotFound { .. }) => {
+                        w.reqs[i].execs[e] = Step::DeleteObject;
+                        out.push((label("device not allocated: already deleted"), w));
+                    }
+                    Err(AllocError::BeingDeleted { txn, .. }) => {
+                        w.reqs[i].execs[e] = Step::DeleteWait { txn };
+                        out.push((label("already being deleted"), w));
+                    }
+                    Err(err) => {
+                        let code = csi_controller::status::Error::from(err).code();
+                        w.reply(i, e, Reply::Err(code));
+                        out.push((label("delete plan refused"), w));
+                    }
+                    Ok(_) if current_rv != read.metadata.resource_version => {
+                        match &w.pool {
+                            Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
+                            None => w.reqs[i].execs[e] = Step::DeleteObject,
+                        }
+                        out.push((label("delete write conflicts (409), re-reads"), w));
+                    }
+                    Ok(p) => {
+                        for outcome in Write::all(self, cfg) {
+                            let mut w = self.clone();
+                            if outcome.takes_effect() {
+                                let mut obj = read.clone();
+                                obj.spec = p.spec.clone();
+                                w.store_pool(obj);
+                            }
+                            if outcome.is_fault() {
+                                w.faults += 1;
+                                w.reply(i, e, Reply::Err(Code::Unavailable));
+                            } else {
+                                w.reqs[i].execs[e] = Step::DeleteWait { txn: p.transaction.id().get() };
+                            }
+                            out.push((label(&format!("records delete transaction {} ({outcome:?})", p.transaction.id())), w));
+                        }
+                    }
+                }
+            }
+            Step::DeleteWait { txn } => {
+                let Some(pool) = &self.pool else {
+                    w.reply(i, e, Reply::Err(Code::NotFound));
+                    out.push((label("delete waits: pool object gone"), w));
+                    return out;
+                };
+                match outcome(pool, txn) {
+                    Ok(None) => {}
+                    Err(_) => {
+                        w.reply(i, e, Reply::Err(Code::Unavailable));
+                        out.push((label("delete waits: pool unhealthy"), w));
+                    }
+                    Ok(Some(Finished::Committed)) => {
+                        w.reqs[i].execs[e] = Step::DeleteObject;
+                        out.push((label(&format!("sees delete {txn} committed")), w));
+                    }
+                    Ok(Some(Finished::Aborted { .. })) => {
+                        w.reply(i, e, Reply::Err(Code::FailedPrecondition));
+                        out.push((label(&format!("sees delete {txn} aborted")), w));
+                    }
+                }
+            }
+            Step::DeleteObject => {
+                for outcome in Write::all(self, cfg) {
+                    let mut w = self.clone();
+                    if outcome.takes_effect() {
+                        let target = self.target(i);
+                        w.objects.remove(&target);
+                    }
+                    if outcome.is_fault() {
+                        w.faults += 1;
+                        w.reply(i, e, Reply::Err(Code::Unavailable));
+                    } else {
+                        w.reply(i, e, Reply::Ok(0));
+                    }
+                    out.push((label(&format!("deletes the volume object ({outcome:?})")), w));
+                }
+            }
+        }
+        out
+    }
+
+    /// `give_back`: one immediate allocation of a delete, not awaited.
+    fn give_back(&mut self, device: u32) {
+        if let Some(p) = self.pool.clone() {
+            if let Ok(plan) = plan(&p, &[Alloc::Delete { id: thin(device) }]) {
+                let mut obj = p;
+                obj.spec = plan.spec;
+                self.store_pool(obj);
+            }
+        }
+    }
+
+    fn node_steps(&self, cfg: &Config) -> Vec<(String, World)> {
+        let mut out = Vec::new();
+        let can_fault = self.faults < cfg.max_faults;
+        if !self.node.up {
+            // The process comes back and registers (create, then the status).
+            let mut w = self.clone();
+            w.node.up = true;
+            w.node.view = None;
+            w.node.executor = None;
+            let created = w.register_create();
+            if created {
+                if can_fault {
+                    let mut c = w.clone();
+                    c.faults += 1;
+                    c.node.up = false;
+                    out.push(("FAULT node restarts, creates its pool object, crashes before the status".into(), c));
+                }
+                w.register_status();
+            }
+            out.push(("node restarts and registers".into(), w));
+            return out;
+        }
+        let Some(current) = &self.pool else { return out };
+        let mut views = vec![(current.clone(), false)];
+        if let Some(v) = &self.node.view {
+            if json(v) != json(current) && can_fault {
+                views.push((v.clone(), true));
+            }
+        }
+        for (view, stale) in views {
+            // A run without a crash, to count the kernel steps it takes.
+            let clean = self.reconcile(&view, None);
+            let steps = clean.as_ref().map_or(0, |(_, s)| *s);
+            let tag = if stale { "FAULT node reconciles a re-delivered old event" } else { "node reconciles" };
+            if let Some((w, _)) = clean {
+                let base_fault = stale as u8;
+                for (outcome, w) in w {
+                    let mut w = w;
+                    w.faults += base_fault + outcome.is_fault() as u8;
+                    if w.faults <= cfg.max_faults {
+                        out.push((format!("{tag} (status write {outcome:?})"), w));
+                    }
+                }
+            }
+            if can_fault && !stale {
+                for k in 1..=steps {
+                    for power in [false, true] {
+                        if let Some((ws, _)) = self.reconcile(&view, Some((k, power))) {
+                            for (_, mut w) in ws.into_iter().take(1) {
+                                w.faults += 1;
+                                let what = if power { "loses power" } else { "crashes" };
+                                out.push((format!("FAULT node {what} after kernel step {k} of its run"), w));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if can_fault {
+            let mut w = self.clone();
+            w.faults += 1;
+            w.node.up = false;
+            w.kernel.restart();
+            out.push(("FAULT node process restarts".into(), w));
+        }
+        out
+    }
+
+    /// One reconcile of the node on `view`: drive, then write the status.
+    /// Returns the worlds for each status-write outcome and the number of
+    /// kernel steps the run took. `crash`: die after that many kernel steps
+    /// (`true`: the machine loses power).
+    fn reconcile(&self, view: &ThinPool, crash: Option<(u64, bool)>) -> Option<(Vec<(Write, World)>, u64)> {
+        let old = view.status.clone().unwrap_or_default();
+        if old.health == Some(PoolHealth::Unhealthy) {
+            return None;
+        }
+        let record = thin_csi_api::convert::pool_record(view).ok()?;
+        let mut w = self.clone();
+        w.node.view = Some(view.clone());
+        let txns: BTreeMap<u64, Transaction> = record.pending.iter().map(|t| (t.id().get(), t.clone())).collect();
+        let before = w.kernel.steps();
+        if let Some((k, _)) = crash {
+            w.kernel.crash_after(k);
+        }
+        let mut executor = w.node.executor.take().unwrap_or_default();
+        let progress = {
+            let mut rec = Recorder { k: &mut w.kernel, txns: &txns, truth: &mut w.truth, no_space: BTreeSet::new() };
+            executor.drive(&mut rec, &record, &mut ())
+        };
+        let steps = w.kernel.steps() - before;
+        if let Some((_, power)) = crash {
+            if !w.kernel.crashed() {
+                return None; // the run took fewer steps
+            }
+            if power {
+                w.kernel.power_cycle();
+                w.mounted.clear();
+            } else {
+                w.kernel.restart();
+            }
+            w.node.up = false;
+            return Some((vec![(Write::Ok, w)], steps));
+        }
+        w.node.executor = Some(executor);
+        let mut status = csi_node::pool_executor::next_status(&old, view, &record.finished, &progress);
+        if let Some(stop) = &progress.stopped {
+            if stop.is_divergence() {
+                status.health = Some(PoolHealth::Unhealthy);
+            }
+        }
+        if status == old {
+            return Some((vec![(Write::Ok, w)], steps));
+        }
+        let mut out = Vec::new();
+        for outcome in [Write::Ok, Write::Failed, Write::Lost] {
+            let mut w = w.clone();
+            if outcome.takes_effect() {
+                if let Some(mut cur) = w.pool.clone() {
+                    let mut value = serde_json::to_value(&cur).expect("serializable");
+                    merge(&mut value, &serde_json::json!({ "status": status }));
+                    let meta = cur.metadata.clone();
+                    let before = cur.status.clone();
+                    cur = serde_json::from_value(value).expect("merged object parses");
+                    cur.metadata = meta;
+                    if cur.status == before {
+                        w.node_defects.push("the node wrote a status that changed nothing (it re-triggers itself)".into());
+                        // Stop here: the write loop would never end.
+                        return Some((vec![(outcome, w)], steps));
+                    }
+                    if cur.status.as_ref() != Some(&status) {
+                        w.node_defects.push(format!("the node's status write left fields it meant to clear: wrote {status:?}, object has {:?}", cur.status));
+                    }
+                    w.store_pool(cur);
+                }
+            }
+            out.push((outcome, w));
+        }
+        Some((out, steps))
+    }
+
+    /// Invariants that hold in every state. Returns what is violated.
+    fn check(&self) -> Vec<String> {
+        let mut v = self.node_defects.clone();
+        let devices: BTreeSet<u32> = self.kernel.devices().map(|d| d.get()).collect();
+        let mut owners: BTreeMap<u32, &str> = BTreeMap::new();
+        for (name, d) in &self.live {
+            if !devices.contains(d) {
+                v.push(format!("CSI create {name} succeeded with device {d}, which the pool does not hold"));
+            }
+            if let Some(other) = owners.insert(*d, name) {
+                v.push(format!("device {d} belongs to two live volumes: {other} and {name}"));
+            }
+            match self.objects.get(name) {
+                Some(o) if o.device == *d => {}
+                _ => v.push(format!("the object of live volume {name} (device {d}) was removed or changed")),
+            }
+        }
+        for (n, t) in &self.truth {
+            match t {
+                Truth::Partial => v.push(format!("transaction {n} ended with only part of its effects")),
+                Truth::Unknown => v.push(format!("the kernel moved to transaction {n}, which the record does not hold")),
+                _ => {}
+            }
+        }
+        if let Some(p) = &self.pool {
+            for id in &p.spec.free_device_ids {
+                if devices.contains(&id.0) {
+                    v.push(format!("device id {} is on the free list but the pool holds it", id.0));
+                }
+            }
+            if let Some(d) = devices.iter().find(|d| **d >= p.spec.next_device_id) {
+                v.push(format!("the record's id cursor ({}) is not past device {d} the pool holds", p.spec.next_device_id));
+            }
+            let status = p.status.clone().unwrap_or_default();
+            let finished = status.finished_transaction.unwrap_or(0);
+            for t in &p.spec.pending_transactions {
+                if t.id > finished {
+                    continue;
+                }
+                let reported_aborted = status.aborted_transactions.contains(&t.id);
+                match self.truth.get(&t.id) {
+                    Some(Truth::Committed) if reported_aborted => v.push(format!("transaction {} committed but is reported aborted", t.id)),
+                    Some(Truth::Aborted { .. }) if !reported_aborted => v.push(format!("transaction {} aborted but is reported committed", t.id)),
+                    _ => {}
+                }
+            }
+        }
+        for r in &self.reqs {
+            for reply in &r.replies {
+                if let (Op::CreateNoSpace, Reply::Err(c)) = (r.op, reply) {
+                    if !matches!(c, Code::ResourceExhausted | Code::Unavailable | Code::NotFound | Code::AlreadyExists) {
+                        v.push(format!("{} (pool metadata full) answered {c:?}, not RESOURCE_EXHAUSTED", r.name));
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Invariants of an end state (nothing more can happen).
+    fn check_end(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for r in &self.reqs {
+            if r.started && !r.execs.is_empty() {
+                v.push(format!("{} never got an answer: {:?}", r.name, r.execs));
+            }
+        }
+        if let Ok(active) = self.kernel.active_thins() {
+            for a in active.iter().filter(|a| a.suspended) {
+                v.push(format!("device {} left suspended", a.id));
+            }
+        }
+        if let Some(p) = &self.pool {
+            let healthy = p.status.as_ref().and_then(|s| s.health) != Some(PoolHealth::Unhealthy);
+            let usable = self.kernel.pool_status().ok().and_then(|s| s.working().map(|w| w.mode)) == Some(thinpool::PoolMode::ReadWrite);
+            if healthy && usable && self.kernel.transaction_id().get() < p.spec.last_assigned_transaction {
+                v.push(format!(
+                    "the pool is healthy but stuck at transaction {} of {}",
+                    self.kernel.transaction_id(),
+                    p.spec.last_assigned_transaction
+                ));
+            }
+        }
+        v
+    }
+
+    fn leaks(&self) -> bool {
+        let named: BTreeSet<u32> = self.objects.values().map(|o| o.device).collect();
+        self.kernel.devices().any(|d| !named.contains(&d.get()))
+    }
+}
+
+/// Explores every path of `ops` under `cfg`.
+pub fn explore(ops: &[Op], cfg: &Config) -> Report {
+    let mut report = Report::default();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    let start = World::new(ops, cfg);
+    let mut stack: Vec<(World, Vec<String>)> = vec![(start, vec![])];
+    while let Some((w, path)) = stack.pop() {
+        let mut h = DefaultHasher::new();
+        w.hash(&mut h);
+        if !seen.insert(h.finish()) {
+            continue;
+        }
+        report.states += 1;
+        if report.states as usize >= cfg.max_states {
+            report.truncated = true;
+            break;
+        }
+        let mut found = w.check();
+        let next = w.successors(cfg);
+        if next.is_empty() {
+            report.paths += 1;
+            found.extend(w.check_end());
+            if w.leaks() {
+                report.leaked_end_states += 1;
+            }
+        }
+        if !found.is_empty() {
+            for what in found {
+                // One example path per kind of violation.
+                let kind: String = what.chars().filter(|c| !c.is_ascii_digit()).collect();
+                if reported.insert(kind) {
+                    report.violations.push(Violation { what, path: path.clone() });
+                }
+            }
+            continue; // do not explore beyond a broken state
+        }
+        for (label, nw) in next.into_iter().rev() {
+            let mut p = path.clone();
+            p.push(label);
+            stack.push((nw, p));
+        }
+    }
+    report
+}
+
+/// Every scenario of up to `len` requests: creates, snapshots and deletes of
+/// earlier creates, a create on a full pool, a delete of a mounted volume.
+pub fn scenarios(len: usize) -> Vec<Vec<Op>> {
+    let mut all = Vec::new();
+    let mut cur = Vec::new();
+    fn rec(len: usize, cur: &mut Vec<Op>, all: &mut Vec<Vec<Op>>) {
+        if !cur.is_empty() {
+            all.push(cur.clone());
+        }
+        if cur.len() == len {
+            return;
+        }
+        let creates: Vec<usize> = cur.iter().enumerate().filter(|(_, o)| matches!(o, Op::Create)).map(|(i, _)| i).collect();
+        let deleted: BTreeSet<usize> = cur.iter().filter_map(|o| match o { Op::Delete { of } | Op::DeleteOpen { of } => Some(*of), _ => None }).collect();
+        let mut next = vec![Op::Create];
+        if !cur.contains(&Op::CreateNoSpace) {
+            next.push(Op::CreateNoSpace);
+        }
+        for &c in creates.iter().filter(|c| !deleted.contains(c)) {
+            next.push(Op::Snapshot { of: c });
+            next.push(Op::Delete { of: c });
+            next.push(Op::DeleteOpen { of: c });
+        }
+        for op in next {
+            cur.push(op);
+            rec(len, cur, all);
+            cur.pop();
+        }
+    }
+    rec(len, &mut cur, &mut all);
+    all
+}

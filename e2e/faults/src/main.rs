@@ -1,0 +1,54 @@
+//! `thin-faults [--len N] [--faults F] [--replicas R]`: explores every
+//! scenario of up to N CSI requests with up to F faults per path and prints
+//! `FAULTS: explored N paths, M states, V violations`.
+
+use std::process::ExitCode;
+
+use thin_faults::{explore, scenarios, Config};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: usize| -> usize {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    let len = arg("--len", 3);
+    let mut paths = 0u64;
+    let mut states = 0u64;
+    let mut violations = 0usize;
+    let mut checks = 0usize;
+    let mut failed = 0usize;
+    let started = std::time::Instant::now();
+    for replicas in [1u8, 2] {
+        let cfg = Config { max_faults: arg("--faults", 2) as u8, replicas, ..Config::default() };
+        if replicas > arg("--replicas", 2) as u8 {
+            continue;
+        }
+        for ops in scenarios(len) {
+            let t0 = std::time::Instant::now();
+            let r = explore(&ops, &cfg);
+            let secs = t0.elapsed().as_secs_f64();
+            paths += r.paths;
+            states += r.states;
+            violations += r.violations.len();
+            checks += 1;
+            let name = format!("{ops:?} replicas={replicas} faults<={}", cfg.max_faults);
+            if r.violations.is_empty() && !r.truncated {
+                println!("PASS {name}: {} paths, {} states ({secs:.1} s)", r.paths, r.states);
+            } else {
+                failed += 1;
+                if r.truncated {
+                    println!("FAIL {name}: state limit reached after {} states", r.states);
+                }
+                for v in &r.violations {
+                    println!("FAIL {name}: {}", v.what);
+                    for step in &v.path {
+                        println!("    {step}");
+                    }
+                }
+            }
+        }
+    }
+    println!("FAULTS: explored {paths} paths, {states} states, {violations} violations ({:.1} s)", started.elapsed().as_secs_f64());
+    println!("faults: {} passed, {failed} failed", checks - failed);
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
