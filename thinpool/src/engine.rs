@@ -71,6 +71,8 @@ pub enum CommitError {
     IdCollision { txn: TransactionId, op: Operation, id: ThinId },
     #[error("transaction {txn}: the kernel refused set_transaction_id {} {txn}; its transaction id moved behind our back: {source}", txn.predecessor().map_or(0, |p| p.get()))]
     Diverged { txn: TransactionId, source: KernelError },
+    #[error("transaction {txn}: set_transaction_id {} {txn} failed and the kernel stayed at {}; the transaction stays open: {source}", txn.predecessor().map_or(0, |p| p.get()), txn.predecessor().map_or(0, |p| p.get()))]
+    CommitPointFailed { txn: TransactionId, source: KernelError },
     #[error("transaction {txn} ({}): resuming {devices:?} failed: {source}", if *committed { "committed" } else { "not committed" })]
     ResumeFailed { txn: TransactionId, committed: bool, devices: Vec<ThinId>, source: KernelError },
     #[error("reading pool state: {0}")]
@@ -170,10 +172,25 @@ fn post(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut 
         }
         observer.reached(n, Boundary::Posted { index });
     }
-    let set = PoolMessage::SetTransactionId { current: txn.predecessor(), new: n };
-    kernel.message(&set).map_err(|source| CommitError::Diverged { txn: n, source })?;
+    set_transaction_id(kernel, txn)?;
     observer.reached(n, Boundary::TransactionIdSet);
     Ok(already_done)
+}
+
+/// The commit point, `set_transaction_id n-1 n`. A failure is judged by the
+/// kernel's id read afterwards: at `n` it took effect; still at `n-1` it is
+/// transient (the transaction stays open and is replayed later); anywhere
+/// else the id moved behind our back, which is divergence.
+fn set_transaction_id(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(), CommitError> {
+    let n = txn.id();
+    let set = PoolMessage::SetTransactionId { current: txn.predecessor(), new: n };
+    let Err(source) = kernel.message(&set) else { return Ok(()) };
+    match kernel.pool_status().ok().and_then(|s| s.working().map(|w| w.transaction_id)) {
+        Some(at) if at == n => Ok(()),
+        Some(at) if at == txn.predecessor() => Err(CommitError::CommitPointFailed { txn: n, source }),
+        None => Err(CommitError::CommitPointFailed { txn: n, source }),
+        Some(_) => Err(CommitError::Diverged { txn: n, source }),
+    }
 }
 
 /// Resumes every device in `devices`, retrying each a few times: a device
@@ -224,8 +241,7 @@ pub fn abort(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(), CommitEr
             Err(source) => return Err(CommitError::Message { txn: n, op, posted, source }),
         }
     }
-    let set = PoolMessage::SetTransactionId { current: txn.predecessor(), new: n };
-    kernel.message(&set).map_err(|source| CommitError::Diverged { txn: n, source })?;
+    set_transaction_id(kernel, txn)?;
     warn!(txn = %n, "transaction aborted");
     Ok(())
 }
@@ -248,7 +264,7 @@ impl PoolRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Committed(CommitReport),
-    Aborted { reason: String },
+    Aborted { kind: crate::executor::AbortKind, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,6 +276,10 @@ pub struct RecoveryReport {
     /// Pending transactions the kernel had already committed: only their
     /// status write was lost.
     pub committed_unreported: Vec<TransactionId>,
+    /// Pending transactions the kernel had aborted (their creates absent,
+    /// their deletes not done): the status write was lost, and with it the
+    /// reason.
+    pub aborted_unreported: Vec<TransactionId>,
     /// The transaction that was in flight at the crash, finished now.
     pub finished: Option<(TransactionId, Outcome)>,
 }
@@ -274,6 +294,8 @@ pub enum RecoverError {
     KernelBehind { kernel: TransactionId, finished: TransactionId },
     #[error("transaction {txn} cannot be finished now, the pool stays at {}: {source}", txn.predecessor().map_or(0, |p| p.get()))]
     Blocked { txn: TransactionId, source: CommitError },
+    #[error("pool diverged: transaction {txn} is behind the kernel ({kernel}) but its effects are neither all there nor all absent ({detail}); not guessing")]
+    Undecidable { txn: TransactionId, kernel: TransactionId, detail: String },
     #[error("resuming suspended device {device} failed: {source}")]
     Resume { device: ThinId, source: KernelError },
     #[error(transparent)]
@@ -285,22 +307,42 @@ pub enum RecoverError {
 impl RecoverError {
     /// Divergence means the pool must be marked unhealthy and left alone.
     pub fn is_divergence(&self) -> bool {
-        matches!(self, RecoverError::KernelAhead { .. } | RecoverError::KernelBehind { .. })
+        matches!(self, RecoverError::KernelAhead { .. } | RecoverError::KernelBehind { .. } | RecoverError::Undecidable { .. })
             || matches!(self, RecoverError::Blocked { source: CommitError::Diverged { .. } | CommitError::IdCollision { .. }, .. })
     }
 }
 
 /// Reconciles the kernel with the controller's record after a start or a
-/// crash. Sends no message unless a transaction was in flight; never guesses.
+/// crash: the transaction after the kernel's may have been partly applied
+/// and is finished by replay. Sends no message unless a transaction was in
+/// flight; never guesses.
 pub fn recover(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Result<RecoveryReport, RecoverError> {
-    check_record(record)?;
-    // A crash between suspend and resume leaves origins frozen: thaw them first.
+    reconcile(kernel, record, true, observer)
+}
+
+/// Resumes every device of the pool left suspended (a crash between suspend
+/// and resume). Run when the node opens its pool, before anything else: a
+/// frozen origin stalls its writers whether or not a record exists.
+pub fn thaw(kernel: &mut impl Kernel) -> Result<Vec<ThinId>, RecoverError> {
     let mut resumed = Vec::new();
     for thin in kernel.active_thins()?.into_iter().filter(|t| t.suspended) {
         kernel.resume_thin(thin.id).map_err(|source| RecoverError::Resume { device: thin.id, source })?;
         info!(device = %thin.id, "resumed a device left suspended");
         resumed.push(thin.id);
     }
+    Ok(resumed)
+}
+
+/// Reconciles the kernel with the record. Pending transactions at or below
+/// the kernel's id ended before and only their report was lost: each is
+/// judged committed or aborted from the kernel's devices against its
+/// operations (never from the id alone). With `replay`, the transaction
+/// after the kernel's may have been started by an earlier process and is
+/// finished by replay; without it, it has never been attempted and is left
+/// to a first attempt ([`commit`]), where EEXIST is a collision.
+pub fn reconcile(kernel: &mut impl Kernel, record: &PoolRecord, replay: bool, observer: &mut impl Observer) -> Result<RecoveryReport, RecoverError> {
+    check_record(record)?;
+    let resumed = thaw(kernel)?;
     let kernel_at = usable_status(kernel)?;
     let last_assigned = record.last_assigned();
     if kernel_at > last_assigned {
@@ -309,13 +351,53 @@ pub fn recover(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut imp
     if kernel_at < record.finished {
         return Err(RecoverError::KernelBehind { kernel: kernel_at, finished: record.finished });
     }
-    let committed_unreported: Vec<TransactionId> = record.pending.iter().map(Transaction::id).filter(|id| *id <= kernel_at).collect();
+    let mut committed_unreported = Vec::new();
+    let mut aborted_unreported = Vec::new();
+    for txn in record.pending.iter().filter(|t| t.id() <= kernel_at) {
+        if decide(kernel, txn, kernel_at)? {
+            committed_unreported.push(txn.id());
+        } else {
+            aborted_unreported.push(txn.id());
+        }
+    }
     let finished = match record.pending.iter().find(|t| t.id() == kernel_at.successor()) {
-        None => None,
-        Some(txn) => Some((txn.id(), finish(kernel, txn, observer)?)),
+        Some(txn) if replay => Some((txn.id(), finish(kernel, txn, observer)?)),
+        _ => None,
     };
-    debug!(kernel_was_at = %kernel_at, ?committed_unreported, ?finished, "recovered");
-    Ok(RecoveryReport { kernel_was_at: kernel_at, resumed, committed_unreported, finished })
+    debug!(kernel_was_at = %kernel_at, ?committed_unreported, ?aborted_unreported, ?finished, "reconciled");
+    Ok(RecoveryReport { kernel_was_at: kernel_at, resumed, committed_unreported, aborted_unreported, finished })
+}
+
+/// Whether ended transaction `txn` committed (true) or was aborted (false),
+/// from the kernel's devices: committed = every create there and every
+/// delete done; aborted = no create there and no delete done. Sound because
+/// ids are never reused while a transaction naming them is pending, and the
+/// controller plans no delete of a device whose create has not been
+/// reported finished. Anything in between is divergence.
+fn decide(kernel: &mut impl Kernel, txn: &Transaction, kernel_at: TransactionId) -> Result<bool, RecoverError> {
+    let probe = |kernel: &mut _, id| exists(kernel, id).map_err(RecoverError::Kernel);
+    let mut created = Vec::new();
+    for id in txn.created_ids() {
+        created.push((id, probe(kernel, id)?));
+    }
+    let mut deleted = Vec::new();
+    for id in txn.deleted_ids() {
+        deleted.push((id, probe(kernel, id)?));
+    }
+    let committed = created.iter().all(|(_, there)| *there) && deleted.iter().all(|(_, there)| !*there);
+    let aborted = created.iter().all(|(_, there)| !*there) && deleted.iter().all(|(_, there)| *there);
+    match (committed, aborted) {
+        (true, _) => Ok(true),
+        (false, true) => {
+            warn!(txn = %txn.id(), "transaction found aborted; its report was lost");
+            Ok(false)
+        }
+        (false, false) => Err(RecoverError::Undecidable {
+            txn: txn.id(),
+            kernel: kernel_at,
+            detail: format!("created {created:?}, deleted {deleted:?} (id, present)"),
+        }),
+    }
 }
 
 fn check_record(record: &PoolRecord) -> Result<(), RecoverError> {
@@ -338,7 +420,7 @@ fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Obser
         // A create failed for real: no delete can have run (creates go first).
         Err(e @ CommitError::Message { .. }) if e.abortable() => {
             abort(kernel, txn).map_err(|source| RecoverError::Blocked { txn: txn.id(), source })?;
-            Ok(Outcome::Aborted { reason: e.to_string() })
+            Ok(Outcome::Aborted { kind: crate::executor::AbortKind::of(&e), reason: e.to_string() })
         }
         // Refused before any message (a device to delete is open, an origin
         // will not suspend). An earlier attempt may have got further; if every
@@ -347,7 +429,7 @@ fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Obser
         Err(e @ (CommitError::DeleteOfActiveDevice { .. } | CommitError::Suspend { .. })) => {
             if all_exist(kernel, txn.deleted_ids()).map_err(|source| RecoverError::Blocked { txn: txn.id(), source: source.into() })? {
                 abort(kernel, txn).map_err(|source| RecoverError::Blocked { txn: txn.id(), source })?;
-                Ok(Outcome::Aborted { reason: e.to_string() })
+                Ok(Outcome::Aborted { kind: crate::executor::AbortKind::of(&e), reason: e.to_string() })
             } else {
                 Err(RecoverError::Blocked { txn: txn.id(), source: e })
             }
@@ -359,15 +441,25 @@ fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Obser
 /// Whether every id is in the pool: an active device is; an inactive one is
 /// probed by activating it (ENODATA: absent) and deactivating it again.
 fn all_exist(kernel: &mut impl Kernel, ids: impl Iterator<Item = ThinId>) -> Result<bool, KernelError> {
-    let active: BTreeSet<ThinId> = kernel.active_thins()?.iter().map(|a| a.id).collect();
-    for id in ids.filter(|id| !active.contains(id)) {
-        match kernel.activate_thin(id, crate::ids::Sectors(8)) {
-            Ok(()) => kernel.deactivate_thin(id)?,
-            Err(KernelError::NoData(_)) => return Ok(false),
-            Err(e) => return Err(e),
+    for id in ids {
+        if !exists(kernel, id)? {
+            return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Whether thin id `id` is in the pool: an active device is; an inactive
+/// one is probed by activating it (ENODATA: absent) and deactivating it.
+fn exists(kernel: &mut impl Kernel, id: ThinId) -> Result<bool, KernelError> {
+    if kernel.active_thins()?.iter().any(|a| a.id == id) {
+        return Ok(true);
+    }
+    match kernel.activate_thin(id, crate::ids::Sectors(8)) {
+        Ok(()) => kernel.deactivate_thin(id).map(|()| true),
+        Err(KernelError::NoData(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

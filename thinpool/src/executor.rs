@@ -2,22 +2,52 @@
 //! controller's record. Pure logic over the [`Kernel`]; the node binary
 //! calls it whenever its pool object changes, and writes the result back.
 
-use crate::engine::{abort, commit, recover, Observer, Outcome, PoolRecord, RecoverError};
+use crate::engine::{abort, commit, reconcile, CommitError, Observer, Outcome, PoolRecord, RecoverError};
 use crate::ids::TransactionId;
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, KernelError};
+
+/// Why a transaction was aborted, as a kind the controller maps to a gRPC
+/// code (the text says the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AbortKind {
+    /// Pool metadata has no room for another device (ENOSPC).
+    NoSpace,
+    /// A device to delete is open (mounted or held).
+    DeviceBusy,
+    /// A snapshot's origin is not in the pool (ENODATA).
+    OriginMissing,
+    /// An origin would not suspend (its filesystem did not freeze).
+    SuspendFailed,
+    /// Found aborted after a crash: the report, and its reason, were lost.
+    ReasonLost,
+    Other,
+}
+
+impl AbortKind {
+    pub fn of(e: &CommitError) -> AbortKind {
+        match e {
+            CommitError::DeleteOfActiveDevice { .. } => AbortKind::DeviceBusy,
+            CommitError::Suspend { .. } => AbortKind::SuspendFailed,
+            CommitError::Message { source: KernelError::NoSpace(_), .. } => AbortKind::NoSpace,
+            CommitError::Message { source: KernelError::NoData(_), .. } => AbortKind::OriginMissing,
+            CommitError::Message { source: KernelError::Busy(_), .. } => AbortKind::DeviceBusy,
+            _ => AbortKind::Other,
+        }
+    }
+}
 
 /// How one transaction ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
     Committed,
     /// Its id was consumed without its effects.
-    Aborted { reason: String },
+    Aborted { kind: AbortKind, reason: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Transactions that ended in this call, in order (including ones the
-    /// kernel had committed before a crash, whose status was lost).
+    /// kernel had ended before a crash, whose status was lost).
     pub ended: Vec<(TransactionId, Ended)>,
     /// The kernel's transaction id afterwards.
     pub kernel_at: TransactionId,
@@ -27,13 +57,57 @@ pub struct Progress {
     pub stopped: Option<RecoverError>,
 }
 
-/// Recovers, then commits every pending transaction after the kernel's, in
-/// order of transaction id. A transaction that fails before any delete was
-/// posted is aborted (its id is consumed, the next one can run); anything
-/// else stops the run and is reported, never guessed around.
+/// The node's executor for one pool, kept across reconciles by one process.
+///
+/// It remembers whether the transaction after the kernel's may have been
+/// started before: true for a new process (an earlier one may have died
+/// mid-transaction) and after any run that stopped; false once a run
+/// completed. Only then does a transaction run as a replay (EEXIST =
+/// done); otherwise it is a first attempt, where EEXIST is a collision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executor {
+    replay_next: bool,
+}
+
+impl Default for Executor {
+    /// The executor of a process that just started.
+    fn default() -> Self {
+        Executor { replay_next: true }
+    }
+}
+
+impl Executor {
+    /// The executor of a process that knows nothing of this record was ever
+    /// attempted (it created the record itself).
+    pub fn fresh_record() -> Self {
+        Executor { replay_next: false }
+    }
+
+    /// Whether the next run replays the transaction after the kernel's.
+    pub fn replays_next(&self) -> bool {
+        self.replay_next
+    }
+
+    /// Reconciles, then commits every pending transaction after the
+    /// kernel's, in order. A transaction that fails before any delete was
+    /// posted is aborted (its id is consumed, the next one can run);
+    /// anything else stops the run and is reported, never guessed around.
+    pub fn drive(&mut self, kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Progress {
+        let progress = run(kernel, record, self.replay_next, observer);
+        self.replay_next = progress.stopped.is_some();
+        progress
+    }
+}
+
+/// One run of a process that just started (replays the transaction after
+/// the kernel's).
 pub fn drive(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Progress {
+    Executor::default().drive(kernel, record, observer)
+}
+
+fn run(kernel: &mut impl Kernel, record: &PoolRecord, replay: bool, observer: &mut impl Observer) -> Progress {
     let mut progress = Progress::default();
-    let report = match recover(kernel, record, observer) {
+    let report = match reconcile(kernel, record, replay, observer) {
         Ok(report) => report,
         Err(e) => {
             progress.kernel_at = current(kernel).unwrap_or_default();
@@ -41,7 +115,12 @@ pub fn drive(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl 
             return progress;
         }
     };
-    progress.ended.extend(report.committed_unreported.iter().map(|n| (*n, Ended::Committed)));
+    let mut unreported: Vec<(TransactionId, Ended)> = report.committed_unreported.iter().map(|n| (*n, Ended::Committed)).collect();
+    unreported.extend(report.aborted_unreported.iter().map(|n| {
+        (*n, Ended::Aborted { kind: AbortKind::ReasonLost, reason: format!("transaction {n} was found aborted after a restart; its reason was not recorded") })
+    }));
+    unreported.sort_by_key(|(n, _)| *n);
+    progress.ended.extend(unreported);
     let mut kernel_at = report.kernel_was_at;
     if let Some((n, outcome)) = report.finished {
         progress.ended.push((n, ended(outcome)));
@@ -51,7 +130,7 @@ pub fn drive(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl 
         match commit(kernel, txn, observer) {
             Ok(_) => progress.ended.push((txn.id(), Ended::Committed)),
             Err(e) if e.abortable() => match abort(kernel, txn) {
-                Ok(()) => progress.ended.push((txn.id(), Ended::Aborted { reason: e.to_string() })),
+                Ok(()) => progress.ended.push((txn.id(), Ended::Aborted { kind: AbortKind::of(&e), reason: e.to_string() })),
                 Err(source) => {
                     progress.stopped = Some(RecoverError::Blocked { txn: txn.id(), source });
                     break;
@@ -68,20 +147,10 @@ pub fn drive(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl 
     progress
 }
 
-/// The node's executor across reconciles of one pool.
-#[derive(Clone, Debug, Default)]
-pub struct Executor {}
-
-impl Executor {
-    pub fn drive(&mut self, kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Progress {
-        drive(kernel, record, observer)
-    }
-}
-
 fn ended(outcome: Outcome) -> Ended {
     match outcome {
         Outcome::Committed(_) => Ended::Committed,
-        Outcome::Aborted { reason } => Ended::Aborted { reason },
+        Outcome::Aborted { kind, reason } => Ended::Aborted { kind, reason },
     }
 }
 
@@ -94,7 +163,7 @@ mod tests {
     use super::*;
     use crate::test_support::{t, txn};
     use crate::model::ModelKernel;
-    use crate::txn::Operation;
+    use crate::txn::{Operation, PoolMessage};
 
     #[test]
     fn runs_every_pending_transaction_in_order_aborting_failed_creates() {
@@ -111,7 +180,7 @@ mod tests {
         assert_eq!(p.stopped, None);
         assert_eq!(p.kernel_at, TransactionId::new(3));
         assert_eq!(p.ended[0], (TransactionId::new(1), Ended::Committed));
-        assert!(matches!(&p.ended[1], (n, Ended::Aborted { reason }) if n.get() == 2 && reason.contains("create_snap 2 9")));
+        assert!(matches!(&p.ended[1], (n, Ended::Aborted { kind: AbortKind::OriginMissing, reason }) if n.get() == 2 && reason.contains("create_snap 2 9")));
         assert_eq!(p.ended[2], (TransactionId::new(3), Ended::Committed));
         assert_eq!(k.devices().collect::<Vec<_>>(), vec![t(1), t(3)]);
         // Running again is a no-op: everything has ended.
@@ -139,5 +208,85 @@ mod tests {
         assert!(p.stopped.as_ref().is_some_and(RecoverError::is_divergence), "{p:?}");
         assert!(p.ended.is_empty());
         assert_eq!(k.devices().count(), 0, "nothing sent to a diverged pool");
+    }
+
+    /// Defect 1 of issue 9: an abort whose status write was lost must be
+    /// reported aborted on the next run, not committed because the kernel
+    /// moved past it.
+    #[test]
+    fn an_abort_whose_report_was_lost_is_reported_aborted() {
+        let mut k = ModelKernel::new();
+        let record = PoolRecord {
+            finished: TransactionId::ZERO,
+            pending: vec![txn(1, vec![Operation::CreateThin { id: t(1) }]), txn(2, vec![Operation::CreateSnapshot { id: t(2), origin: t(9) }])],
+        };
+        let mut node = Executor::default();
+        let first = node.drive(&mut k, &record, &mut ());
+        assert!(matches!(first.ended[1], (_, Ended::Aborted { .. })));
+        // The status write was lost: the same record again, in this process and in a new one.
+        for mut executor in [node, Executor::default()] {
+            let again = executor.drive(&mut k, &record, &mut ());
+            assert_eq!(again.stopped, None);
+            assert_eq!(again.ended[0], (TransactionId::new(1), Ended::Committed));
+            assert!(matches!(again.ended[1], (n, Ended::Aborted { kind: AbortKind::ReasonLost, .. }) if n.get() == 2), "{again:?}");
+        }
+        // A delete refused (device open), its report lost: aborted, device kept.
+        k.activate_thin(t(1), crate::ids::Sectors(8)).unwrap();
+        k.open(t(1)).unwrap();
+        let record = PoolRecord { finished: TransactionId::new(2), pending: vec![txn(3, vec![Operation::Delete { id: t(1) }])] };
+        assert!(matches!(Executor::default().drive(&mut k, &record, &mut ()).ended[0], (_, Ended::Aborted { kind: AbortKind::DeviceBusy, .. })));
+        assert!(matches!(Executor::default().drive(&mut k, &record, &mut ()).ended[0], (_, Ended::Aborted { kind: AbortKind::ReasonLost, .. })));
+        assert_eq!(k.devices().collect::<Vec<_>>(), vec![t(1)]);
+    }
+
+    /// Defect 2 of issue 9: in steady state a transaction runs as a first
+    /// attempt, so a device the record does not know is a collision (the
+    /// pool diverged), never "already done".
+    #[test]
+    fn a_steady_state_transaction_is_a_first_attempt() {
+        let mut k = ModelKernel::new();
+        let mut node = Executor::default();
+        let one = PoolRecord { finished: TransactionId::ZERO, pending: vec![txn(1, vec![Operation::CreateThin { id: t(1) }])] };
+        assert_eq!(node.drive(&mut k, &one, &mut ()).stopped, None);
+        assert!(!node.replays_next());
+        k.message(&PoolMessage::CreateThin { id: t(5) }).unwrap(); // a device the record does not know
+        let two = PoolRecord { finished: TransactionId::new(1), pending: vec![txn(2, vec![Operation::CreateThin { id: t(5) }])] };
+        let p = node.drive(&mut k, &two, &mut ());
+        assert!(p.stopped.as_ref().is_some_and(RecoverError::is_divergence), "{p:?}");
+        assert_eq!(k.transaction_id(), TransactionId::new(1));
+    }
+
+    /// Defect 6 of issue 9: a transient failure of the commit point is not
+    /// divergence; the transaction is replayed and commits.
+    #[test]
+    fn a_transient_commit_point_failure_is_retried_not_divergence() {
+        let mut k = ModelKernel::new();
+        let mut node = Executor::default();
+        let record = PoolRecord { finished: TransactionId::ZERO, pending: vec![txn(1, vec![Operation::CreateThin { id: t(1) }])] };
+        k.fail_next_set_transaction_id();
+        let p = node.drive(&mut k, &record, &mut ());
+        let stop = p.stopped.expect("the run stops");
+        assert!(!stop.is_divergence(), "{stop}");
+        assert!(node.replays_next());
+        let p = node.drive(&mut k, &record, &mut ());
+        assert_eq!(p.ended, vec![(TransactionId::new(1), Ended::Committed)]);
+    }
+
+    /// Defect 7 of issue 9: metadata exhaustion makes the pool read-only, as
+    /// in the kernel: the transaction cannot be aborted and is reported
+    /// blocked (not divergence, not aborted, not committed).
+    #[test]
+    fn metadata_exhaustion_blocks_the_pool() {
+        let mut k = ModelKernel::new().with_metadata_capacity(1);
+        let record = PoolRecord {
+            finished: TransactionId::ZERO,
+            pending: vec![txn(1, vec![Operation::CreateThin { id: t(1) }]), txn(2, vec![Operation::CreateThin { id: t(2) }])],
+        };
+        let p = Executor::default().drive(&mut k, &record, &mut ());
+        assert_eq!(p.ended, vec![(TransactionId::new(1), Ended::Committed)]);
+        let stop = p.stopped.expect("blocked");
+        assert!(!stop.is_divergence(), "{stop}");
+        assert_eq!(k.transaction_id(), TransactionId::new(1));
+        assert!(k.pool_status().unwrap().working().is_some_and(|w| w.mode == crate::status::PoolMode::ReadOnly));
     }
 }

@@ -4,7 +4,9 @@
 //! Rules: EEXIST on a create of an id in use; ENODATA on a delete (or
 //! snapshot origin) that is not in the pool; EINVAL on a wrong current
 //! transaction id or an id of 2^24 or more; EBUSY on a delete of an active
-//! device; ENOSPC when metadata is full. Each message commits on its own.
+//! device; ENOSPC when metadata is full, after which the pool is read-only
+//! (as the kernel drops a metadata-exhausted pool to read-only). Each
+//! message commits on its own.
 //!
 //! Crash injection: [`ModelKernel::crash_after`] makes the "process" die
 //! right after its k-th state-changing call. From then on every call fails
@@ -42,6 +44,8 @@ pub struct ModelKernel {
     crashed: bool,
     /// Suspends of this device fail (a filesystem that cannot be frozen).
     refuse_suspend: Option<ThinId>,
+    /// The next `set_transaction_id` fails without effect (a transient error).
+    fail_next_set_transaction_id: bool,
     /// Snapshots taken of an active origin that was not suspended: the kernel
     /// allows it, but the snapshot would not be consistent. Tests assert 0.
     pub unsafe_snapshots: u64,
@@ -67,6 +71,7 @@ impl ModelKernel {
             crash_after: None,
             crashed: false,
             refuse_suspend: None,
+            fail_next_set_transaction_id: false,
             unsafe_snapshots: 0,
         }
     }
@@ -108,6 +113,11 @@ impl ModelKernel {
     /// Makes every suspend of `id` fail with EBUSY.
     pub fn refuse_suspend(&mut self, id: Option<ThinId>) {
         self.refuse_suspend = id;
+    }
+
+    /// The next `set_transaction_id` fails with an I/O error and changes nothing.
+    pub fn fail_next_set_transaction_id(&mut self) {
+        self.fail_next_set_transaction_id = true;
     }
 
     /// Someone else moves the transaction id (for divergence tests).
@@ -275,7 +285,17 @@ impl Kernel for ModelKernel {
 
     fn message(&mut self, message: &PoolMessage) -> Result<(), KernelError> {
         self.alive(&message.to_string())?;
-        self.apply(message)?;
+        if matches!(message, PoolMessage::SetTransactionId { .. }) && std::mem::take(&mut self.fail_next_set_transaction_id) {
+            return Err(KernelError::Other { context: message.to_string(), detail: "I/O error (injected)".into() });
+        }
+        if let Err(e) = self.apply(message) {
+            // The kernel drops a pool whose metadata ran out to read-only:
+            // no message (not even the abort's deletes) is taken after it.
+            if matches!(e, KernelError::NoSpace(_)) {
+                self.mode = PoolMode::ReadOnly;
+            }
+            return Err(e);
+        }
         self.step();
         Ok(())
     }
@@ -354,6 +374,9 @@ mod tests {
         let mut small = ModelKernel::new().with_metadata_capacity(1);
         small.message(&PoolMessage::CreateThin { id: t(1) }).unwrap();
         assert!(matches!(small.message(&PoolMessage::CreateThin { id: t(2) }), Err(KernelError::NoSpace(_))));
+        // Metadata exhausted: the pool is read-only, even a delete is refused.
+        assert!(small.pool_status().unwrap().working().is_some_and(|w| w.mode == PoolMode::ReadOnly));
+        assert!(small.message(&PoolMessage::Delete { id: t(1) }).is_err());
     }
 
     #[test]

@@ -94,7 +94,12 @@ impl World {
         match *action {
             Action::Activate(sel) => {
                 if let Some(id) = self.pick(sel).filter(|id| !self.want_active.contains(id)) {
-                    self.kernel.activate_thin(id, Sectors(8)).unwrap();
+                    // A crash during recovery's existence probe can leave the
+                    // device active already.
+                    match self.kernel.activate_thin(id, Sectors(8)) {
+                        Ok(()) | Err(thinpool::KernelError::AlreadyActive(_)) => {}
+                        Err(e) => panic!("activate {id}: {e}"),
+                    }
                     self.want_active.insert(id);
                 }
             }
