@@ -26,7 +26,7 @@ pub mod volume;
 pub use convert::ConversionError;
 pub use name::object_name;
 pub use pool::{
-    DeviceId, OperationKind, PendingTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus,
+    AbortReason, AbortedTransaction, DeviceId, OperationKind, PendingTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus,
     TransactionOperation,
 };
 pub use volume::{ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, ObjectStatus, VolumeSource, VolumeSourceKind};
@@ -36,6 +36,11 @@ use kube::CustomResourceExt;
 
 /// The API group of every thin-csi custom resource.
 pub const GROUP: &str = "thin.csi.io";
+
+/// The label naming the pool object (UUID) of a ThinVolume or ThinSnapshot.
+pub const LABEL_POOL: &str = "thin.csi.io/pool";
+/// The label naming the thin device id of a ThinVolume or ThinSnapshot.
+pub const LABEL_DEVICE: &str = "thin.csi.io/device-id";
 /// The one served (and stored) version.
 pub const VERSION: &str = "v1alpha1";
 

@@ -112,6 +112,22 @@ pub struct ThinPoolSpec {
     /// Assigned transactions not yet known finished, in id order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_transactions: Vec<PendingTransaction>,
+    /// Set when this record was created for a pool that already had history
+    /// (its kernel at this transaction id) that no record knew: the pool may
+    /// hold devices whose ids the cursor does not cover. Nothing is allocated
+    /// while it is set; an operator who has moved `nextDeviceId` past every
+    /// device in the pool (thin_ls) removes it (docs/operations.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices_unknown_at_transaction: Option<u64>,
+}
+
+impl ThinPoolSpec {
+    /// The last transaction known finished from the spec alone: everything
+    /// assigned before the first pending one (the controller prunes only
+    /// what the node reported finished). The status may know more.
+    pub fn finished_at_least(&self) -> u64 {
+        self.pending_transactions.first().map_or(self.last_assigned_transaction, |p| p.id.saturating_sub(1))
+    }
 }
 
 /// One assigned transaction: its id and operations, in order.
@@ -154,10 +170,10 @@ pub struct ThinPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_transaction: Option<u64>,
     /// Finished transactions that were aborted (their creates undone, none of
-    /// their deletes posted). Only ids still in `spec.pendingTransactions`
-    /// need to be kept here.
+    /// their deletes posted), each with why. Only ids still in
+    /// `spec.pendingTransactions` are kept here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub aborted_transactions: Vec<u64>,
+    pub aborted_transactions: Vec<AbortedTransaction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_used_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +188,66 @@ pub struct ThinPoolStatus {
     pub health: Option<PoolHealth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// One aborted transaction and why, as the node reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortedTransaction {
+    #[schemars(range(min = 1))]
+    pub id: u64,
+    pub reason: AbortReason,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Why a transaction was aborted (the controller maps it to a gRPC code).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AbortReason {
+    /// Pool metadata had no room for another device.
+    NoSpace,
+    /// A device to delete is open (mounted or held) on the node.
+    DeviceBusy,
+    /// A snapshot's origin is not in the pool.
+    OriginMissing,
+    /// An origin would not suspend (its filesystem did not freeze).
+    SuspendFailed,
+    /// Found aborted after a node restart; the reason was not recorded.
+    ReasonLost,
+    Other,
+}
+
+impl From<thinpool::AbortKind> for AbortReason {
+    fn from(k: thinpool::AbortKind) -> Self {
+        match k {
+            thinpool::AbortKind::NoSpace => AbortReason::NoSpace,
+            thinpool::AbortKind::DeviceBusy => AbortReason::DeviceBusy,
+            thinpool::AbortKind::OriginMissing => AbortReason::OriginMissing,
+            thinpool::AbortKind::SuspendFailed => AbortReason::SuspendFailed,
+            thinpool::AbortKind::ReasonLost => AbortReason::ReasonLost,
+            thinpool::AbortKind::Other => AbortReason::Other,
+        }
+    }
+}
+
+impl ThinPoolStatus {
+    pub fn aborted(&self, txn: u64) -> Option<&AbortedTransaction> {
+        self.aborted_transactions.iter().find(|a| a.id == txn)
+    }
+
+    /// The JSON merge patch that turns `old` into `self`: a field set in
+    /// `old` and absent here is sent as `null`, so it is cleared (a plain
+    /// serialization skips it and the old value would stay).
+    pub fn merge_patch_from(&self, old: &ThinPoolStatus) -> serde_json::Value {
+        let mut patch = serde_json::to_value(self).expect("a status serializes");
+        let old = serde_json::to_value(old).expect("a status serializes");
+        if let (Some(patch), Some(old)) = (patch.as_object_mut(), old.as_object()) {
+            for key in old.keys() {
+                patch.entry(key.clone()).or_insert(serde_json::Value::Null);
+            }
+        }
+        serde_json::json!({ "status": patch })
+    }
 }
 
 /// The pool's mode as the kernel reports it.
@@ -221,6 +297,7 @@ impl ThinPoolSpec {
             free_device_ids: Vec::new(),
             last_assigned_transaction: kernel_transaction,
             pending_transactions: Vec::new(),
+            devices_unknown_at_transaction: None,
         }
     }
 }

@@ -37,6 +37,11 @@ pub struct ThinVolumeSpec {
     /// The ThinPool object (pool UUID) holding the device.
     #[schemars(length(min = 1))]
     pub pool: String,
+    /// The uid of the pool object whose record assigned `device_id` and the
+    /// create transaction: a re-created pool object is another record, whose
+    /// transaction ids mean other transactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_uid: Option<String>,
     pub device_id: DeviceId,
     #[schemars(range(min = 1))]
     pub size_bytes: u64,
@@ -70,6 +75,11 @@ pub struct ThinSnapshotSpec {
     pub csi_name: String,
     #[schemars(length(min = 1))]
     pub pool: String,
+    /// The uid of the pool object whose record assigned `device_id` and the
+    /// create transaction: a re-created pool object is another record, whose
+    /// transaction ids mean other transactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_uid: Option<String>,
     pub device_id: DeviceId,
     /// The source volume's size.
     #[schemars(range(min = 1))]

@@ -54,7 +54,7 @@ impl Ctx {
                 write_ledger(ledger, &txn)?;
                 Ok(txn)
             }
-            (txn, Finished::Aborted { reason }) => Err(format!("transaction {} aborted: {reason:?}", txn.id())),
+            (txn, Finished::Aborted(a)) => Err(format!("transaction {} aborted: {a:?}", txn.id())),
         }
     }
 
@@ -180,7 +180,7 @@ async fn converge(ctx: &Ctx, pool: &str, ledger: &str) -> Result<String> {
             f.write_all(pending.as_bytes()).map_err(|e| e.to_string())?;
             Ok(format!("transaction {n}, recorded by a controller that died, committed"))
         }
-        Finished::Aborted { reason } => Err(format!("aborted: {reason:?}")),
+        Finished::Aborted(a) => Err(format!("aborted: {a:?}")),
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Allocation {
     pub freed: Vec<ThinId>,
     /// The object's resourceVersion after the write.
     pub resource_version: Option<String>,
+    /// The pool object's uid: the record that holds the transaction.
+    pub pool_uid: Option<String>,
     /// Writes that lost a conflict before this one won.
     pub conflicts: u32,
 }
@@ -62,6 +64,10 @@ pub enum AllocError {
     IdsExhausted { pool: String },
     #[error("pool {pool}: thin device {id} is not allocated")]
     NotAllocated { pool: String, id: ThinId },
+    #[error("pool {pool}: its record was created when the pool already had history (kernel at transaction {at}); nothing is allocated until it is adopted (docs/operations.md)")]
+    RecordUnverified { pool: String, at: u64 },
+    #[error("pool {pool}: thin device {id} is created by transaction {txn}, which has not finished; retry once it has")]
+    CreatePending { pool: String, id: ThinId, txn: u64 },
     #[error("pool {pool}: thin device {id} is already being deleted by pending transaction {txn}")]
     BeingDeleted { pool: String, id: ThinId, txn: u64 },
     #[error("pool {pool}: the record is inconsistent: {source}")]
@@ -101,11 +107,14 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
         let reason = status.last_error.clone().unwrap_or_else(|| "no reason given".to_string());
         return Err(AllocError::PoolUnhealthy { pool: name, reason });
     }
+    if let Some(at) = pool.spec.devices_unknown_at_transaction {
+        return Err(AllocError::RecordUnverified { pool: name, at });
+    }
     // Checks order, ranges and finished <= assigned.
-    convert::pool_record(pool).map_err(|source| AllocError::Record { pool: name.clone(), source })?;
+    let record = convert::pool_record(pool).map_err(|source| AllocError::Record { pool: name.clone(), source })?;
 
-    let finished = status.finished_transaction.unwrap_or(0);
-    let aborted: BTreeSet<u64> = status.aborted_transactions.iter().copied().collect();
+    let finished = record.finished.get();
+    let aborted: BTreeSet<u64> = status.aborted_transactions.iter().map(|a| a.id).collect();
     let mut spec = pool.spec.clone();
 
     // Prune what the node finished; free the ids that finishing released.
@@ -146,6 +155,14 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
                 .filter_map(move |o| ThinId::try_from(o.id).ok().map(|id| (id, p.id)))
         })
         .collect();
+    // A device whose create has not been reported finished is not deleted:
+    // the node judges an ended transaction whose report was lost by whether
+    // its creates are in the pool (thinpool::engine::reconcile).
+    let pending_creates: Vec<(ThinId, u64)> = spec
+        .pending_transactions
+        .iter()
+        .flat_map(|p| p.operations.iter().filter(|o| o.op != thin_csi_api::OperationKind::Delete).filter_map(move |o| ThinId::try_from(o.id).ok().map(|id| (id, p.id))))
+        .collect();
     let check_existing = |id: ThinId| -> Result<(), AllocError> {
         if id.get() >= spec.next_device_id || free.contains(&id) {
             return Err(AllocError::NotAllocated { pool: name.clone(), id });
@@ -157,7 +174,13 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
     };
     for r in requests {
         match *r {
-            Request::Delete { id } | Request::CreateSnapshot { origin: id } => check_existing(id)?,
+            Request::Delete { id } => {
+                check_existing(id)?;
+                if let Some((_, txn)) = pending_creates.iter().find(|(d, _)| *d == id) {
+                    return Err(AllocError::CreatePending { pool: name.clone(), id, txn: *txn });
+                }
+            }
+            Request::CreateSnapshot { origin: id } => check_existing(id)?,
             Request::CreateThin => {}
         }
     }
@@ -266,6 +289,7 @@ impl Allocator {
                 Ok(written) => {
                     tracing::debug!(pool, txn = %plan.transaction.id(), conflicts, "transaction recorded");
                     let resource_version = written.metadata.resource_version.clone();
+                    let pool_uid = written.metadata.uid.clone();
                     *kept = Some(written);
                     return Ok(Allocation {
                         pool: pool.to_string(),
@@ -273,6 +297,7 @@ impl Allocator {
                         created: plan.created,
                         freed: plan.freed,
                         resource_version,
+                        pool_uid,
                         conflicts,
                     });
                 }
@@ -284,10 +309,36 @@ impl Allocator {
                     tokio::time::sleep(backoff(conflicts)).await;
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => return Err(AllocError::PoolNotFound { pool: pool.to_string() }),
-                Err(e) => return Err(AllocError::Api(e)),
+                // The write may have taken effect with its reply lost: a fresh
+                // read tells (ids are never reused while pending, so our
+                // transaction in the record can only be ours).
+                Err(e) => match self.api.get(pool).await {
+                    Ok(now) if recorded(&now, &plan.transaction) => {
+                        tracing::info!(pool, txn = %plan.transaction.id(), error = %e, "the write failed but took effect");
+                        let resource_version = now.metadata.resource_version.clone();
+                        let pool_uid = now.metadata.uid.clone();
+                        *kept = Some(now);
+                        return Ok(Allocation {
+                            pool: pool.to_string(),
+                            transaction: plan.transaction,
+                            created: plan.created,
+                            freed: plan.freed,
+                            resource_version,
+                            pool_uid,
+                            conflicts,
+                        });
+                    }
+                    _ => return Err(AllocError::Api(e)),
+                },
             }
         }
     }
+}
+
+/// Whether `pool` records `txn` (the same id and operations) as assigned.
+pub fn recorded(pool: &ThinPool, txn: &Transaction) -> bool {
+    let mine = PendingTransaction::from(txn);
+    pool.spec.pending_transactions.iter().any(|p| *p == mine)
 }
 
 /// A short randomized pause after a lost race, so contenders spread out
@@ -327,7 +378,10 @@ mod tests {
         pool.status = Some(ThinPoolStatus {
             finished_transaction: Some(upto),
             kernel_transaction: Some(upto),
-            aborted_transactions: aborted.to_vec(),
+            aborted_transactions: aborted
+                .iter()
+                .map(|id| thin_csi_api::AbortedTransaction { id: *id, reason: thin_csi_api::AbortReason::Other, message: String::new() })
+                .collect(),
             ..Default::default()
         });
     }
@@ -352,6 +406,7 @@ mod tests {
         let top = ThinId::LIMIT;
         pool.spec.next_device_id = top - 3; // reuse starts when the cursor runs out
         apply(&mut pool, &[Request::CreateThin, Request::CreateThin]); // 1: ids top-3, top-2
+        finish(&mut pool, 1, &[]);
         apply(&mut pool, &[Request::Delete { id: t(top - 3) }]); // 2
         // Not finished yet: top-3 is not free; the cursor hands out its last id.
         let c = apply(&mut pool, &[Request::CreateThin]); // 3
@@ -371,6 +426,7 @@ mod tests {
     fn aborted_transactions_free_their_creates_not_their_deletes() {
         let mut pool = fresh();
         apply(&mut pool, &[Request::CreateThin]); // 1: id 0
+        finish(&mut pool, 1, &[]);
         apply(&mut pool, &[Request::CreateThin, Request::Delete { id: t(0) }]); // 2: id 1, delete 0
         finish(&mut pool, 2, &[2]);
         let p = apply(&mut pool, &[Request::Delete { id: t(0) }]); // 3: 0 still exists
@@ -386,6 +442,9 @@ mod tests {
     fn refuses_unknown_and_doubly_deleted_devices() {
         let mut pool = fresh();
         apply(&mut pool, &[Request::CreateThin]);
+        // Its create has not been reported finished: no delete yet.
+        assert!(matches!(plan(&pool, &[Request::Delete { id: t(0) }]), Err(AllocError::CreatePending { txn: 1, .. })));
+        finish(&mut pool, 1, &[]);
         assert!(matches!(plan(&pool, &[Request::Delete { id: t(5) }]), Err(AllocError::NotAllocated { .. })));
         assert!(matches!(
             plan(&pool, &[Request::CreateSnapshot { origin: t(1) }]),
@@ -398,6 +457,13 @@ mod tests {
             plan(&pool, &[Request::CreateThin, Request::Delete { id: t(0) }]),
             Err(AllocError::BeingDeleted { .. })
         ));
+    }
+
+    #[test]
+    fn a_record_that_may_not_know_the_pools_devices_allocates_nothing() {
+        let mut pool = fresh();
+        pool.spec.devices_unknown_at_transaction = Some(7);
+        assert!(matches!(plan(&pool, &[Request::CreateThin]), Err(AllocError::RecordUnverified { at: 7, .. })));
     }
 
     #[test]

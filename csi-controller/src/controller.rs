@@ -140,8 +140,8 @@ impl Inner {
     }
 
     /// Waits for the node to finish `txn` on `pool`.
-    async fn wait(&self, pool: &str, txn: u64) -> Result<Finished> {
-        Ok(wait::wait_finished(&self.pools, pool, txn, self.wait_timeout).await?)
+    async fn wait(&self, pool: &str, txn: u64, uid: Option<&str>) -> Result<Finished> {
+        Ok(wait::wait_finished_in(&self.pools, pool, txn, uid, self.wait_timeout).await?)
     }
 
     /// Makes sure the device of a volume object exists: waits on its create
@@ -160,14 +160,14 @@ impl Inner {
         }
         let name = v.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&v.metadata)?;
-        match self.wait(&v.spec.pool, txn).await? {
+        match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref()).await? {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
                 Ok(Settled::Ready(self.volumes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
             }
-            Finished::Aborted { reason } => {
+            Finished::Aborted(aborted) => {
                 let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
-                Ok(Settled::Aborted(aborted_create(&v.spec.pool, reason)))
+                Ok(Settled::Aborted(aborted_create(&v.spec.pool, aborted)))
             }
         }
     }
@@ -178,14 +178,14 @@ impl Inner {
         }
         let name = s.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&s.metadata)?;
-        match self.wait(&s.spec.pool, txn).await? {
+        match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref()).await? {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
                 Ok(Settled::Ready(self.snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
             }
-            Finished::Aborted { reason } => {
+            Finished::Aborted(aborted) => {
                 let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
-                Ok(Settled::Aborted(aborted_create(&s.spec.pool, reason)))
+                Ok(Settled::Aborted(aborted_create(&s.spec.pool, aborted)))
             }
         }
     }
@@ -202,12 +202,15 @@ impl Inner {
             Err(AllocError::BeingDeleted { txn, .. }) => txn,
             Err(e) => return Err(e.into()),
         };
-        match self.wait(pool, txn).await? {
+        match self.wait(pool, txn, None).await? {
             Finished::Committed => Ok(()),
-            Finished::Aborted { reason } => Err(Error::FailedPrecondition(format!(
-                "pool {pool}: the node refused to delete thin device {device}: {}",
-                reason.unwrap_or_else(|| "no reason given".into())
-            ))),
+            Finished::Aborted(a) => Err(Error::TransactionAborted {
+                pool: pool.to_string(),
+                what: "delete",
+                txn: a.id,
+                reason: a.reason,
+                message: format!("thin device {device}: {}", a.message),
+            }),
         }
     }
 
@@ -412,7 +415,7 @@ impl Inner {
         let device = a.created[0].get();
         let txn = a.transaction.id().get();
         if let Err(e) = self.clear_stale(&pool_name, device).await {
-            self.give_back(&pool_name, device).await;
+            self.give_back(&pool_name, device, txn).await;
             return Err(e);
         }
         let mut v = ThinVolume::new(
@@ -420,6 +423,7 @@ impl Inner {
             ThinVolumeSpec {
                 csi_name: req.name.clone(),
                 pool: pool_name.clone(),
+                pool_uid: a.pool_uid.clone(),
                 device_id: thin_csi_api::DeviceId(device),
                 size_bytes: size,
                 source: source.as_ref().map(|s| s.0.clone()),
@@ -431,10 +435,15 @@ impl Inner {
         ]);
         let created = match self.volumes.create(&PostParams::default(), &v).await {
             Ok(c) => c,
-            Err(e) => {
-                self.give_back(&pool_name, device).await;
-                return Err(e.into());
-            }
+            // The create may have taken effect with its reply lost: ours
+            // (same device and transaction) is used, not given back.
+            Err(e) => match self.volumes.get_opt(&obj_name).await {
+                Ok(Some(c)) if c.spec.device_id.0 == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
+                _ => {
+                    self.give_back(&pool_name, device, txn).await;
+                    return Err(e.into());
+                }
+            },
         };
         let v = self.settle_volume(created).await?;
         tracing::info!(name = %req.name, id = %DeviceRef::new(&pool_name, device), size, txn, "volume created");
@@ -461,9 +470,19 @@ impl Inner {
         Ok(())
     }
 
-    /// Best effort: deletes a device whose object could not be written.
-    async fn give_back(&self, pool: &str, device: u32) {
+    /// Best effort: deletes a device whose object could not be written, once
+    /// its create transaction `txn` has finished (a device is never deleted
+    /// while its create is pending). What this misses, the leak collector finds.
+    async fn give_back(&self, pool: &str, device: u32, txn: u64) {
         let id = DeviceRef::new(pool, device).thin_id();
+        match self.wait(pool, txn, None).await {
+            Ok(Finished::Committed) => {}
+            Ok(Finished::Aborted(_)) => return, // no device was made
+            Err(e) => {
+                tracing::warn!(pool, device, txn, error = %e, "could not give back a device whose object was not written");
+                return;
+            }
+        }
         if let Err(e) = self.alloc.allocate(pool, &[Op::Delete { id }]).await {
             tracing::warn!(pool, device, error = %e, "could not give back a device whose object was not written");
         }
@@ -526,7 +545,7 @@ impl Inner {
         let device = a.created[0].get();
         let txn = a.transaction.id().get();
         if let Err(e) = self.clear_stale(&pool, device).await {
-            self.give_back(&pool, device).await;
+            self.give_back(&pool, device, txn).await;
             return Err(e);
         }
         let mut s = ThinSnapshot::new(
@@ -534,6 +553,7 @@ impl Inner {
             ThinSnapshotSpec {
                 csi_name: req.name.clone(),
                 pool: pool.clone(),
+                pool_uid: a.pool_uid.clone(),
                 device_id: thin_csi_api::DeviceId(device),
                 size_bytes: vol.spec.size_bytes,
                 source: VolumeSource { kind: VolumeSourceKind::Volume, name: req.source_volume_id.clone() },
@@ -542,10 +562,15 @@ impl Inner {
         s.metadata = object_meta(&obj_name, &pool, device, txn, &[]);
         let created = match self.snapshots.create(&PostParams::default(), &s).await {
             Ok(c) => c,
-            Err(e) => {
-                self.give_back(&pool, device).await;
-                return Err(e.into());
-            }
+            // The create may have taken effect with its reply lost: ours
+            // (same device and transaction) is used, not given back.
+            Err(e) => match self.snapshots.get_opt(&obj_name).await {
+                Ok(Some(c)) if c.spec.device_id.0 == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
+                _ => {
+                    self.give_back(&pool, device, txn).await;
+                    return Err(e.into());
+                }
+            },
         };
         let s = self.settle_snapshot(created).await?;
         tracing::info!(name = %req.name, id = %DeviceRef::new(&pool, device), source = %req.source_volume_id, txn, "snapshot created");
@@ -795,13 +820,8 @@ fn transaction_of(meta: &ObjectMeta) -> Result<u64> {
 }
 
 /// The error a CSI create returns when the node aborted its transaction.
-pub fn aborted_create(pool: &str, reason: Option<String>) -> Error {
-    let reason = reason.unwrap_or_else(|| "no reason given".into());
-    if reason.contains("space") {
-        Error::ResourceExhausted(format!("pool {pool}: the node aborted the create: {reason}"))
-    } else {
-        Error::Internal(format!("pool {pool}: the node aborted the create: {reason}"))
-    }
+pub fn aborted_create(pool: &str, aborted: thin_csi_api::AbortedTransaction) -> Error {
+    Error::TransactionAborted { pool: pool.to_string(), what: "create", txn: aborted.id, reason: aborted.reason, message: aborted.message }
 }
 
 fn object_meta(name: &str, pool: &str, device: u32, txn: u64, extra: &[(&str, &str)]) -> ObjectMeta {
@@ -925,6 +945,7 @@ mod tests {
             ThinSnapshotSpec {
                 csi_name: "Snap 1".into(),
                 pool: "pool1".into(),
+                pool_uid: None,
                 device_id: thin_csi_api::DeviceId(5),
                 size_bytes: 1 << 30,
                 source: VolumeSource { kind: VolumeSourceKind::Volume, name: "pool1:3".into() },
@@ -937,11 +958,11 @@ mod tests {
 
     #[test]
     fn aborted_creates_say_why() {
-        assert_eq!(aborted_create("p", Some("pool is out of data space".into())).code(), Code::ResourceExhausted);
-        let e = aborted_create("p", None);
-        assert_eq!(e.code(), Code::Internal);
-        assert!(e.to_string().contains("no reason given"));
-        assert!(matches!(Settled::<()>::Aborted(Error::Internal("x".into())).ready(), Err(Error::Internal(_))));
+        let a = |reason| thin_csi_api::AbortedTransaction { id: 4, reason, message: "create_thin 3: no space left in pool metadata (ENOSPC)".into() };
+        let e = aborted_create("p", a(thin_csi_api::AbortReason::NoSpace));
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(e.to_string().contains("ENOSPC"), "{e}");
+        assert_eq!(aborted_create("p", a(thin_csi_api::AbortReason::OriginMissing)).code(), Code::NotFound);
     }
 
     #[test]

@@ -72,8 +72,7 @@ impl fmt::Display for DeviceRef {
     }
 }
 
-pub const LABEL_POOL: &str = "thin.csi.io/pool";
-pub const LABEL_DEVICE: &str = "thin.csi.io/device-id";
+pub use thin_csi_api::{LABEL_DEVICE, LABEL_POOL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsType {

@@ -7,6 +7,8 @@
 
 use tonic::{Code, Status};
 
+use thin_csi_api::AbortReason;
+
 use crate::alloc::AllocError;
 use crate::wait::WaitError;
 
@@ -33,6 +35,9 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The node aborted the transaction of a create or a delete.
+    #[error("pool {pool}: the node aborted the {what} (transaction {txn}, {reason:?}): {message}")]
+    TransactionAborted { pool: String, what: &'static str, txn: u64, reason: AbortReason, message: String },
     #[error(transparent)]
     Alloc(#[from] AllocError),
     #[error(transparent)]
@@ -58,19 +63,29 @@ impl Error {
             Error::Aborted(_) => Code::Aborted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
+            Error::TransactionAborted { reason, .. } => match reason {
+                AbortReason::NoSpace => Code::ResourceExhausted,
+                AbortReason::DeviceBusy => Code::FailedPrecondition,
+                AbortReason::OriginMissing => Code::NotFound,
+                // Nothing is wrong with the request: the CO retries.
+                AbortReason::SuspendFailed | AbortReason::ReasonLost => Code::Unavailable,
+                AbortReason::Other => Code::Internal,
+            },
             Error::Alloc(e) => match e {
                 AllocError::Empty | AllocError::Record { .. } | AllocError::Transaction { .. } => Code::Internal,
                 AllocError::PoolNotFound { .. } | AllocError::NotAllocated { .. } => Code::NotFound,
-                AllocError::PoolUnhealthy { .. } => Code::Unavailable,
+                AllocError::PoolUnhealthy { .. } | AllocError::RecordUnverified { .. } => Code::Unavailable,
                 AllocError::IdsExhausted { .. } => Code::ResourceExhausted,
                 // Another operation is deleting it, or lost races: retry later.
-                AllocError::BeingDeleted { .. } | AllocError::Contention { .. } => Code::Aborted,
+                AllocError::BeingDeleted { .. } | AllocError::CreatePending { .. } | AllocError::Contention { .. } => Code::Aborted,
                 AllocError::Api(e) => api_code(e),
             },
             Error::Wait(e) => match e {
                 WaitError::Timeout { .. } => Code::DeadlineExceeded,
-                WaitError::PoolUnhealthy { .. } | WaitError::Watch { .. } => Code::Unavailable,
+                WaitError::PoolUnhealthy { .. } | WaitError::Watch { .. } | WaitError::TransactionUnknown { .. } => Code::Unavailable,
                 WaitError::PoolDeleted { .. } => Code::NotFound,
+                WaitError::PoolReadOnly { mode: thin_csi_api::PoolMode::NeedsCheck, .. } => Code::Unavailable,
+                WaitError::PoolReadOnly { .. } => Code::ResourceExhausted,
             },
             Error::Api(e) => api_code(e),
         }
@@ -121,6 +136,12 @@ mod tests {
         assert_eq!(Error::from(AllocError::PoolUnhealthy { pool: "p".into(), reason: "r".into() }).code(), Code::Unavailable);
         let t = WaitError::Timeout { pool: "p".into(), txn: 1, waited: std::time::Duration::from_secs(1) };
         assert_eq!(Error::from(t).code(), Code::DeadlineExceeded);
+        let aborted = |reason| Error::TransactionAborted { pool: "p".into(), what: "create", txn: 3, reason, message: "m".into() }.code();
+        assert_eq!(aborted(AbortReason::NoSpace), Code::ResourceExhausted);
+        assert_eq!(aborted(AbortReason::DeviceBusy), Code::FailedPrecondition);
+        assert_eq!(aborted(AbortReason::ReasonLost), Code::Unavailable);
+        let ro = WaitError::PoolReadOnly { pool: "p".into(), txn: 2, mode: thin_csi_api::PoolMode::ReadOnly, reason: "metadata full".into() };
+        assert_eq!(Error::from(ro).code(), Code::ResourceExhausted);
         let status = Status::from(Error::from(AllocError::PoolNotFound { pool: "p".into() }));
         assert_eq!(status.code(), Code::NotFound);
         assert!(status.message().contains("pool p not found"));

@@ -7,14 +7,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
-use thin_csi_api::{PoolHealth, ThinPool};
+use thin_csi_api::{AbortedTransaction, PoolHealth, PoolMode, ThinPool};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finished {
     /// The kernel committed the transaction.
     Committed,
-    /// The node consumed the transaction id without its effects.
-    Aborted { reason: Option<String> },
+    /// The node consumed the transaction id without its effects, and why.
+    Aborted(AbortedTransaction),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,14 @@ pub enum WaitError {
     Timeout { pool: String, txn: u64, waited: Duration },
     #[error("pool {pool} is unhealthy: {reason}")]
     PoolUnhealthy { pool: String, reason: String },
+    /// The kernel stopped taking changes: metadata full (read-only) or
+    /// damaged (needs_check). The transaction stays pending until repaired.
+    #[error("pool {pool} is {mode:?} and takes no transaction; transaction {txn} is pending until the pool is repaired: {reason}")]
+    PoolReadOnly { pool: String, txn: u64, mode: PoolMode, reason: String },
+    /// The record does not hold the transaction: the pool object was
+    /// deleted and re-created since it was assigned.
+    #[error("pool {pool}: transaction {txn} is not in the pool's record (last assigned {last_assigned}); the pool object was re-created since")]
+    TransactionUnknown { pool: String, txn: u64, last_assigned: u64 },
     #[error("pool {pool} was deleted")]
     PoolDeleted { pool: String },
     #[error("watching pool {pool}: {source}")]
@@ -31,30 +39,51 @@ pub enum WaitError {
 
 /// What `pool`'s status says about transaction `txn`, if it has ended.
 pub fn outcome(pool: &ThinPool, txn: u64) -> Result<Option<Finished>, WaitError> {
+    outcome_in(pool, txn, None)
+}
+
+/// [`outcome`] for a transaction assigned by the record of pool object
+/// `uid` (when known): another uid is a re-created object, whose record
+/// does not hold it.
+pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>) -> Result<Option<Finished>, WaitError> {
     let name = pool.metadata.name.clone().unwrap_or_default();
+    if uid.is_some() && pool.metadata.uid.as_deref() != uid {
+        return Err(WaitError::TransactionUnknown { pool: name, txn, last_assigned: pool.spec.last_assigned_transaction });
+    }
     let Some(status) = &pool.status else { return Ok(None) };
-    if status.finished_transaction.is_some_and(|f| f >= txn) {
-        return Ok(Some(if status.aborted_transactions.contains(&txn) {
-            Finished::Aborted { reason: status.last_error.clone() }
-        } else {
-            Finished::Committed
+    if txn > pool.spec.last_assigned_transaction {
+        return Err(WaitError::TransactionUnknown { pool: name, txn, last_assigned: pool.spec.last_assigned_transaction });
+    }
+    let finished = status.finished_transaction.unwrap_or(0).max(pool.spec.finished_at_least());
+    if finished >= txn {
+        return Ok(Some(match status.aborted(txn) {
+            Some(a) => Finished::Aborted(a.clone()),
+            None => Finished::Committed,
         }));
     }
     if status.health == Some(PoolHealth::Unhealthy) {
         return Err(WaitError::PoolUnhealthy { pool: name, reason: status.last_error.clone().unwrap_or_default() });
+    }
+    if let Some(mode @ (PoolMode::ReadOnly | PoolMode::NeedsCheck)) = status.mode {
+        return Err(WaitError::PoolReadOnly { pool: name, txn, mode, reason: status.last_error.clone().unwrap_or_default() });
     }
     Ok(None)
 }
 
 /// Waits until the node reports transaction `txn` of `pool` finished.
 pub async fn wait_finished(pools: &Api<ThinPool>, pool: &str, txn: u64, timeout: Duration) -> Result<Finished, WaitError> {
+    wait_finished_in(pools, pool, txn, None, timeout).await
+}
+
+/// [`wait_finished`] for a transaction of the record of pool object `uid`.
+pub async fn wait_finished_in(pools: &Api<ThinPool>, pool: &str, txn: u64, uid: Option<&str>, timeout: Duration) -> Result<Finished, WaitError> {
     let config = watcher::Config::default().fields(&format!("metadata.name={pool}"));
     let mut stream = watcher(pools.clone(), config).default_backoff().boxed();
     let watch = async {
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    if let Some(done) = outcome(&p, txn)? {
+                    if let Some(done) = outcome_in(&p, txn, uid)? {
                         return Ok(done);
                     }
                 }

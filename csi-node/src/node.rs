@@ -36,8 +36,7 @@ use crate::status::{reply, Error, Result};
 pub const TOPOLOGY_KEY: &str = "topology.thin.csi.io/node";
 pub const CTX_VOLUME: &str = "thin.csi.io/volume";
 pub const CTX_FS_TYPE: &str = "thin.csi.io/fs-type";
-pub const LABEL_POOL: &str = "thin.csi.io/pool";
-pub const LABEL_DEVICE: &str = "thin.csi.io/device-id";
+pub use thin_csi_api::{LABEL_DEVICE, LABEL_POOL};
 
 /// A volume id, `<ThinPool object name>:<thin id>` (docs/csi.md).
 #[derive(Clone, Debug, PartialEq, Eq)]

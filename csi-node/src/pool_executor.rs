@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
-use thin_csi_api::pool::{PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus};
-use thinpool::executor::{drive, Ended, Progress};
+use thin_csi_api::{ThinSnapshot, ThinVolume};
+use thin_csi_api::pool::{AbortedTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus};
+use thinpool::executor::{Ended, Executor, Progress};
 use thinpool::{Kernel, TransactionId};
 use thinpool_dm::{DmPool, PoolLayout};
 use tracing::{error, info, warn};
@@ -36,6 +37,8 @@ pub struct PoolExecutor {
     pools: Api<ThinPool>,
     object: String,
     kernel: Arc<Mutex<DmPool>>,
+    /// Whether the next run replays or runs first attempts (see [`Executor`]).
+    executor: Mutex<Executor>,
     recorder: Recorder,
     test_hooks: bool,
 }
@@ -56,30 +59,61 @@ fn kernel_err(pool: &str, e: impl std::fmt::Display) -> NodeError {
 }
 
 impl PoolExecutor {
-    /// Creates this pool's object if it does not exist yet (its record then
-    /// starts at the kernel's transaction id), or checks it is ours.
-    pub async fn register(client: Client, node: &str, pool: DmPool) -> Result<PoolExecutor, NodeError> {
+    /// Resumes any device of the pool left suspended by a crash, then
+    /// creates this pool's object if it does not exist yet, or checks it is
+    /// ours. A new object on a pool with history (kernel past transaction 0)
+    /// is marked `devicesUnknownAtTransaction`: the pool may hold devices
+    /// the new record's cursor does not cover, so nothing is allocated on it
+    /// until an operator has made the record know them.
+    pub async fn register(client: Client, node: &str, mut pool: DmPool) -> Result<PoolExecutor, NodeError> {
         let object = pool_identity(&pool, node);
         let pools: Api<ThinPool> = Api::all(client.clone());
+        let thawed = thinpool::thaw(&mut pool).map_err(|e| kernel_err(&object, e))?;
+        if !thawed.is_empty() {
+            warn!(pool = %object, devices = ?thawed, "resumed devices left suspended by a crash");
+        }
         let kernel_at = pool.pool_status().map_err(|e| kernel_err(&object, e))?.working().map(|w| w.transaction_id.get());
         let kernel_at = kernel_at.ok_or_else(|| kernel_err(&object, "the kernel reports the pool failed"))?;
-        match pools.get_opt(&object).await? {
+        let executor = match pools.get_opt(&object).await? {
             Some(existing) if existing.spec.node != node => {
                 return Err(NodeError::WrongNode { object, owner: existing.spec.node, node: node.to_string() })
             }
-            Some(_) => info!(pool = %object, "pool object found"),
+            Some(_) => {
+                info!(pool = %object, "pool object found");
+                // An earlier process may have died mid-transaction: replay.
+                Executor::default()
+            }
             None => {
-                let mut fresh = ThinPool::new(&object, ThinPoolSpec::new(node, pool.name().as_str(), &object, kernel_at));
+                let mut spec = ThinPoolSpec::new(node, pool.name().as_str(), &object, kernel_at);
+                // History the new record would not know: committed
+                // transactions, or volume objects naming this pool (a record
+                // lost mid-way through its first transaction).
+                let named = ListParams::default().labels(&format!("{}={object}", thin_csi_api::LABEL_POOL)).limit(1);
+                let referenced = !Api::<ThinVolume>::all(client.clone()).list(&named).await?.items.is_empty()
+                    || !Api::<ThinSnapshot>::all(client.clone()).list(&named).await?.items.is_empty();
+                if kernel_at > 0 || referenced {
+                    spec.devices_unknown_at_transaction = Some(kernel_at);
+                    error!(pool = %object, kernel_at, "no pool object, but the pool has history: recorded with devicesUnknownAtTransaction; nothing is allocated on it until an operator adopts it (docs/operations.md)");
+                }
+                let mut fresh = ThinPool::new(&object, spec);
                 fresh.status = None;
                 pools.create(&PostParams::default(), &fresh).await?;
-                // Everything up to the kernel's id is finished: the record starts here.
-                let status = ThinPoolStatus { finished_transaction: Some(kernel_at), kernel_transaction: Some(kernel_at), ..Default::default() };
-                pools.patch_status(&object, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
                 info!(pool = %object, kernel_at, "pool object created");
+                // Everything up to the kernel's id is finished: the spec says so
+                // (no pending transactions), so no status write is needed here.
+                // Nothing of this record was ever attempted.
+                Executor::fresh_record()
             }
-        }
+        };
         let recorder = Recorder::new(client, Reporter { controller: "thin-csi-node".into(), instance: Some(node.to_string()) });
-        Ok(PoolExecutor { pools, object, kernel: Arc::new(Mutex::new(pool)), recorder, test_hooks: false })
+        Ok(PoolExecutor {
+            pools,
+            object,
+            kernel: Arc::new(Mutex::new(pool)),
+            executor: Mutex::new(executor),
+            recorder,
+            test_hooks: false,
+        })
     }
 
     /// Honour the fault-injection annotations in [`hooks`] (tests only).
@@ -105,6 +139,8 @@ impl PoolExecutor {
         let mut changes = watcher(self.pools.clone(), config).default_backoff().applied_objects().boxed();
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut latest: Option<ThinPool> = None;
+        // The (uid, generation) of the last spec fully reconciled.
+        let mut done: Option<(Option<String>, Option<i64>)> = None;
         loop {
             let retry = async {
                 match retry_at {
@@ -113,6 +149,7 @@ impl PoolExecutor {
                 }
             };
             tokio::select! {
+                biased;
                 next = changes.next() => match next {
                     Some(Ok(pool)) => latest = Some(pool),
                     Some(Err(e)) => { warn!(error = %e, "watch error; the watcher backs off and resumes"); continue; }
@@ -120,15 +157,22 @@ impl PoolExecutor {
                 },
                 _ = retry => {}
             }
-            retry_at = None;
+            let retrying = retry_at.take().is_some_and(|at| at <= tokio::time::Instant::now());
             let Some(pool) = latest.clone() else { continue };
+            // React to spec changes only: the node's own status writes come
+            // back through this watch and must not trigger another run; an
+            // older generation is a re-delivered event.
+            let seen = (pool.metadata.uid.clone(), pool.metadata.generation);
+            if !retrying && done.as_ref().is_some_and(|d: &(Option<String>, Option<i64>)| d.0 == seen.0 && d.1 >= seen.1) {
+                continue;
+            }
             if self.test_hooks && annotation(&pool, hooks::STOP).is_some() {
                 info!("stop requested through the test hook");
                 return Ok(());
             }
             match self.reconcile(&pool).await {
                 Ok(true) => retry_at = Some(tokio::time::Instant::now() + BLOCKED_RETRY),
-                Ok(false) => {}
+                Ok(false) => done = Some(seen),
                 Err(e) => {
                     error!(error = %e, "reconcile failed; retrying");
                     retry_at = Some(tokio::time::Instant::now() + BLOCKED_RETRY);
@@ -138,74 +182,102 @@ impl PoolExecutor {
     }
 
     /// Runs what is pending and reports it. Returns true when a transaction
-    /// is blocked and should be retried later.
-    async fn reconcile(&self, pool: &ThinPool) -> Result<bool, NodeError> {
-        let old = pool.status.clone().unwrap_or_default();
-        if old.health == Some(PoolHealth::Unhealthy) {
-            return Ok(false); // divergence: send it nothing more, never guess
-        }
-        let record = match thin_csi_api::convert::pool_record(pool) {
-            Ok(r) => r,
-            Err(e) => {
-                self.write_status(pool, ThinPoolStatus { last_error: Some(format!("bad record: {e}")), ..old }).await?;
+    /// is blocked and should be retried later. A divergence is believed only
+    /// on a fresh read: an event may be old, and an old record can look like
+    /// a kernel that ran ahead of it.
+    async fn reconcile(&self, event: &ThinPool) -> Result<bool, NodeError> {
+        let mut pool = event.clone();
+        let mut confirmed = false;
+        loop {
+            let old = pool.status.clone().unwrap_or_default();
+            if old.health == Some(PoolHealth::Unhealthy) {
+                return Ok(false); // divergence: send it nothing more, never guess
+            }
+            if let Some(at) = pool.spec.devices_unknown_at_transaction {
+                let why = format!("the pool had history (kernel at transaction {at}) when this record was created: it may hold devices the record does not know; adopt it (docs/operations.md) before use");
+                let status = ThinPoolStatus { health: Some(PoolHealth::Unhealthy), last_error: Some(why.clone()), ..old.clone() };
+                self.event(&pool, EventType::Warning, "PoolRecordUnverified", &why).await;
+                self.write_status(&pool, &old, status).await?;
                 return Ok(false);
             }
-        };
-        let kernel = self.kernel.clone();
-        let job_record = record.clone();
-        let kill_at = if self.test_hooks { annotation(pool, hooks::KILL_AT) } else { None };
-        let tamper = self.test_hooks && annotation(pool, hooks::TAMPER).is_some();
-        let (progress, usage) = tokio::task::spawn_blocking(move || {
-            let mut k = kernel.lock().unwrap_or_else(|p| p.into_inner());
-            if tamper && fire_once("tamper") {
-                if let Some(w) = k.pool_status().ok().and_then(|s| s.working().cloned()) {
-                    let at = w.transaction_id.get();
-                    let _ = k.raw_message(&format!("set_transaction_id {at} {}", at + 5));
-                    warn!(from = at, to = at + 5, "test hook: moved the kernel's transaction id");
+            let record = match thin_csi_api::convert::pool_record(&pool) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.write_status(&pool, &old, ThinPoolStatus { last_error: Some(format!("bad record: {e}")), ..old.clone() }).await?;
+                    return Ok(false);
+                }
+            };
+            let kernel = self.kernel.clone();
+            let job_record = record.clone();
+            let kill_at = if self.test_hooks { annotation(&pool, hooks::KILL_AT) } else { None };
+            let tamper = self.test_hooks && annotation(&pool, hooks::TAMPER).is_some();
+            let mut executor = self.executor.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let (progress, usage, executor) = tokio::task::spawn_blocking(move || {
+                let mut k = kernel.lock().unwrap_or_else(|p| p.into_inner());
+                if tamper && fire_once("tamper") {
+                    if let Some(w) = k.pool_status().ok().and_then(|s| s.working().cloned()) {
+                        let at = w.transaction_id.get();
+                        let _ = k.raw_message(&format!("set_transaction_id {at} {}", at + 5));
+                        warn!(from = at, to = at + 5, "test hook: moved the kernel's transaction id");
+                    }
+                }
+                let mut observer = KillAt::parse(kill_at.as_deref());
+                let progress = executor.drive(&mut *k, &job_record, &mut observer);
+                let usage = k.pool_status().ok().and_then(|s| s.working().cloned()).map(|w| (w, k.block_size(), k.metadata_area().len));
+                (progress, usage, executor)
+            })
+            .await
+            .map_err(|e| kernel_err(&self.object, e))?;
+            *self.executor.lock().unwrap_or_else(|p| p.into_inner()) = executor;
+            if progress.stopped.as_ref().is_some_and(|s| s.is_divergence()) && !confirmed {
+                confirmed = true;
+                if let Some(fresh) = self.pools.get_opt(&self.object).await? {
+                    if fresh.metadata.resource_version != pool.metadata.resource_version {
+                        info!(pool = %self.object, "divergence seen on an old copy of the record; checking the current one");
+                        pool = fresh;
+                        continue;
+                    }
                 }
             }
-            let mut observer = KillAt::parse(kill_at.as_deref());
-            let progress = drive(&mut *k, &job_record, &mut observer);
-            let usage = k.pool_status().ok().and_then(|s| s.working().cloned()).map(|w| (w, k.block_size(), k.metadata_area().len));
-            (progress, usage)
-        })
-        .await
-        .map_err(|e| kernel_err(&self.object, e))?;
-        let mut status = next_status(&old, pool, &record.finished, &progress);
-        if let Some((w, block, meta_len)) = usage {
-            status.data_used_bytes = Some(w.data.used * block.bytes());
-            status.data_total_bytes = Some(w.data.total * block.bytes());
-            status.metadata_used_bytes = Some(w.metadata.used * 4096);
-            status.metadata_total_bytes = Some(w.metadata.total.max(meta_len.bytes() / 4096) * 4096);
-            status.mode = Some(PoolMode::of(&w));
-        }
-        let mut blocked = false;
-        if let Some(stop) = &progress.stopped {
-            if stop.is_divergence() {
-                status.health = Some(PoolHealth::Unhealthy);
-                self.event(pool, EventType::Warning, "PoolDiverged", &stop.to_string()).await;
-                error!(pool = %self.object, error = %stop, "pool diverged; marked unhealthy");
-            } else {
-                blocked = true;
-                if old.last_error.as_deref() != Some(&stop.to_string()) {
-                    self.event(pool, EventType::Warning, "TransactionBlocked", &stop.to_string()).await;
+            let mut status = next_status(&old, &pool, &record.finished, &progress);
+            if let Some((w, block, meta_len)) = usage {
+                status.data_used_bytes = Some(w.data.used * block.bytes());
+                status.data_total_bytes = Some(w.data.total * block.bytes());
+                status.metadata_used_bytes = Some(w.metadata.used * 4096);
+                status.metadata_total_bytes = Some(w.metadata.total.max(meta_len.bytes() / 4096) * 4096);
+                status.mode = Some(PoolMode::of(&w));
+            }
+            let mut blocked = false;
+            if let Some(stop) = &progress.stopped {
+                if stop.is_divergence() {
+                    status.health = Some(PoolHealth::Unhealthy);
+                    self.event(&pool, EventType::Warning, "PoolDiverged", &stop.to_string()).await;
+                    error!(pool = %self.object, error = %stop, "pool diverged; marked unhealthy");
+                } else {
+                    blocked = true;
+                    if old.last_error.as_deref() != Some(&stop.to_string()) {
+                        self.event(&pool, EventType::Warning, "TransactionBlocked", &stop.to_string()).await;
+                    }
                 }
             }
-        }
-        for (n, ended) in &progress.ended {
-            if let Ended::Aborted { reason } = ended {
-                self.event(pool, EventType::Warning, "TransactionAborted", &format!("transaction {n}: {reason}")).await;
+            for (n, ended) in &progress.ended {
+                if let Ended::Aborted { reason, .. } = ended {
+                    self.event(&pool, EventType::Warning, "TransactionAborted", &format!("transaction {n}: {reason}")).await;
+                }
             }
+            self.write_status(&pool, &old, status).await?;
+            return Ok(blocked);
         }
-        if status != old {
-            self.write_status(pool, status).await?;
-        }
-        Ok(blocked)
     }
 
-    async fn write_status(&self, pool: &ThinPool, status: ThinPoolStatus) -> Result<(), NodeError> {
+    /// Writes `status` over `old` (the status the run started from), only
+    /// when it changed; fields `old` had and `status` lacks are cleared.
+    async fn write_status(&self, pool: &ThinPool, old: &ThinPoolStatus, status: ThinPoolStatus) -> Result<(), NodeError> {
+        if &status == old {
+            return Ok(());
+        }
         let name = pool.metadata.name.as_deref().unwrap_or(&self.object);
-        self.pools.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+        self.pools.patch_status(name, &PatchParams::default(), &Patch::Merge(status.merge_patch_from(old))).await?;
         Ok(())
     }
 
@@ -269,12 +341,21 @@ impl thinpool::Observer for KillAt {
 }
 
 /// The status after a run: the last transaction that ended in order, the
-/// aborted ones still listed in the spec, the kernel's id, the last error.
+/// aborted ones (with why) still listed in the spec, the kernel's id, and
+/// the error that stopped the run (none when it completed: cleared).
 pub fn next_status(old: &ThinPoolStatus, pool: &ThinPool, finished: &TransactionId, progress: &Progress) -> ThinPoolStatus {
     let finished = progress.ended.last().map_or(*finished, |(n, _)| *n);
     let still_pending: Vec<u64> = pool.spec.pending_transactions.iter().map(|p| p.id).collect();
-    let mut aborted: Vec<u64> = old.aborted_transactions.iter().copied().filter(|n| still_pending.contains(n)).collect();
-    aborted.extend(progress.ended.iter().filter(|(_, e)| matches!(e, Ended::Aborted { .. })).map(|(n, _)| n.get()));
+    let mut aborted: Vec<AbortedTransaction> = old.aborted_transactions.iter().filter(|a| still_pending.contains(&a.id)).cloned().collect();
+    for (n, ended) in &progress.ended {
+        if let Ended::Aborted { kind, reason } = ended {
+            // A reason recorded earlier beats one found again after a lost report.
+            if aborted.iter().all(|a| a.id != n.get()) {
+                aborted.push(AbortedTransaction { id: n.get(), reason: (*kind).into(), message: reason.clone() });
+            }
+        }
+    }
+    aborted.sort_by_key(|a| a.id);
     ThinPoolStatus {
         kernel_transaction: Some(progress.kernel_at.get()),
         finished_transaction: Some(finished.get()),

@@ -92,6 +92,8 @@ enum Truth {
 struct CsiObject {
     device: u32,
     txn: u64,
+    /// The pool object (record) that assigned it.
+    pool_uid: Option<String>,
     ready: bool,
 }
 
@@ -107,8 +109,11 @@ enum Step {
     /// Read the pool object for an allocation; `read` holds it.
     Plan { read: String },
     /// The allocation is recorded: clear stale objects, create ours.
-    Allocated { txn: u64, device: u32 },
-    Wait { txn: u64, device: u32 },
+    Allocated { txn: u64, device: u32, uid: Option<String> },
+    Wait { txn: u64, device: u32, uid: Option<String> },
+    /// The object could not be written: delete the device once its create
+    /// finished, then answer `code`.
+    GiveBack { txn: u64, device: u32, code: Code },
     MarkReady { txn: u64, device: u32 },
     /// DeleteVolume: the volume's create must have finished.
     DeleteSettle { txn: u64 },
@@ -140,6 +145,10 @@ struct Node {
     /// The last pool object the watch delivered.
     view: Option<ThinPool>,
     executor: Option<thinpool::executor::Executor>,
+    /// (uid, generation) of the last spec fully reconciled.
+    done: Option<(Option<String>, Option<i64>)>,
+    /// The last reconcile failed to write its status (the node retries).
+    retry: bool,
 }
 
 #[derive(Clone)]
@@ -154,6 +163,9 @@ pub struct World {
     truth: BTreeMap<u64, Truth>,
     /// CSI creates answered with success and not deleted since: name → device.
     live: BTreeMap<String, u32>,
+    /// Live volumes a DeleteVolume was issued for: the CO expects nothing of
+    /// their data any more; back to `live` if the delete finally fails.
+    deleting: BTreeMap<String, u32>,
     /// Volumes the harness (as kubelet) keeps mounted.
     mounted: BTreeSet<u32>,
     /// Misbehaviour of the node's status writes, seen when they happen.
@@ -188,11 +200,12 @@ impl Hash for World {
         self.objects.hash(h);
         self.node.up.hash(h);
         self.node.view.as_ref().map(json).hash(h);
-        format!("{:?}", self.node.executor).hash(h);
+        format!("{:?} {:?} {}", self.node.executor, self.node.done, self.node.retry).hash(h);
         self.reqs.hash(h);
         self.faults.hash(h);
         self.truth.hash(h);
         self.live.hash(h);
+        self.deleting.hash(h);
         self.mounted.hash(h);
     }
 }
@@ -312,7 +325,7 @@ impl World {
             pool: None,
             rv: 0,
             objects: BTreeMap::new(),
-            node: Node { up: true, view: None, executor: None },
+            node: Node { up: true, view: None, executor: None, done: None, retry: false },
             reqs: ops
                 .iter()
                 .enumerate()
@@ -321,6 +334,7 @@ impl World {
             faults: 0,
             truth: BTreeMap::new(),
             live: BTreeMap::new(),
+            deleting: BTreeMap::new(),
             mounted: BTreeSet::new(),
             node_defects: Vec::new(),
         };
@@ -333,34 +347,38 @@ impl World {
         self.rv.to_string()
     }
 
+    /// Stores the pool object as the apiserver would: a new resourceVersion
+    /// on every write, the generation bumped when the spec changed.
     fn store_pool(&mut self, mut pool: ThinPool) {
+        let generation = match &self.pool {
+            Some(cur) if cur.metadata.uid == pool.metadata.uid => cur.metadata.generation.unwrap_or(1) + (cur.spec != pool.spec) as i64,
+            _ => 1,
+        };
+        pool.metadata.generation = Some(generation);
         pool.metadata.resource_version = Some(self.bump());
         self.pool = Some(pool);
     }
 
-    /// The node registers its pool object as `PoolExecutor::register` does.
+    /// The node registers its pool object as `PoolExecutor::register` does:
+    /// thaw, then create the object if missing (marked when the pool has
+    /// history), and pick the executor.
     fn register(&mut self) {
-        self.register_create();
-        self.register_status();
-    }
-
-    fn register_create(&mut self) -> bool {
+        let _ = thinpool::thaw(&mut self.kernel);
+        let at = self.kernel.transaction_id().get();
+        self.node.done = None;
         if self.pool.is_some() {
-            return false;
+            self.node.executor = Some(thinpool::Executor::default());
+            return;
         }
-        let at = self.kernel.transaction_id().get();
-        let mut fresh = ThinPool::new(POOL, ThinPoolSpec::new(NODE, "pool0", POOL, at));
+        let mut spec = ThinPoolSpec::new(NODE, "pool0", POOL, at);
+        if at > 0 || !self.objects.is_empty() {
+            spec.devices_unknown_at_transaction = Some(at);
+        }
+        let mut fresh = ThinPool::new(POOL, spec);
         fresh.status = None;
+        fresh.metadata.uid = Some(format!("uid-{}", self.rv));
         self.store_pool(fresh);
-        true
-    }
-
-    fn register_status(&mut self) {
-        let at = self.kernel.transaction_id().get();
-        if let Some(mut p) = self.pool.clone() {
-            p.status = Some(thin_csi_api::ThinPoolStatus { finished_transaction: Some(at), kernel_transaction: Some(at), ..Default::default() });
-            self.store_pool(p);
-        }
+        self.node.executor = Some(thinpool::Executor::fresh_record());
     }
 
     fn request_ready(&self, i: usize) -> bool {
@@ -389,7 +407,14 @@ impl World {
             }
             (Op::Delete { of } | Op::DeleteOpen { of }, Reply::Ok(_)) => {
                 let target = self.reqs[of].name.clone();
-                self.live.remove(&target);
+                self.deleting.remove(&target);
+            }
+            (Op::Delete { of } | Op::DeleteOpen { of }, Reply::Err(_)) if self.reqs[i].retries_left == 0 && self.reqs[i].execs.is_empty() => {
+                // The delete finally failed: the volume and its data stay.
+                let target = self.reqs[of].name.clone();
+                if let Some(d) = self.deleting.remove(&target) {
+                    self.live.insert(target, d);
+                }
             }
             _ => {}
         }
@@ -413,6 +438,12 @@ impl World {
                 let mut w = self.clone();
                 w.reqs[i].started = true;
                 w.reqs[i].execs.push(Step::Start);
+                if let Op::Delete { of } | Op::DeleteOpen { of } = r.op {
+                    let target = w.reqs[of].name.clone();
+                    if let Some(d) = w.live.remove(&target) {
+                        w.deleting.insert(target, d);
+                    }
+                }
                 if let Op::Delete { of } = r.op {
                     // The kubelet unstages before the CO deletes.
                     if let Some(d) = w.live.get(&w.reqs[of].name).copied() {
@@ -467,7 +498,7 @@ impl World {
             Step::Start if !is_delete => {
                 match w.objects.get(&r.name).cloned() {
                     Some(o) if o.ready => w.reply(i, e, Reply::Ok(o.device)),
-                    Some(o) => w.reqs[i].execs[e] = Step::Wait { txn: o.txn, device: o.device },
+                    Some(o) => w.reqs[i].execs[e] = Step::Wait { txn: o.txn, device: o.device, uid: o.pool_uid.clone() },
                     None => match &w.pool {
                         None => w.reply(i, e, Reply::Err(Code::NotFound)),
                         Some(p) => w.reqs[i].execs[e] = Step::Plan { read: json(p) },
@@ -511,44 +542,50 @@ impl World {
                                 obj.spec = p.spec.clone();
                                 w.store_pool(obj);
                             }
-                            if outcome.is_fault() {
-                                w.faults += 1;
-                                w.reply(i, e, Reply::Err(Code::Unavailable));
+                            w.faults += outcome.is_fault() as u8;
+                            // A failed write is re-read (Allocator::allocate):
+                            // one that took effect is found and used.
+                            let found = w.pool.as_ref().is_some_and(|now| csi_controller::alloc::recorded(now, &p.transaction));
+                            if found {
+                                let uid = w.pool.as_ref().and_then(|p| p.metadata.uid.clone());
+                                w.reqs[i].execs[e] = Step::Allocated { txn: p.transaction.id().get(), device: p.created[0].get(), uid };
                             } else {
-                                w.reqs[i].execs[e] = Step::Allocated { txn: p.transaction.id().get(), device: p.created[0].get() };
+                                w.reply(i, e, Reply::Err(Code::Unavailable));
                             }
                             out.push((label(&format!("records transaction {} ({outcome:?})", p.transaction.id())), w));
                         }
                     }
                 }
             }
-            Step::Allocated { txn, device } => {
+            Step::Allocated { txn, device, uid } => {
                 // clear_stale: objects naming the id just handed out are removed.
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
                     w.objects.retain(|_, o| o.device != device);
                     let exists = w.objects.contains_key(&r.name);
                     if outcome.takes_effect() && !exists {
-                        w.objects.insert(r.name.clone(), CsiObject { device, txn, ready: false });
+                        w.objects.insert(r.name.clone(), CsiObject { device, txn, pool_uid: uid.clone(), ready: false });
                     }
-                    if outcome.is_fault() || exists {
-                        w.faults += outcome.is_fault() as u8;
-                        // give_back: a best-effort delete of the device, not awaited.
-                        w.give_back(device);
-                        w.reply(i, e, Reply::Err(if exists { Code::AlreadyExists } else { Code::Unavailable }));
+                    w.faults += outcome.is_fault() as u8;
+                    // A failed create is re-read: ours (same device and
+                    // transaction) is used; otherwise the device is given back
+                    // once its create has finished.
+                    let ours = w.objects.get(&r.name).is_some_and(|o| o.device == device && o.txn == txn);
+                    if ours {
+                        w.reqs[i].execs[e] = Step::Wait { txn, device, uid: uid.clone() };
                     } else {
-                        w.reqs[i].execs[e] = Step::Wait { txn, device };
+                        w.reqs[i].execs[e] = Step::GiveBack { txn, device, code: if exists { Code::AlreadyExists } else { Code::Unavailable } };
                     }
                     out.push((label(&format!("clears stale objects of device {device}, creates its object ({outcome:?})")), w));
                 }
             }
-            Step::Wait { txn, device } => {
+            Step::Wait { txn, device, uid } => {
                 let Some(pool) = &self.pool else {
                     w.reply(i, e, Reply::Err(Code::NotFound));
                     out.push((label("waits: pool object gone"), w));
                     return out;
                 };
-                match outcome(pool, txn) {
+                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref()) {
                     Ok(None) => {} // blocked until the status changes
                     Err(err) => {
                         let code = csi_controller::status::Error::from(err).code();
@@ -559,12 +596,29 @@ impl World {
                         w.reqs[i].execs[e] = Step::MarkReady { txn, device };
                         out.push((label(&format!("sees transaction {txn} committed")), w));
                     }
-                    Ok(Some(Finished::Aborted { reason })) => {
+                    Ok(Some(Finished::Aborted(aborted))) => {
                         w.objects.remove(&r.name);
-                        let code = csi_controller::controller::aborted_create(POOL, reason).code();
+                        let code = csi_controller::controller::aborted_create(POOL, aborted).code();
                         w.reply(i, e, Reply::Err(code));
                         out.push((label(&format!("sees transaction {txn} aborted")), w));
                     }
+                }
+            }
+            Step::GiveBack { txn, device, code } => {
+                let done = match &self.pool {
+                    None => Some(false),
+                    Some(p) => match outcome(p, txn) {
+                        Ok(None) => None,
+                        Ok(Some(Finished::Committed)) => Some(true),
+                        Ok(Some(Finished::Aborted(_))) | Err(_) => Some(false),
+                    },
+                };
+                if let Some(committed) = done {
+                    if committed {
+                        w.give_back(device);
+                    }
+                    w.reply(i, e, Reply::Err(code));
+                    out.push((label(&format!("gives back device {device}")), w));
                 }
             }
             Step::MarkReady { device, .. } => {
@@ -610,7 +664,7 @@ impl World {
                         w.reply(i, e, Reply::Err(Code::Unavailable));
                         out.push((label("settles: pool unhealthy"), w));
                     }
-                    Ok(Some(Finished::Aborted { .. })) => {
+                    Ok(Some(Finished::Aborted(_))) => {
                         let target = self.target(i);
                         w.objects.remove(&target);
                         w.reply(i, e, Reply::Ok(0));
@@ -663,11 +717,11 @@ impl World {
                                 obj.spec = p.spec.clone();
                                 w.store_pool(obj);
                             }
-                            if outcome.is_fault() {
-                                w.faults += 1;
-                                w.reply(i, e, Reply::Err(Code::Unavailable));
-                            } else {
+                            w.faults += outcome.is_fault() as u8;
+                            if w.pool.as_ref().is_some_and(|now| csi_controller::alloc::recorded(now, &p.transaction)) {
                                 w.reqs[i].execs[e] = Step::DeleteWait { txn: p.transaction.id().get() };
+                            } else {
+                                w.reply(i, e, Reply::Err(Code::Unavailable));
                             }
                             out.push((label(&format!("records delete transaction {} ({outcome:?})", p.transaction.id())), w));
                         }
@@ -690,7 +744,7 @@ impl World {
                         w.reqs[i].execs[e] = Step::DeleteObject;
                         out.push((label(&format!("sees delete {txn} committed")), w));
                     }
-                    Ok(Some(Finished::Aborted { .. })) => {
+                    Ok(Some(Finished::Aborted(_))) => {
                         w.reply(i, e, Reply::Err(Code::FailedPrecondition));
                         out.push((label(&format!("sees delete {txn} aborted")), w));
                     }
@@ -731,29 +785,19 @@ impl World {
         let mut out = Vec::new();
         let can_fault = self.faults < cfg.max_faults;
         if !self.node.up {
-            // The process comes back and registers (create, then the status).
+            // The process comes back and registers.
             let mut w = self.clone();
             w.node.up = true;
             w.node.view = None;
-            w.node.executor = None;
-            let created = w.register_create();
-            if created {
-                if can_fault {
-                    let mut c = w.clone();
-                    c.faults += 1;
-                    c.node.up = false;
-                    out.push(("FAULT node restarts, creates its pool object, crashes before the status".into(), c));
-                }
-                w.register_status();
-            }
+            w.register();
             out.push(("node restarts and registers".into(), w));
             return out;
         }
         let Some(current) = &self.pool else { return out };
         let mut views = vec![(current.clone(), false)];
         if let Some(v) = &self.node.view {
-            if json(v) != json(current) && can_fault {
-                views.push((v.clone(), true));
+            if json(v) != json(current) && (can_fault || self.node.retry) {
+                views.push((v.clone(), !self.node.retry));
             }
         }
         for (view, stale) in views {
@@ -776,6 +820,9 @@ impl World {
                     for power in [false, true] {
                         if let Some((ws, _)) = self.reconcile(&view, Some((k, power))) {
                             for (_, mut w) in ws.into_iter().take(1) {
+                                if w.node.up {
+                                    continue;
+                                }
                                 w.faults += 1;
                                 let what = if power { "loses power" } else { "crashes" };
                                 out.push((format!("FAULT node {what} after kernel step {k} of its run"), w));
@@ -795,27 +842,65 @@ impl World {
         out
     }
 
-    /// One reconcile of the node on `view`: drive, then write the status.
-    /// Returns the worlds for each status-write outcome and the number of
-    /// kernel steps the run took. `crash`: die after that many kernel steps
-    /// (`true`: the machine loses power).
+    /// One reconcile of the node on `view`, as `PoolExecutor::reconcile`
+    /// runs it: skip a spec already reconciled, drive, believe a divergence
+    /// only on a fresh read, write the status as a merge patch from the one
+    /// it read. Returns the worlds for each status-write outcome and the
+    /// number of kernel steps the run took. `crash`: die after that many
+    /// kernel steps (`true`: the machine loses power).
     fn reconcile(&self, view: &ThinPool, crash: Option<(u64, bool)>) -> Option<(Vec<(Write, World)>, u64)> {
-        let old = view.status.clone().unwrap_or_default();
-        if old.health == Some(PoolHealth::Unhealthy) {
+        let seen = (view.metadata.uid.clone(), view.metadata.generation);
+        if !self.node.retry && self.node.done.as_ref().is_some_and(|d| d.0 == seen.0 && d.1 >= seen.1) {
             return None;
         }
-        let record = thin_csi_api::convert::pool_record(view).ok()?;
         let mut w = self.clone();
         w.node.view = Some(view.clone());
-        let txns: BTreeMap<u64, Transaction> = record.pending.iter().map(|t| (t.id().get(), t.clone())).collect();
         let before = w.kernel.steps();
         if let Some((k, _)) = crash {
             w.kernel.crash_after(k);
         }
-        let mut executor = w.node.executor.take().unwrap_or_default();
-        let progress = {
-            let mut rec = Recorder { k: &mut w.kernel, txns: &txns, truth: &mut w.truth, no_space: BTreeSet::new() };
-            executor.drive(&mut rec, &record, &mut ())
+        let mut pool = view.clone();
+        let mut confirmed = false;
+        let (old, status, record_finished) = loop {
+            let old = pool.status.clone().unwrap_or_default();
+            if old.health == Some(PoolHealth::Unhealthy) {
+                w.node.done = Some(seen.clone());
+                w.node.retry = false;
+                return Some((vec![(Write::Ok, w)], 0));
+            }
+            if pool.spec.devices_unknown_at_transaction.is_some() {
+                let status = thin_csi_api::ThinPoolStatus { health: Some(PoolHealth::Unhealthy), last_error: Some("record unverified".into()), ..old.clone() };
+                break (old, status, None);
+            }
+            let record = thin_csi_api::convert::pool_record(&pool).ok()?;
+            let txns: BTreeMap<u64, Transaction> = record.pending.iter().map(|t| (t.id().get(), t.clone())).collect();
+            let mut executor = w.node.executor.take().unwrap_or_default();
+            let progress = {
+                let mut rec = Recorder { k: &mut w.kernel, txns: &txns, truth: &mut w.truth, no_space: BTreeSet::new() };
+                executor.drive(&mut rec, &record, &mut ())
+            };
+            w.node.executor = Some(executor);
+            if w.kernel.crashed() {
+                break (old, thin_csi_api::ThinPoolStatus::default(), None);
+            }
+            if progress.stopped.as_ref().is_some_and(|s| s.is_divergence()) && !confirmed {
+                confirmed = true;
+                if let Some(fresh) = &self.pool {
+                    if fresh.metadata.resource_version != pool.metadata.resource_version {
+                        pool = fresh.clone();
+                        continue;
+                    }
+                }
+            }
+            let mut status = csi_node::pool_executor::next_status(&old, &pool, &record.finished, &progress);
+            if let Some(ws) = w.kernel.pool_status().ok().and_then(|s| s.working().cloned()) {
+                status.mode = Some(thin_csi_api::PoolMode::of(&ws));
+            }
+            if progress.stopped.as_ref().is_some_and(|s| s.is_divergence()) {
+                status.health = Some(PoolHealth::Unhealthy);
+            }
+            let blocked = progress.stopped.as_ref().is_some_and(|s| !s.is_divergence());
+            break (old, status, Some(blocked));
         };
         let steps = w.kernel.steps() - before;
         if let Some((_, power)) = crash {
@@ -831,14 +916,12 @@ impl World {
             w.node.up = false;
             return Some((vec![(Write::Ok, w)], steps));
         }
-        w.node.executor = Some(executor);
-        let mut status = csi_node::pool_executor::next_status(&old, view, &record.finished, &progress);
-        if let Some(stop) = &progress.stopped {
-            if stop.is_divergence() {
-                status.health = Some(PoolHealth::Unhealthy);
-            }
-        }
+        let blocked = record_finished.unwrap_or(false);
         if status == old {
+            if !blocked {
+                w.node.done = Some(seen);
+            }
+            w.node.retry = blocked;
             return Some((vec![(Write::Ok, w)], steps));
         }
         let mut out = Vec::new();
@@ -847,14 +930,13 @@ impl World {
             if outcome.takes_effect() {
                 if let Some(mut cur) = w.pool.clone() {
                     let mut value = serde_json::to_value(&cur).expect("serializable");
-                    merge(&mut value, &serde_json::json!({ "status": status }));
+                    merge(&mut value, &status.merge_patch_from(&old));
                     let meta = cur.metadata.clone();
                     let before = cur.status.clone();
                     cur = serde_json::from_value(value).expect("merged object parses");
                     cur.metadata = meta;
                     if cur.status == before {
                         w.node_defects.push("the node wrote a status that changed nothing (it re-triggers itself)".into());
-                        // Stop here: the write loop would never end.
                         return Some((vec![(outcome, w)], steps));
                     }
                     if cur.status.as_ref() != Some(&status) {
@@ -862,6 +944,13 @@ impl World {
                     }
                     w.store_pool(cur);
                 }
+            }
+            if outcome == Write::Ok && !blocked {
+                w.node.done = Some(seen.clone());
+                w.node.retry = false;
+            } else {
+                // An error (or a blocked run) retries from the same object.
+                w.node.retry = true;
             }
             out.push((outcome, w));
         }
@@ -898,7 +987,12 @@ impl World {
                     v.push(format!("device id {} is on the free list but the pool holds it", id.0));
                 }
             }
-            if let Some(d) = devices.iter().find(|d| **d >= p.spec.next_device_id) {
+            // A record marked as not knowing the pool's devices hands out nothing.
+            // At kernel transaction 0 nothing ever committed: a device there is
+            // an empty thin of an interrupted first transaction that nothing
+            // names (harmless to hand out again; a first attempt sees EEXIST).
+            let unverified = p.spec.devices_unknown_at_transaction.is_some() || self.kernel.transaction_id().get() == 0;
+            if let Some(d) = devices.iter().find(|d| **d >= p.spec.next_device_id).filter(|_| !unverified) {
                 v.push(format!("the record's id cursor ({}) is not past device {d} the pool holds", p.spec.next_device_id));
             }
             let status = p.status.clone().unwrap_or_default();
@@ -907,7 +1001,7 @@ impl World {
                 if t.id > finished {
                     continue;
                 }
-                let reported_aborted = status.aborted_transactions.contains(&t.id);
+                let reported_aborted = status.aborted(t.id).is_some();
                 match self.truth.get(&t.id) {
                     Some(Truth::Committed) if reported_aborted => v.push(format!("transaction {} committed but is reported aborted", t.id)),
                     Some(Truth::Aborted { .. }) if !reported_aborted => v.push(format!("transaction {} aborted but is reported committed", t.id)),
