@@ -23,14 +23,41 @@ build_vmtest() {
 	echo "$CARGO_TARGET_DIR/release/thin-vmtest"
 }
 
-# Counts PASS/FAIL lines of a log and prints the suite summary line.
+# The number of checks a suite expects to run, from e2e/expected-checks.
+expected_checks() { awk -v s="$1" '$1 == s { print $2; exit }' "$E2E/expected-checks"; }
+
+# Counts PASS/FAIL lines of a log and prints the suite summary line. Only
+# PASS/FAIL lines count; progress lines (`--- ...`, `ok ...`, BENCH) do not.
+# A suite that ran fewer checks than e2e/expected-checks says fails.
 # usage: summarize SUITE LOG [extra_passed extra_failed]
 summarize() {
-	local suite=$1 log=$2 p f
+	local suite=$1 log=$2 p f want
 	p=$(grep -c '^PASS ' "$log" || true)
 	f=$(grep -c '^FAIL ' "$log" || true)
 	p=$((p + ${3:-0})); f=$((f + ${4:-0}))
-	if [[ $((p + f)) -eq 0 ]]; then f=1; echo "FAIL $suite: no test ran"; fi
+	want=$(expected_checks "$suite")
+	if [[ -z $want ]]; then
+		f=$((f + 1)); echo "FAIL $suite: no expected count in e2e/expected-checks"
+	elif [[ $((p + f)) -lt $want ]]; then
+		echo "FAIL $suite: expected $want checks, only $((p + f)) ran"; f=$((f + 1))
+	fi
 	echo "$suite: $p passed, $f failed"
 	[[ $f -eq 0 ]]
+}
+
+# Runs a test program whose PASS/FAIL lines go to stdout (and to LOG); a
+# non-zero exit that printed no FAIL line of its own (a crash, a kill, a
+# panic without the hook) becomes `FAIL NAME exited N`. Returns 0.
+# usage: checked LOG NAME CMD...   (stderr goes where the caller's goes)
+checked() {
+	local log=$1 name=$2 out rc=0
+	shift 2
+	out=$(mktemp)
+	"$@" >"$out" || rc=$?
+	tee -a "$log" <"$out"
+	if [[ $rc -ne 0 ]] && ! grep -q '^FAIL ' "$out"; then
+		echo "FAIL $name exited $rc" | tee -a "$log"
+	fi
+	rm -f "$out"
+	return 0
 }

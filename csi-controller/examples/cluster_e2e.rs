@@ -10,6 +10,8 @@
 //!   cluster_e2e reuse POOL                    a deleted id comes back only after the node reports the delete finished
 //!   cluster_e2e reject                        bad objects refused by the apiserver's schema validation
 
+#[path = "../../e2e/fail_on_panic.rs"]
+mod fail_on_panic;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -49,6 +51,7 @@ impl Report {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let client = match thin_csi_api::client::connect_default().await {
         Ok(c) => c,

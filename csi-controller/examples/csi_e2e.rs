@@ -8,6 +8,8 @@
 //!   csi_e2e rules PORT NODE POOL      the checks below (NODE has POOL; "elsewhere" has none)
 //!   csi_e2e standby PORT              a standby replica: Probe not ready, Controller UNAVAILABLE
 
+#[path = "../../e2e/fail_on_panic.rs"]
+mod fail_on_panic;
 use std::collections::HashMap;
 use std::process::ExitCode;
 
@@ -249,6 +251,7 @@ async fn standby(port: &str) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {

@@ -23,6 +23,8 @@
 //!   k8s_e2e kubelet stats ADDR PV POD_UID
 //!       NodeGetVolumeStats: `STATS total=<bytes> used=<bytes> abnormal=<bool>`
 
+#[path = "../../e2e/fail_on_panic.rs"]
+mod fail_on_panic;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -319,6 +321,7 @@ async fn run(args: &[String]) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(&args)) {

@@ -6,6 +6,8 @@
 //!   leader_e2e verify POOL OUT...            ids unique; transactions dense, each once; at most one recorded
 //!                                            allocation unknown to the outputs (the killed leader's last)
 
+#[path = "../../e2e/fail_on_panic.rs"]
+mod fail_on_panic;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
@@ -66,6 +68,7 @@ async fn verify(client: Client, pool: &str, outs: &[&str]) -> Result<String, Str
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let client = match thin_csi_api::client::connect_default().await {

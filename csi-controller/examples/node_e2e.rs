@@ -16,6 +16,8 @@
 //!
 //! The LEDGER file tracks what committed: `+id` for a create, `-id` for a delete.
 
+#[path = "../../e2e/fail_on_panic.rs"]
+mod fail_on_panic;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
@@ -353,6 +355,7 @@ fn compare(ledger: &str, devices: &str) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     if let ["compare", ledger, devices] = argv.as_slice() {

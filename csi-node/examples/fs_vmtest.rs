@@ -9,6 +9,8 @@
 //! `PASS <name>` / `FAIL <name>: <why>` lines and exits 1 if anything
 //! failed.
 
+#[path = "../../e2e/fail_on_panic.rs"]
+mod fail_on_panic;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -173,6 +175,7 @@ fn write_file(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
 const MIB: u64 = 1 << 20;
 
 fn main() -> ExitCode {
+    fail_on_panic::install();
     let args = match parse_args() {
         Ok(a) => a,
         Err(why) => {

@@ -9,6 +9,8 @@
 //! Prints `PASS <name>` / `FAIL <name>: <why>` lines and exits 1 if anything
 //! failed.
 
+#[path = "../../e2e/fail_on_panic.rs"]
+mod fail_on_panic;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -245,6 +247,7 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    fail_on_panic::install();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -1,17 +1,31 @@
 #!/bin/sh
 # Runs inside the VM (busybox sh): the real-kernel engine suite. Prints
-# PASS/FAIL lines; the host counts them.
+# PASS/FAIL lines; the host counts them (`---` lines are progress only).
+# Every test program's exit status is checked; exits 1 if anything failed.
 set -u
 T=thin-vmtest
+failed=0
 
 loop() { # loop N FILE SIZE_MB: a sparse tmpfs file on /dev/loopN
 	[ -b /dev/loop$1 ] || mknod /dev/loop$1 b 7 $1
 	dd if=/dev/zero of=$2 bs=1M count=0 seek=$3 2>/dev/null
-	losetup /dev/loop$1 $2
+	losetup /dev/loop$1 $2 || fail "setup: losetup /dev/loop$1 $2"
 }
+fail() { echo "FAIL $*"; failed=1; }
 check() { # check NAME COMMAND...: PASS/FAIL from an exit status
 	name=$1; shift
-	if "$@" >/tmp/check.out 2>&1; then echo "PASS $name"; else echo "FAIL $name: $(tail -3 /tmp/check.out | tr '\n' ' ')"; fi
+	if "$@" >/tmp/check.out 2>&1; then echo "PASS $name"; else fail "$name: $(tail -3 /tmp/check.out | tr '\n' ' ')"; fi
+}
+# run NAME COMMAND...: a test program printing its own PASS/FAIL lines. A
+# non-zero exit (or a panic: its hook prints a FAIL line) fails the suite; a
+# non-zero exit with no FAIL line of its own becomes one naming NAME.
+run() {
+	name=$1; shift
+	{ "$@"; echo $? >/tmp/run.rc; } | tee /tmp/run.out
+	rc=$(cat /tmp/run.rc)
+	[ "$rc" -eq 0 ] && return 0
+	failed=1
+	grep -q '^FAIL ' /tmp/run.out || echo "FAIL $name: exit status $rc, no verdict printed"
 }
 
 loop 0 /tmp/one.img 512
@@ -23,21 +37,27 @@ loop 5 /tmp/crash.img 512
 loop 6 /tmp/gpt.img 64
 
 echo "--- behavioural cases, pool laid out on one device"
-$T cases --device /dev/loop0
+run "cases on one device" $T cases --device /dev/loop0
 echo "--- behavioural cases, explicit metadata + data devices"
-$T cases --meta /dev/loop1 --data /dev/loop2
+run "cases on metadata + data devices" $T cases --meta /dev/loop1 --data /dev/loop2
 check "thin_check clean on the adopted metadata device" thin_check /dev/loop1
 
 echo "--- devices that hold something else are refused and left untouched"
-mkfs.ext4 -q -F /dev/loop3 && $T refuse --device /dev/loop3 --expect ext4
-pvcreate -q -ff -y /dev/loop4 >/dev/null 2>&1 && $T refuse --device /dev/loop4 --expect LVM
-printf '\125\252' | dd of=/dev/loop6 bs=1 seek=510 conv=notrunc 2>/dev/null && $T refuse --device /dev/loop6 --expect partition
+if mkfs.ext4 -q -F /dev/loop3; then run "refuse ext4" $T refuse --device /dev/loop3 --expect ext4; else fail "setup: mkfs.ext4 on /dev/loop3"; fi
+if pvcreate -q -ff -y /dev/loop4 >/dev/null 2>&1; then run "refuse LVM" $T refuse --device /dev/loop4 --expect LVM; else fail "setup: pvcreate on /dev/loop4"; fi
+if printf '\125\252' | dd of=/dev/loop6 bs=1 seek=510 conv=notrunc 2>/dev/null; then
+	run "refuse partition table" $T refuse --device /dev/loop6 --expect partition
+else
+	fail "setup: partition table signature on /dev/loop6"
+fi
 
 echo "--- the node process SIGKILLed at each phase boundary of a commit, then recovered"
 for at in start suspended posted-0 posted-1 posted-2 txn-set resumed; do
+	# Only the harness's part (the process died where asked): not a check.
 	$T crash --device /dev/loop5 --record /tmp/record --at $at
 	rc=$?
-	if [ $rc -eq 137 ]; then echo "PASS killed at $at"; else echo "FAIL killed at $at: exit status $rc, expected 137 (SIGKILL)"; fi
-	$T recover --device /dev/loop5 --record /tmp/record --label "killed at $at"
+	if [ $rc -eq 137 ]; then echo "--- killed at $at"; else fail "killed at $at: exit status $rc, expected 137 (SIGKILL)"; fi
+	run "recover after kill at $at" $T recover --device /dev/loop5 --record /tmp/record --label "killed at $at"
 done
-$T finish --device /dev/loop5
+run "finish" $T finish --device /dev/loop5
+exit $failed

@@ -34,7 +34,7 @@ eval "$("$E2E/cluster/build-tools" --print-paths kubectl 2>/dev/null)"
 env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || fail_now "control plane up (logs in $RUN/logs)"
 eval "$env_out"
 export KUBECONFIG=$RUN/admin.kubeconfig
-echo "PASS control plane up" | tee -a "$log"
+echo "ok control plane up" | tee -a "$log"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 RUST_LOG=${RUST_LOG:-info} "$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity node-grpc \
@@ -42,7 +42,7 @@ RUST_LOG=${RUST_LOG:-info} "$CARGO_TARGET_DIR/release/csi-controller" --kubeconf
 CONTROLLER_PID=$!
 for _ in $(seq 600); do grep -q 'leading' "$RUN/logs/csi-controller.out" 2>/dev/null && break; kill -0 "$CONTROLLER_PID" 2>/dev/null || break; sleep 0.1; done
 grep -q 'leading' "$RUN/logs/csi-controller.out" || fail_now "csi-controller did not lead (log $RUN/logs/csi-controller.log)"
-echo "PASS csi-controller leads and serves tcp://127.0.0.1:$port" | tee -a "$log"
+echo "ok csi-controller leads and serves tcp://127.0.0.1:$port" | tee -a "$log"
 
 node=grpc-node
 truncate -s 1G "$RUN/$node.img"
@@ -53,6 +53,11 @@ vm_rc=0
 	--net --mem 1024 --timeout 900 --log "$RUN/logs/vm-$node.log" -- "$E2E/guest/node-grpc.sh" "$node" "$port" \
 	| grep -aE '^(PASS|FAIL|node_grpc_vmtest:)' | tee -a "$log" || vm_rc=$?
 grep -aq 'node_grpc_vmtest:' "$RUN/logs/vm-$node.log" || { tail -30 "$RUN/logs/vm-$node.log" >&2; echo "FAIL the VM test did not finish (log $RUN/logs/vm-$node.log)" | tee -a "$log"; }
+# The guest exits 1 after its own FAIL lines; any other non-zero exit (a
+# timeout, no sentinel, a crash) is a failure of its own.
+if [[ $vm_rc -ne 0 ]] && ! { [[ $vm_rc -eq 1 ]] && grep -aq '^FAIL ' "$log"; }; then
+	echo "FAIL the node VM: exit status $vm_rc (log $RUN/logs/vm-$node.log)" | tee -a "$log"
+fi
 
 left=$("$KUBECTL" get thinvolumes -o name 2>/dev/null | wc -l)
 if [[ $left -eq 0 ]]; then

@@ -13,7 +13,7 @@ csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconf
 pid=$!
 for _ in $(seq 240); do [ -S /run/csi/csi.sock ] && grep -q 'csi-node ready' /tmp/csi-node.log && break; sleep 0.5; done
 if [ -S /run/csi/csi.sock ]; then
-	echo "PASS csi-node serves unix:///run/csi/csi.sock"
+	echo "ok csi-node serves unix:///run/csi/csi.sock"
 else
 	echo "FAIL csi-node did not serve its socket"
 	tail -30 /tmp/csi-node.log

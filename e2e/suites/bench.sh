@@ -3,6 +3,9 @@
 # engine, with the same steps as separate dmsetup processes, and with lvm2;
 # a 16-origin group snapshot; and scale (10 000 thin devices in our pool,
 # 600 thin LVs in lvm2's VG). Writes bench/results/engine-<date>.md.
+# BENCH lines are measurements, not checks: the suite's PASS/FAIL count is
+# its few real checks (CRDs, the nodes' pools), and each measurement that
+# e2e/expected-checks names (bench-measurements) and did not come is a FAIL.
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 vmtest=$(build_vmtest)
@@ -25,7 +28,7 @@ cluster_bench() {
 	eval "$env_out"
 	export KUBECONFIG=$RUN/admin.kubeconfig
 	if (cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2); then
-		"$CARGO_TARGET_DIR/debug/examples/cluster_e2e" crds >>"$log"
+		checked "$log" "cluster_e2e crds" "$CARGO_TARGET_DIR/debug/examples/cluster_e2e" crds >/dev/null
 		source "$E2E/suites/cluster-nodes.sh"
 		node_tests bench
 	else
@@ -36,8 +39,13 @@ cluster_bench() {
 cluster_bench "$log" >/dev/null
 grep -E '^(BENCH|filled|FAIL)' "$log" || true
 lines=$(grep -c '^BENCH .* median_us=' "$log" || true)
-failed=$(grep -c '^FAIL ' "$log" || true)
-[[ $rc -eq 0 ]] || failed=$((failed + 1))
+# A measurement with no samples, or a VM that failed, is a failure.
+host_fail=$(grep -c '^BENCH .* failed' "$log" || true)
+if [[ $rc -ne 0 ]] && ! grep -q '^FAIL ' "$log"; then echo "FAIL bench VM: exit status $rc"; host_fail=$((host_fail + 1)); fi
+key=bench-measurements
+[[ ${THIN_CSI_BENCH_PARTS:-all} != cluster ]] || key=bench-measurements-cluster
+want=$(expected_checks "$key")
+if [[ $lines -lt ${want:-1} ]]; then echo "FAIL bench: expected ${want:-1} measurements (BENCH lines), only $lines came"; host_fail=$((host_fail + 1)); fi
 
 if [[ $lines -gt 0 && ${THIN_CSI_BENCH_PARTS:-all} == all ]]; then
 	out="$REPO/bench/results/engine-$(date -u +%Y-%m-%d).md"
@@ -60,6 +68,7 @@ if [[ $lines -gt 0 && ${THIN_CSI_BENCH_PARTS:-all} == all ]]; then
 	} >"$out"
 	echo "wrote $out"
 fi
+rc=0
+summarize bench "$log" 0 "$host_fail" || rc=$?
 rm -f "$log"
-echo "bench: $lines passed, $failed failed"
-[[ $failed -eq 0 && $lines -gt 0 ]]
+exit $rc

@@ -22,19 +22,34 @@ start_node_vm() {
 	"$E2E/vm/boot" --bin "$CSI_NODE" --file "$RUN/guest.kubeconfig:/guest/kubeconfig" --disk "$RUN/$node.img" \
 		--net --mem 1024 --timeout 1800 --log "$RUN/logs/vm-$node.log" -- "$E2E/guest/node.sh" "$node" >/dev/null 2>&1 &
 	NODE_VM_PIDS+=($!)
+	NODE_VM_NAMES+=("$node")
 }
 
 stop_node_vms() {
 	local pid
 	for pid in "${NODE_VM_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-	NODE_VM_PIDS=()
+	NODE_VM_PIDS=() NODE_VM_NAMES=()
 }
 
-# Waits (up to $2 s) for every node VM to finish on its own.
+# Waits (up to $1 s) for every node VM to finish on its own (after the stop
+# hook). A VM still running then, or whose guest script exited non-zero, is
+# a FAIL (the harness's verdict; the checks are node_e2e's).
 wait_node_vms() {
-	local deadline=$(($(date +%s) + $1)) pid
-	for pid in "${NODE_VM_PIDS[@]}"; do
+	local deadline=$(($(date +%s) + $1)) i pid name rc
+	for i in "${!NODE_VM_PIDS[@]}"; do
+		pid=${NODE_VM_PIDS[$i]} name=${NODE_VM_NAMES[$i]}
 		while kill -0 "$pid" 2>/dev/null && [[ $(date +%s) -lt $deadline ]]; do sleep 1; done
+		if kill -0 "$pid" 2>/dev/null; then
+			echo "FAIL node VM $name did not stop within $1 s (console $RUN/logs/vm-$name.log)" | tee -a "$log"
+			continue
+		fi
+		rc=0
+		wait "$pid" || rc=$?
+		if [[ $rc -eq 0 ]]; then
+			echo "--- node VM $name stopped" | tee -a "$log"
+		else
+			echo "FAIL node VM $name: exit status $rc (console $RUN/logs/vm-$name.log)" | tee -a "$log"
+		fi
 	done
 	stop_node_vms
 }
@@ -49,7 +64,7 @@ node_tests() {
 	fi
 	CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
 	NODE_E2E=$CARGO_TARGET_DIR/debug/examples/node_e2e
-	NODE_VM_PIDS=()
+	NODE_VM_PIDS=() NODE_VM_NAMES=()
 	trap 'stop_node_vms; cleanup' EXIT
 	start_node_vm vm-a
 	start_node_vm vm-b
@@ -90,6 +105,12 @@ node_tests() {
 	for _ in $(seq 100); do grep -q '^RECORDED' "$RUN/record-only.out" && break; sleep 0.1; done
 	kill -9 "$rec" 2>/dev/null || true
 	wait "$rec" 2>/dev/null || true
+	# The harness's part: the controller recorded before it was killed.
+	if grep -q '^RECORDED' "$RUN/record-only.out"; then
+		echo "--- $(grep '^RECORDED' "$RUN/record-only.out" | head -1); controller SIGKILLed before the status" | tee -a "$log"
+	else
+		echo "FAIL node_e2e record-only recorded nothing before it was killed: $(tail -3 "$RUN/record-only.out" | tr '\n' ' ')" | tee -a "$log"
+	fi
 	node_e2e_step converge "$a" "$ledger"
 	node_e2e_step concurrent "$a" 200 "$ledger"
 	node_e2e_step diverge "$b"
@@ -108,5 +129,5 @@ node_tests() {
 	else
 		echo "FAIL vm-b's pool: ${devices_b:-no listing}" | tee -a "$log"
 	fi
-	grep -c 'csi-node exited with status 137' "$RUN/logs/vm-vm-a.log" | sed 's/^/vm-a restarts after SIGKILL: /'
+	echo "--- vm-a restarts after SIGKILL: $(grep -c 'csi-node exited with status 137' "$RUN/logs/vm-vm-a.log" || true)"
 }

@@ -32,7 +32,7 @@ BIN=$CARGO_TARGET_DIR/debug/examples/cluster_e2e
 t0=$(date +%s)
 if env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up"); then
 	eval "$env_out"
-	echo "PASS control plane up ($(($(date +%s) - t0)) s, run dir $RUN)" | tee -a "$log"
+	echo "ok control plane up ($(($(date +%s) - t0)) s, run dir $RUN)" | tee -a "$log"
 else
 	echo "FAIL control plane up (logs in $RUN/logs)" | tee -a "$log"
 	summarize cluster "$log"
@@ -92,9 +92,13 @@ if (cd "$REPO" && cargo build -q -p csi-controller --example leader_e2e >&2); th
 	fi
 	kill -9 "$l1"
 	wait "$l1" 2>/dev/null || true
-	wait "$l2" || true
-	grep -E '^(PASS|FAIL)' "$RUN/leader-2.out" | tee -a "$log"
-	"$LEADER_E2E" verify "$lpool" "$RUN/leader-1.txt" "$RUN/leader-2.txt" 2>>"$RUN/leader.stderr" | tee -a "$log"
+	l2rc=0
+	wait "$l2" || l2rc=$?
+	grep -E '^(PASS|FAIL)' "$RUN/leader-2.out" | tee -a "$log" || true
+	if [[ $l2rc -ne 0 ]] && ! grep -q '^FAIL ' "$RUN/leader-2.out"; then
+		echo "FAIL leader_e2e run controller-2 exited $l2rc (stderr in $RUN/leader.stderr)" | tee -a "$log"
+	fi
+	checked "$log" "leader_e2e verify" "$LEADER_E2E" verify "$lpool" "$RUN/leader-1.txt" "$RUN/leader-2.txt" 2>>"$RUN/leader.stderr"
 else
 	echo "FAIL build leader_e2e" | tee -a "$log"
 fi

@@ -21,7 +21,7 @@ log=$(mktemp)
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-controller-smoke.XXXXXX")
 CONTROLLER_PID=
 STUB_PID=
-NODE_VM_PIDS=()
+NODE_VM_PIDS=() NODE_VM_NAMES=()
 source "$E2E/suites/cluster-nodes.sh"
 cleanup() {
 	local rc=$?
@@ -46,7 +46,7 @@ t0=$(date +%s)
 env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || fail_now "control plane up (logs in $RUN/logs)"
 eval "$env_out"
 export KUBECONFIG=$RUN/admin.kubeconfig
-echo "PASS control plane up ($(($(date +%s) - t0)) s)" | tee -a "$log"
+echo "ok control plane up ($(($(date +%s) - t0)) s)" | tee -a "$log"
 
 # csi-controller registers the CRDs, leads, serves CSI on a loopback port.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -55,7 +55,7 @@ RUST_LOG=${RUST_LOG:-info} "$CARGO_TARGET_DIR/release/csi-controller" --kubeconf
 CONTROLLER_PID=$!
 for _ in $(seq 600); do grep -q 'leading' "$RUN/logs/csi-controller.out" 2>/dev/null && break; kill -0 "$CONTROLLER_PID" 2>/dev/null || break; sleep 0.1; done
 grep -q 'leading' "$RUN/logs/csi-controller.out" || fail_now "csi-controller did not lead (log $RUN/logs/csi-controller.log)"
-echo "PASS csi-controller leads and serves tcp://127.0.0.1:$port" | tee -a "$log"
+echo "ok csi-controller leads and serves tcp://127.0.0.1:$port" | tee -a "$log"
 
 # One node VM: csi-node runs the pool transactions.
 start_node_vm smoke-node
@@ -109,7 +109,7 @@ kill "$STUB_PID" 2>/dev/null || true
 
 # The controller's own rules over gRPC (placement, restore on the source's
 # node, parameters, capacity per node, expansion, volume condition).
-"$CARGO_TARGET_DIR/debug/examples/csi_e2e" rules "$port" smoke-node "$pool" 2>>"$RUN/logs/csi_e2e.stderr" | tee -a "$log" || true
+checked "$log" "csi_e2e rules" "$CARGO_TARGET_DIR/debug/examples/csi_e2e" rules "$port" smoke-node "$pool" 2>>"$RUN/logs/csi_e2e.stderr"
 
 # A second replica stands by: it serves, but is not ready and refuses work.
 sb_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -117,7 +117,7 @@ sb_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0));
 	--csi-endpoint "tcp://127.0.0.1:$sb_port" >"$RUN/logs/csi-controller-standby.out" 2>"$RUN/logs/csi-controller-standby.log" &
 sb_pid=$!
 for _ in $(seq 100); do grep -q 'serving CSI' "$RUN/logs/csi-controller-standby.log" 2>/dev/null && break; sleep 0.1; done
-"$CARGO_TARGET_DIR/debug/examples/csi_e2e" standby "$sb_port" 2>>"$RUN/logs/csi_e2e.stderr" | tee -a "$log" || true
+checked "$log" "csi_e2e standby" "$CARGO_TARGET_DIR/debug/examples/csi_e2e" standby "$sb_port" 2>>"$RUN/logs/csi_e2e.stderr"
 kill "$sb_pid" 2>/dev/null || true
 wait "$sb_pid" 2>/dev/null || true
 # The unix socket endpoint (what the sidecars use), on another standby:

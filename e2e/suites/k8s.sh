@@ -46,6 +46,8 @@ cleanup() {
 trap cleanup EXIT
 
 pass() { echo "PASS $*" | tee -a "$log"; }
+# A setup step that worked: progress, not a check (its failure is a FAIL).
+ok() { echo "ok $*" | tee -a "$log"; }
 fail() { echo "FAIL $*" | tee -a "$log"; }
 finish() {
 	summarize k8s "$log" && exit 0
@@ -81,7 +83,7 @@ grep -q 'csi-endpoint' "$REPO/csi-node/src/main.rs" && NODE_SERVICE=1
 t0=$(date +%s)
 if env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up"); then
 	eval "$env_out"
-	pass "control plane up ($(($(date +%s) - t0)) s, run dir $RUN)"
+	ok "control plane up ($(($(date +%s) - t0)) s, run dir $RUN)"
 else
 	fail "control plane up (logs in $RUN/logs)"
 	finish
@@ -91,7 +93,7 @@ k() { "$KUBECTL" --kubeconfig "$KUBECONFIG" "$@"; }
 
 if k apply -f "$SNAPSHOT_CRD_DIR" >"$RUN/logs/crds.log" 2>&1 &&
 	k wait --for=condition=Established --timeout=60s -f "$SNAPSHOT_CRD_DIR" >>"$RUN/logs/crds.log" 2>&1; then
-	pass "snapshot CRDs Established ($(ls "$SNAPSHOT_CRD_DIR" | wc -l) incl. VolumeGroupSnapshot)"
+	ok "snapshot CRDs Established ($(ls "$SNAPSHOT_CRD_DIR" | wc -l) incl. VolumeGroupSnapshot)"
 else
 	fail "snapshot CRDs (see $RUN/logs/crds.log)"
 	finish
@@ -113,7 +115,7 @@ gate_if() { # binary gate: prints the flag when the binary knows the gate
 SOCK=$RUN/csi.sock
 start csi-controller "$CSI_CONTROLLER" --kubeconfig "$KUBECONFIG" --identity k8s-suite --csi-endpoint "unix://$SOCK"
 for _ in $(seq 300); do [[ -S $SOCK ]] && break; sleep 0.1; done
-if [[ -S $SOCK ]]; then pass "csi-controller serves unix://$SOCK"; else fail "csi-controller socket (log $RUN/logs/csi-controller.log)"; finish; fi
+if [[ -S $SOCK ]]; then ok "csi-controller serves unix://$SOCK"; else fail "csi-controller socket (log $RUN/logs/csi-controller.log)"; finish; fi
 
 read -ra sc_gate <<<"$(gate_if "$SNAPSHOT_CONTROLLER" CSIVolumeGroupSnapshot)"
 read -ra ss_gate <<<"$(gate_if "$CSI_SNAPSHOTTER" CSIVolumeGroupSnapshot)"
@@ -214,7 +216,7 @@ node_uid=$(k get node "$NODE" -o jsonpath='{.metadata.uid}')
 sed -e "s/@NODE@/$NODE/g" -e "s/@NODE_ID@/$NODE_ID/g" -e "s/@NODE_UID@/$node_uid/g" -e "s/@SC@/$SC/g" -e "s/@VSC@/$VSC/g" \
 	"$E2E/k8s/cluster.yaml" >"$RUN/cluster.yaml"
 if k apply -f "$RUN/cluster.yaml" >"$RUN/logs/apply.log" 2>&1; then
-	pass "Node, CSINode ($DRIVER, node id $NODE_ID, key $TOPO_KEY), CSIDriver, StorageClass $SC (WaitForFirstConsumer, expandable), VolumeSnapshotClass $VSC"
+	ok "applied Node, CSINode ($DRIVER, node id $NODE_ID, key $TOPO_KEY), CSIDriver, StorageClass $SC (WaitForFirstConsumer, expandable), VolumeSnapshotClass $VSC"
 else
 	fail "apply the cluster objects: $(cat "$RUN/logs/apply.log")"
 	finish
@@ -340,7 +342,7 @@ if [[ $NODE_SERVICE -eq 1 && -n $PV1 ]]; then
 		s1=$(guest write "$T1" synced 2048 sync | sed -n 's/^SUM //p') || true
 		s2=$(guest write "$T1" unsynced 2048 nosync | sed -n 's/^SUM //p') || true
 		if [[ -n $s1 && -n $s2 ]]; then
-			pass "wrote 2 MiB with fsync and 2 MiB without into data-1 (inside the VM)"
+			ok "wrote 2 MiB with fsync and 2 MiB without into data-1 (inside the VM; read back below)"
 			DATA=1
 		else
 			fail "writing into data-1 in the VM"
@@ -527,6 +529,14 @@ if [[ $gone -eq 1 ]]; then pass "everything deleted: $counts"; else fail "left a
 # Ask the node to stop (test hook); the guest then lists the pool's thin devices.
 k annotate thinpool "$POOL" test.thin.csi.io/stop=true --overwrite >/dev/null
 for _ in $(seq 120); do kill -0 "$VM_PID" 2>/dev/null || break; sleep 1; done
+if kill -0 "$VM_PID" 2>/dev/null; then
+	fail "node VM $NODE did not stop after the stop hook (console $RUN/logs/vm-$NODE.log)"
+else
+	vm_rc=0
+	wait "$VM_PID" || vm_rc=$?
+	VM_PID=
+	if [[ $vm_rc -eq 0 ]]; then ok "node VM $NODE stopped"; else fail "node VM $NODE: exit status $vm_rc (console $RUN/logs/vm-$NODE.log)"; fi
+fi
 devices=$(grep -a '^DEVICES' "$RUN/logs/vm-$NODE.log" | tail -1 || true)
 if [[ $devices == "DEVICES " || $devices == "DEVICES" ]]; then
 	pass "the pool on $NODE holds no thin device (kernel listing after csi-node stopped)"

@@ -2,6 +2,8 @@
 //! Each subcommand prints `PASS <name>` / `FAIL <name>: <why>` lines that
 //! the host-side suite counts (e2e/run engine), or `BENCH ...` lines.
 
+#[path = "../../fail_on_panic.rs"]
+mod fail_on_panic;
 mod bench;
 mod demo;
 mod fixture;
@@ -355,6 +357,7 @@ fn cmd_finish(args: &Args, tally: &mut Tally) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    fail_on_panic::install();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
