@@ -76,22 +76,23 @@ impl<'a> Scratch<'a> {
         let name = "crashreplay-scratch";
         let id = DmName::new(name).map_err(|e| e.to_string())?;
         dm.device_create(id, None, DmOptions::default()).map_err(|e| format!("create {name}: {e}"))?;
-        let scratch = Scratch { dm, name, node: PathBuf::new() };
+        // From here on, dropping `scratch` removes the device again.
+        let mut scratch = Scratch { dm, name, node: PathBuf::from(format!("/tmp/{name}")) };
         let table = [(0, sectors, "snapshot".to_string(), format!("{} {} N 8", origin.display(), cow.display()))];
         dm.table_load(&DevId::Name(id), &table, DmOptions::default()).map_err(|e| format!("load {name}: {e}"))?;
         let info = dm.device_suspend(&DevId::Name(id), DmOptions::default()).map_err(|e| format!("resume {name}: {e}"))?;
+        // Our own node: devtmpfs adds and removes /dev/dm-N asynchronously,
+        // and minors are reused from one point to the next.
         let dev = info.device();
-        let node = PathBuf::from(format!("/dev/dm-{}", dev.minor));
-        for _ in 0..100 {
-            if node.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let _ = std::fs::remove_file(&scratch.node);
+        let path = std::ffi::CString::new(scratch.node.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: plain syscall on a NUL-terminated path.
+        let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(dev.major, dev.minor)) };
+        if rc != 0 {
+            return Err(format!("mknod {}: {}", scratch.node.display(), std::io::Error::last_os_error()));
         }
-        if !node.exists() {
-            return Err(format!("{} did not appear", node.display()));
-        }
-        Ok(Scratch { node, ..scratch })
+        scratch.node = PathBuf::from(&scratch.node);
+        Ok(scratch)
     }
 }
 
