@@ -296,7 +296,7 @@ fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, l
             return Ok(());
         }
     };
-    println!("recovery: {report:?}");
+    println!("recovery: {}", describe_recovery(&report));
     for n in &report.committed_unreported {
         record.committed(*n);
     }
@@ -320,6 +320,27 @@ fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, l
         if devices == record.live { Ok(()) } else { Err(format!("pool has {devices:?}, record says {:?}", record.live)) },
     );
     Ok(())
+}
+
+/// One line: what recovery found and did.
+fn describe_recovery(report: &thinpool::engine::RecoveryReport) -> String {
+    let mut words = vec![format!("kernel was at {}", report.kernel_was_at)];
+    if !report.resumed.is_empty() {
+        words.push(format!("resumed {:?}", report.resumed.iter().map(|t| t.to_string()).collect::<Vec<_>>()));
+    }
+    if !report.committed_unreported.is_empty() {
+        words.push(format!("committed but unreported {:?}", report.committed_unreported.iter().map(|t| t.get()).collect::<Vec<_>>()));
+    }
+    match &report.finished {
+        Some((n, Outcome::Committed(c))) if c.already_done.is_empty() => words.push(format!("finished {n} (committed)")),
+        Some((n, Outcome::Committed(c))) => words.push(format!(
+            "finished {n} (committed; already in the kernel: {})",
+            c.already_done.iter().map(|op| op.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+        Some((n, Outcome::Aborted { reason })) => words.push(format!("finished {n} (aborted: {reason})")),
+        None => words.push("nothing in flight".into()),
+    }
+    words.join("; ")
 }
 
 fn cmd_recover(args: &Args, tally: &mut Tally) -> Result<(), String> {
