@@ -2,9 +2,11 @@
 # The crash suite's disk half (e2e/suites/crash.sh): the pool's whole
 # device on dm-log-writes during COUNT transactions, then every state a
 # disk that drops unflushed writes could have been left in, replayed and
-# checked (every EVERY-th flush point, and the end). Args: COUNT EVERY.
+# checked (every EVERY-th flush point, and the end), each point also
+# UNFLUSHED times with a random half of the writes not yet flushed there.
+# Args: COUNT EVERY [UNFLUSHED].
 set -u
-count=$1 every=$2
+count=$1 every=$2 unflushed=${3:-0}
 loop() { # loop N FILE SIZE_MB: a sparse tmpfs file on /dev/loopN
 	[ -b /dev/loop$1 ] || mknod /dev/loop$1 b 7 $1
 	dd if=/dev/zero of=$2 bs=1M count=0 seek=$3 2>/dev/null
@@ -24,4 +26,4 @@ rc=$?
 dmsetup status crashlog
 dmsetup remove crashlog || exit 1
 echo "--- replaying the log"
-thin-vmtest replay-log --log /dev/loop1 --history /tmp/history --replay /tmp/replay.img --replay-device /dev/loop2 --cow /dev/loop3 --every "$every"
+thin-vmtest replay-log --log /dev/loop1 --history /tmp/history --replay /tmp/replay.img --replay-device /dev/loop2 --cow /dev/loop3 --every "$every" --unflushed "$unflushed"

@@ -153,13 +153,31 @@ pub fn replay_log(args: &Args, tally: &mut Tally) -> Result<(), String> {
     // Only a subset, for a quick run: every Nth point and always the last.
     let every = args.num("every", 1)?.max(1) as usize;
     let chosen: Vec<usize> = points.iter().enumerate().filter(|(k, _)| k % every == 0 || *k == points.len() - 1).map(|(_, p)| *p).collect();
-    println!("REPLAY POINTS {}", chosen.len());
+    // With --unflushed K, each point (but the last) is also checked K times
+    // with a random half of the writes that completed after it but were not
+    // yet flushed (those logged before the next point): a disk's volatile
+    // cache may have written back any of them.
+    let unflushed = args.num("unflushed", 0)? as usize;
+    let next_point = |p: usize| points.iter().copied().find(|q| *q > p);
+    let candidates_after = |p: usize| -> Vec<usize> {
+        next_point(p).map_or_else(Vec::new, |q| (p + 1..=q).filter(|i| log.entries[*i].is_write() || log.entries[*i].flags & logwrites::DISCARD != 0).collect())
+    };
+    let variants = chosen.iter().filter(|p| !candidates_after(**p).is_empty()).count() * unflushed;
+    println!("REPLAY POINTS {}", chosen.len() + variants);
 
     let dm = DM::new().map_err(|e| format!("device-mapper: {e}"))?;
     let sectors = thinpool_dm::device_size(&replay_dev).map_err(|e| format!("{}: {e}", replay_dev.display()))? / 512;
     let mut target = OpenOptions::new().write(true).open(&replay_file).map_err(|e| format!("open {}: {e}", replay_file.display()))?;
     let mut applied = 0usize; // entries [0, applied) are on the replay file
     let mut counts = Counts::default();
+    let record_at = |mark: Option<&str>| match mark {
+        None => Ok(Record { next_id: 1, ..Record::default() }),
+        Some(m) => {
+            let seq = &m["rec-".len()..];
+            std::fs::read_to_string(history.join(seq)).map_err(|e| format!("record version {seq}: {e}")).and_then(|t| Record::parse(&t))
+        }
+    };
+    let mut checked = 0usize;
     for (k, &point) in chosen.iter().enumerate() {
         while applied <= point {
             log.apply(applied, &src, &mut target).map_err(|e| format!("replay entry {applied}: {e}"))?;
@@ -168,25 +186,61 @@ pub fn replay_log(args: &Args, tally: &mut Tally) -> Result<(), String> {
         let entry = &log.entries[point];
         let mark = log.last_mark_before(point + 1, "rec-");
         let name = format!("replay point {}/{} (entry {point}, {}, record {})", k + 1, chosen.len(), entry.kind(), mark.unwrap_or("none"));
-        let record = match mark {
-            None => Ok(Record { next_id: 1, ..Record::default() }),
-            Some(m) => {
-                let seq = &m["rec-".len()..];
-                std::fs::read_to_string(history.join(seq)).map_err(|e| format!("record version {seq}: {e}")).and_then(|t| Record::parse(&t))
-            }
-        };
-        let result = record.and_then(|record| {
+        let result = record_at(mark).and_then(|record| {
             let scratch = Scratch::create(&dm, &replay_dev, &cow, sectors)?;
             check_point(&scratch.node, &record, &mut counts, point + 1 == log.entries.len())
         });
+        checked += 1;
         match result {
             Ok(what) => println!("PASS {name}: {what}"),
             Err(why) => tally.report(&name, Err(why)),
         }
+        let candidates = candidates_after(point);
+        let Some(next) = next_point(point).filter(|_| !candidates.is_empty()) else { continue };
+        // The record of any moment before the next flush completed.
+        let mark = log.last_mark_before(next, "rec-");
+        for v in 0..unflushed {
+            let mut rng = (point as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (v as u64 + 1);
+            let mut pick = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng & 1 == 1
+            };
+            let kept: Vec<usize> = candidates.iter().copied().filter(|_| pick()).collect();
+            let name = format!(
+                "replay point {}/{} + unflushed variant {} ({} of the {} writes before entry {next}: {:?}, record {})",
+                k + 1,
+                chosen.len(),
+                v + 1,
+                kept.len(),
+                candidates.len(),
+                kept,
+                mark.unwrap_or("none")
+            );
+            let result = record_at(mark).and_then(|record| {
+                let scratch = Scratch::create(&dm, &replay_dev, &cow, sectors)?;
+                {
+                    let mut dev = OpenOptions::new().write(true).open(&scratch.node).map_err(|e| format!("open {}: {e}", scratch.node.display()))?;
+                    for i in &kept {
+                        log.apply(*i, &src, &mut dev).map_err(|e| format!("apply entry {i}: {e}"))?;
+                    }
+                    dev.sync_all().map_err(|e| format!("sync {}: {e}", scratch.node.display()))?;
+                }
+                check_point(&scratch.node, &record, &mut counts, false)
+            });
+            checked += 1;
+            match result {
+                Ok(what) => println!("PASS {name}: {what}"),
+                Err(why) => tally.report(&name, Err(why)),
+            }
+        }
     }
     println!(
-        "replay: {} points checked in {:.1} s: {} before the pool existed, {} with the kernel at the record, {} finished by recovery, {} committed but unreported, {} aborted",
+        "replay: {} states checked ({} points, {} with unflushed writes) in {:.1} s: {} before the pool existed, {} with the kernel at the record, {} finished by recovery, {} committed but unreported, {} aborted",
+        checked,
         chosen.len(),
+        checked - chosen.len(),
         started.elapsed().as_secs_f64(),
         counts.blank,
         counts.at_finished,
