@@ -24,7 +24,7 @@
 
 use std::io;
 
-pub const MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const MAGIC: u64 = 0x006a_7366_7773_6872;
 pub const VERSION: u64 = 1;
 pub const FLUSH: u64 = 1;
 pub const FUA: u64 = 1 << 1;
