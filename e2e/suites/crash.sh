@@ -25,6 +25,8 @@
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 started=$SECONDS
+# What the run is made from (the results file names it).
+rev=$(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" status --porcelain --untracked-files=no | grep -q . && echo +dirty || true)
 full=${CRASH_FULL:-0}
 if [[ $full == 1 ]]; then
 	rounds=${CRASH_ROUNDS:-100} replay_txns=${CRASH_REPLAY_TXNS:-20}
@@ -132,7 +134,7 @@ if [[ $full == 1 ]]; then
 		echo "# Crash matrix (e2e/run crash, full)"
 		echo
 		echo "Command: \`CRASH_FULL=1${CRASH_ROUNDS:+ CRASH_ROUNDS=$CRASH_ROUNDS}${CRASH_REPLAY_TXNS:+ CRASH_REPLAY_TXNS=$CRASH_REPLAY_TXNS}${CRASH_REPLAY_UNFLUSHED:+ CRASH_REPLAY_UNFLUSHED=$CRASH_REPLAY_UNFLUSHED} CRASH_SEED=$seed e2e/run crash\`"
-		echo "($(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$REPO" rev-parse --short HEAD), qemu TCG, guest kernel $(basename "$(dirname "$(dirname "$logwrites_ko")")"); 2 host cores shared with other work)"
+		echo "($(date -u +%Y-%m-%dT%H:%MZ), $rev, qemu TCG, guest kernel $(basename "$(dirname "$(dirname "$logwrites_ko")")"); 2 host cores shared with other work)"
 		echo
 		echo "| part | what | result | time |"
 		echo "|---|---|---|---|"
