@@ -160,7 +160,16 @@ impl Inner {
         }
         let name = v.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&v.metadata)?;
-        match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref()).await? {
+        let finished = match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref()).await {
+            // Its record is gone (the pool object was re-created): nothing
+            // was promised for this object; remove it so a retry starts over.
+            Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
+                let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
+                return Err(e);
+            }
+            r => r?,
+        };
+        match finished {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
                 Ok(Settled::Ready(self.volumes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
@@ -178,7 +187,16 @@ impl Inner {
         }
         let name = s.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&s.metadata)?;
-        match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref()).await? {
+        let finished = match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref()).await {
+            // Its record is gone (the pool object was re-created): nothing
+            // was promised for this object; remove it so a retry starts over.
+            Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
+                let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
+                return Err(e);
+            }
+            r => r?,
+        };
+        match finished {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
                 Ok(Settled::Ready(self.snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
@@ -196,8 +214,13 @@ impl Inner {
         let id = DeviceRef::new(pool, device).thin_id();
         let txn = match self.alloc.allocate(pool, &[Op::Delete { id }]).await {
             Ok(a) => a.transaction.id().get(),
-            // Gone already (a retry after the delete committed), or its pool is.
-            Err(AllocError::NotAllocated { .. } | AllocError::PoolNotFound { .. }) => return Ok(()),
+            // Gone already (a retry after the delete committed).
+            Err(AllocError::NotAllocated { .. }) => return Ok(()),
+            // The pool's record is gone (its object deleted): the device may
+            // still be there; deleting the object would leak it silently.
+            Err(e @ AllocError::PoolNotFound { .. }) => {
+                return Err(Error::Unavailable(format!("cannot delete thin device {device}: {e}; the node re-creates the pool object when it restarts")))
+            }
             // A retry while our earlier delete is still pending: wait for it.
             Err(AllocError::BeingDeleted { txn, .. }) => txn,
             Err(e) => return Err(e.into()),
@@ -414,7 +437,7 @@ impl Inner {
         let a = self.alloc.allocate(&pool_name, &[op]).await?;
         let device = a.created[0].get();
         let txn = a.transaction.id().get();
-        if let Err(e) = self.clear_stale(&pool_name, device).await {
+        if let Err(e) = self.clear_stale(&pool_name, device, a.pool_uid.as_deref()).await {
             self.give_back(&pool_name, device, txn).await;
             return Err(e);
         }
@@ -455,14 +478,17 @@ impl Inner {
     /// committed (or whose create aborted), so such an object is left over
     /// from a controller that stopped between the device delete and the
     /// object delete. Without this, a lookup by id could find it.
-    async fn clear_stale(&self, pool: &str, device: u32) -> Result<()> {
+    async fn clear_stale(&self, pool: &str, device: u32, pool_uid: Option<&str>) -> Result<()> {
         let lp = ListParams::default().labels(&DeviceRef::new(pool, device).selector());
-        for v in self.volumes.list(&lp).await?.items {
+        // Only objects of the record that handed the id out again: another
+        // record's (a re-created pool object) are not ours to judge.
+        let same_record = |uid: &Option<String>| uid.is_none() || pool_uid.is_none() || uid.as_deref() == pool_uid;
+        for v in self.volumes.list(&lp).await?.items.into_iter().filter(|v| same_record(&v.spec.pool_uid)) {
             let name = v.metadata.name.clone().unwrap_or_default();
             tracing::warn!(object = %name, pool, device, "removing a stale ThinVolume: its device was deleted and the id reused");
             let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
         }
-        for s in self.snapshots.list(&lp).await?.items {
+        for s in self.snapshots.list(&lp).await?.items.into_iter().filter(|s| same_record(&s.spec.pool_uid)) {
             let name = s.metadata.name.clone().unwrap_or_default();
             tracing::warn!(object = %name, pool, device, "removing a stale ThinSnapshot: its device was deleted and the id reused");
             let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
@@ -544,7 +570,7 @@ impl Inner {
         let a = self.alloc.allocate(&pool, &[Op::CreateSnapshot { origin }]).await?;
         let device = a.created[0].get();
         let txn = a.transaction.id().get();
-        if let Err(e) = self.clear_stale(&pool, device).await {
+        if let Err(e) = self.clear_stale(&pool, device, a.pool_uid.as_deref()).await {
             self.give_back(&pool, device, txn).await;
             return Err(e);
         }

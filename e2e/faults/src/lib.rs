@@ -407,13 +407,21 @@ impl World {
             }
             (Op::Delete { of } | Op::DeleteOpen { of }, Reply::Ok(_)) => {
                 let target = self.reqs[of].name.clone();
-                self.deleting.remove(&target);
+                if let Some(d) = self.deleting.remove(&target) {
+                    if self.kernel.content(thin(d)).is_some() {
+                        self.node_defects.push(format!("DeleteVolume of {target} succeeded but device {d} is still in the pool"));
+                    }
+                }
             }
             (Op::Delete { of } | Op::DeleteOpen { of }, Reply::Err(_)) if self.reqs[i].retries_left == 0 && self.reqs[i].execs.is_empty() => {
-                // The delete finally failed: the volume and its data stay.
+                // The delete finally failed: if its device is still there, the
+                // volume (object and data) must be too.
                 let target = self.reqs[of].name.clone();
-                if let Some(d) = self.deleting.remove(&target) {
-                    self.live.insert(target, d);
+                if let Some(d) = self.deleting.get(&target).copied() {
+                    if self.kernel.content(thin(d)).is_some() {
+                        self.deleting.remove(&target);
+                        self.live.insert(target, d);
+                    }
                 }
             }
             _ => {}
@@ -446,7 +454,7 @@ impl World {
                 }
                 if let Op::Delete { of } = r.op {
                     // The kubelet unstages before the CO deletes.
-                    if let Some(d) = w.live.get(&w.reqs[of].name).copied() {
+                    if let Some(d) = w.deleting.get(&w.reqs[of].name).copied() {
                         if w.mounted.remove(&d) {
                             let _ = w.kernel.close(thin(d));
                             let _ = w.kernel.deactivate_thin(thin(d));
@@ -561,7 +569,8 @@ impl World {
                 // clear_stale: objects naming the id just handed out are removed.
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
-                    w.objects.retain(|_, o| o.device != device);
+                    // clear_stale: only objects of the same record.
+                    w.objects.retain(|_, o| o.device != device || (o.pool_uid.is_some() && uid.is_some() && o.pool_uid != uid));
                     let exists = w.objects.contains_key(&r.name);
                     if outcome.takes_effect() && !exists {
                         w.objects.insert(r.name.clone(), CsiObject { device, txn, pool_uid: uid.clone(), ready: false });
@@ -588,9 +597,12 @@ impl World {
                 match csi_controller::wait::outcome_in(pool, txn, uid.as_deref()) {
                     Ok(None) => {} // blocked until the status changes
                     Err(err) => {
+                        if matches!(err, csi_controller::wait::WaitError::TransactionUnknown { .. }) {
+                            w.objects.remove(&r.name); // its record is gone
+                        }
                         let code = csi_controller::status::Error::from(err).code();
                         w.reply(i, e, Reply::Err(code));
-                        out.push((label("waits: pool unhealthy"), w));
+                        out.push((label("waits: refused"), w));
                     }
                     Ok(Some(Finished::Committed)) => {
                         w.reqs[i].execs[e] = Step::MarkReady { txn, device };
@@ -646,7 +658,8 @@ impl World {
                     None => w.reply(i, e, Reply::Ok(0)),
                     Some(o) if !o.ready => w.reqs[i].execs[e] = Step::DeleteSettle { txn: o.txn },
                     Some(_) => match &w.pool {
-                        None => w.reply(i, e, Reply::Ok(0)),
+                        // The device's record is gone: it cannot be deleted now.
+                        None => w.reply(i, e, Reply::Err(Code::Unavailable)),
                         Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
                     },
                 }
@@ -671,10 +684,10 @@ impl World {
                         out.push((label("settles: its create aborted, nothing to delete"), w));
                     }
                     Ok(Some(Finished::Committed)) => {
-                        w.reqs[i].execs[e] = match &w.pool {
-                            Some(p) => Step::DeletePlan { read: json(p) },
-                            None => Step::DeleteObject,
-                        };
+                        match &w.pool {
+                            Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
+                            None => w.reply(i, e, Reply::Err(Code::Unavailable)),
+                        }
                         out.push((label("settles: its create committed"), w));
                     }
                 }
@@ -689,7 +702,7 @@ impl World {
                 };
                 let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.clone());
                 match plan(&read, &[Alloc::Delete { id: thin(device) }]) {
-                    Err(AllocError::NotAllocated { .. }) | Err(AllocError::PoolNotFound { .. }) => {
+                    Err(AllocError::NotAllocated { .. }) => {
                         w.reqs[i].execs[e] = Step::DeleteObject;
                         out.push((label("device not allocated: already deleted"), w));
                     }
@@ -705,7 +718,7 @@ impl World {
                     Ok(_) if current_rv != read.metadata.resource_version => {
                         match &w.pool {
                             Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
-                            None => w.reqs[i].execs[e] = Step::DeleteObject,
+                            None => w.reply(i, e, Reply::Err(Code::Unavailable)),
                         }
                         out.push((label("delete write conflicts (409), re-reads"), w));
                     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 
 use thinpool::cases::Fixture;
 use thinpool::{ActiveThin, Kernel, KernelError, PoolMessage, PoolStatus, Sectors, ThinId};
@@ -55,34 +56,49 @@ impl Drop for Aligned {
     }
 }
 
+/// Writes the pattern of `seed` at every offset of the device at `path`;
+/// with `sync`, waits until it is durable (fdatasync).
+pub fn write_pattern_at(path: &Path, seed: u64, sync: bool) -> Result<(), String> {
+    let f = OpenOptions::new().write(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    for off in OFFSETS {
+        f.write_all_at(&pattern(seed), off).map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    if sync {
+        f.sync_data().map_err(|e| format!("fdatasync {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads the pattern back (O_DIRECT) and returns its seed; an error
+/// (starting with " at offset" or ":") when it is torn or unwritten.
+pub fn read_pattern_at(path: &Path) -> Result<u64, String> {
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).map_err(|e| format!(": open {}: {e}", path.display()))?;
+    let mut seeds = Vec::new();
+    for off in OFFSETS {
+        let mut buf = Aligned::new(BLOCK);
+        f.read_exact_at(buf.as_mut(), off).map_err(|e| format!(": read {}: {e}", path.display()))?;
+        let seed = u64::from_le_bytes(buf.as_mut()[..8].try_into().unwrap());
+        if buf.as_mut() != pattern(seed).as_slice() {
+            return Err(format!(" at offset {off}: not a whole pattern (torn or unwritten)"));
+        }
+        seeds.push(seed);
+    }
+    if seeds[0] != seeds[1] {
+        return Err(format!(": offsets disagree ({seeds:?})"));
+    }
+    Ok(seeds[0])
+}
+
 impl Fixture for DmFixture {
     fn write_pattern(&mut self, id: ThinId, seed: u64) -> Result<(), String> {
         let path = self.pool.thin_device_path(id).map_err(|e| e.to_string())?;
-        let f = OpenOptions::new().write(true).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        for off in OFFSETS {
-            // Buffered and not synced on purpose: the suspend must flush it.
-            f.write_all_at(&pattern(seed), off).map_err(|e| format!("write {}: {e}", path.display()))?;
-        }
-        Ok(())
+        // Buffered and not synced on purpose: the suspend must flush it.
+        write_pattern_at(&path, seed, false)
     }
 
     fn read_pattern(&mut self, id: ThinId) -> Result<u64, String> {
         let path = self.pool.thin_device_path(id).map_err(|e| e.to_string())?;
-        let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        let mut seeds = Vec::new();
-        for off in OFFSETS {
-            let mut buf = Aligned::new(BLOCK);
-            f.read_exact_at(buf.as_mut(), off).map_err(|e| format!("read {}: {e}", path.display()))?;
-            let seed = u64::from_le_bytes(buf.as_mut()[..8].try_into().unwrap());
-            if buf.as_mut() != pattern(seed).as_slice() {
-                return Err(format!("device {id} at offset {off}: not a whole pattern (torn or unwritten)"));
-            }
-            seeds.push(seed);
-        }
-        if seeds[0] != seeds[1] {
-            return Err(format!("device {id}: offsets disagree ({seeds:?})"));
-        }
-        Ok(seeds[0])
+        read_pattern_at(&path).map_err(|e| format!("device {id}{e}"))
     }
 
     fn hold_open(&mut self, id: ThinId) -> Result<(), String> {

@@ -5,8 +5,10 @@
 #[path = "../../fail_on_panic.rs"]
 mod fail_on_panic;
 mod bench;
+mod crash;
 mod demo;
 mod fixture;
+mod logwrites;
 mod record;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,7 @@ use thinpool::{commit, recover, Boundary, Kernel, Operation, PoolName, Sectors, 
 use thinpool_dm::DmPool;
 
 use fixture::DmFixture;
+use crash::Journal;
 use record::Record;
 
 const THIN_SIZE: Sectors = Sectors(2048 * 16);
@@ -220,16 +223,16 @@ fn parse_boundary(s: &str) -> Result<Boundary, String> {
 
 /// Makes sure the pool holds an active origin to snapshot and a spare to
 /// delete, committing normally; returns (origin, spare).
-fn ensure_devices(pool: &mut DmPool, record: &mut Record, record_path: &Path) -> Result<(ThinId, ThinId), String> {
+fn ensure_devices(pool: &mut DmPool, record: &mut Record, record_path: &Path, journal: &mut Journal) -> Result<(ThinId, ThinId), String> {
     while record.live.len() < 2 {
         let id = record.allocate();
         let n = record.pool.last_assigned().successor();
         let txn = Transaction::new(n, vec![Operation::CreateThin { id }]).map_err(|e| e.to_string())?;
         record.pool.pending.push(txn.clone());
-        record.store(record_path)?;
+        journal.store(record, record_path)?;
         commit(pool, &txn, &mut ()).map_err(|e| e.to_string())?;
         record.committed(n);
-        record.store(record_path)?;
+        journal.store(record, record_path)?;
     }
     let mut ids = record.live.iter().copied();
     let (origin, spare) = (ids.next().unwrap(), ids.last().unwrap());
@@ -239,19 +242,30 @@ fn ensure_devices(pool: &mut DmPool, record: &mut Record, record_path: &Path) ->
     Ok((origin, spare))
 }
 
-/// A transaction with a snapshot of an active origin, a create and a delete.
-fn mixed_transaction(pool: &mut DmPool, record: &mut Record, record_path: &Path) -> Result<Transaction, String> {
-    let (origin, spare) = ensure_devices(pool, record, record_path)?;
+/// Snapshots kept live by `mixed_transaction`: older ones are deleted.
+const KEEP_SNAPSHOTS: usize = 6;
+
+/// A transaction with a snapshot of an active origin, a create and a delete
+/// (two once enough snapshots are live: the oldest goes too). The origin is
+/// first given a pattern (seed: the transaction id), written and synced
+/// before the record names the snapshot, so the snapshot must hold exactly
+/// that pattern however the transaction ends up being finished.
+fn mixed_transaction(pool: &mut DmPool, record: &mut Record, record_path: &Path, journal: &mut Journal) -> Result<Transaction, String> {
+    let (origin, spare) = ensure_devices(pool, record, record_path, journal)?;
+    let n = record.pool.last_assigned().successor();
+    let origin_path = pool.thin_device_path(origin).map_err(|e| e.to_string())?;
+    fixture::write_pattern_at(&origin_path, n.get(), true)?;
     let snap = record.allocate();
     let thin = record.allocate();
-    let n = record.pool.last_assigned().successor();
-    let txn = Transaction::new(
-        n,
-        vec![Operation::CreateSnapshot { id: snap, origin }, Operation::CreateThin { id: thin }, Operation::Delete { id: spare }],
-    )
-    .map_err(|e| e.to_string())?;
+    let mut ops = vec![Operation::CreateSnapshot { id: snap, origin }, Operation::CreateThin { id: thin }, Operation::Delete { id: spare }];
+    let live_snaps: Vec<ThinId> = record.seeds.keys().copied().filter(|id| record.live.contains(id) && *id != spare).collect();
+    if live_snaps.len() >= KEEP_SNAPSHOTS {
+        ops.push(Operation::Delete { id: live_snaps[0] });
+    }
+    let txn = Transaction::new(n, ops).map_err(|e| e.to_string())?;
+    record.seeds.insert(snap, n.get());
     record.pool.pending.push(txn.clone());
-    record.store(record_path)?; // the record is written before the node acts
+    journal.store(record, record_path)?; // the record is written before the node acts
     Ok(txn)
 }
 
@@ -261,7 +275,7 @@ fn cmd_crash(args: &Args) -> Result<(), String> {
     let at = parse_boundary(args.get("at")?)?;
     let mut pool = open_or_create(&device)?;
     let mut record = Record::load(&record_path)?;
-    let txn = mixed_transaction(&mut pool, &mut record, &record_path)?;
+    let txn = mixed_transaction(&mut pool, &mut record, &record_path, &mut Journal::none())?;
     println!("committing transaction {} and dying at {at:?}", txn.id());
     let mut die_at = |_: TransactionId, b: Boundary| {
         if b == at {
@@ -284,7 +298,7 @@ fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, l
             return Ok(());
         }
     };
-    println!("recovery: {report:?}");
+    println!("recovery: {}", describe_recovery(&report));
     for n in &report.committed_unreported {
         record.committed(*n);
     }
@@ -310,25 +324,80 @@ fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, l
     Ok(())
 }
 
+/// One line: what recovery found and did.
+fn describe_recovery(report: &thinpool::engine::RecoveryReport) -> String {
+    let mut words = vec![format!("kernel was at {}", report.kernel_was_at)];
+    if !report.resumed.is_empty() {
+        words.push(format!("resumed {:?}", report.resumed.iter().map(|t| t.to_string()).collect::<Vec<_>>()));
+    }
+    if !report.committed_unreported.is_empty() {
+        words.push(format!("committed but unreported {:?}", report.committed_unreported.iter().map(|t| t.get()).collect::<Vec<_>>()));
+    }
+    match &report.finished {
+        Some((n, Outcome::Committed(c))) if c.already_done.is_empty() => words.push(format!("finished {n} (committed)")),
+        Some((n, Outcome::Committed(c))) => words.push(format!(
+            "finished {n} (committed; already in the kernel: {})",
+            c.already_done.iter().map(|op| op.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+        Some((n, Outcome::Aborted { reason })) => words.push(format!("finished {n} (aborted: {reason})")),
+        None => words.push("nothing in flight".into()),
+    }
+    words.join("; ")
+}
+
 fn cmd_recover(args: &Args, tally: &mut Tally) -> Result<(), String> {
     let mut pool = DmPool::open_on_device(&args.path("device")?).map_err(|e| e.to_string())?;
     recover_and_check(&mut pool, &args.path("record")?, tally, args.get("label").unwrap_or("recover"))
 }
 
-/// Commits transactions until the VM is powered off under it.
+/// Commits transactions until the VM is powered off under it (or `--count`
+/// of them). Prints `TXN <n> begin #<k>` before and `TXN <n> committed #<k>`
+/// after each (k counts from 1 in this run), for the host to cut the power
+/// at. With `--mark-device NAME --history DIR`, every record version is
+/// kept in DIR and named in the dm-log-writes log of NAME by a mark.
 fn cmd_powerrun(args: &Args) -> Result<(), String> {
     let device = args.path("device")?;
     let record_path = args.path("record")?;
+    let mut journal = match (args.0.get("mark-device"), args.0.get("history")) {
+        (Some(dev), Some(dir)) => Journal::new(dev, Path::new(dir))?,
+        (None, None) => Journal::none(),
+        _ => return Err("--mark-device and --history go together".into()),
+    };
     let mut pool = open_or_create(&device)?;
     let mut record = Record::load(&record_path)?;
-    for _ in 0..args.num("count", 1_000_000)? {
-        let txn = mixed_transaction(&mut pool, &mut record, &record_path)?;
+    journal.store(&record, &record_path)?;
+    for k in 1..=args.num("count", 1_000_000)? {
+        let txn = mixed_transaction(&mut pool, &mut record, &record_path, &mut journal)?;
+        println!("TXN {} begin #{k}", txn.id());
         commit(&mut pool, &txn, &mut ()).map_err(|e| e.to_string())?;
         record.committed(txn.id());
-        record.store(&record_path)?;
-        println!("TXN {} committed", txn.id());
+        journal.store(&record, &record_path)?;
+        println!("TXN {} committed #{k}", txn.id());
+    }
+    if args.0.contains_key("finish") {
+        for t in pool.active_thins().map_err(|e| e.to_string())? {
+            pool.deactivate_thin(t.id).map_err(|e| e.to_string())?;
+        }
+        pool.teardown().map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Checks the data of the newest live snapshots against their seeds.
+fn check_snapshot_data(pool: &mut DmPool, record: &Record, newest: usize) -> Result<String, String> {
+    let snaps: Vec<(ThinId, u64)> = record.seeds.iter().rev().filter(|(id, _)| record.live.contains(id)).take(newest).map(|(id, seed)| (*id, *seed)).collect();
+    let mut seen = Vec::new();
+    for (id, seed) in &snaps {
+        pool.activate_thin(*id, THIN_SIZE).map_err(|e| format!("activate snapshot {id}: {e}"))?;
+        let read = pool.thin_device_path(*id).map_err(|e| e.to_string()).and_then(|p| fixture::read_pattern_at(&p).map_err(|e| format!("snapshot {id}{e}")));
+        pool.deactivate_thin(*id).map_err(|e| format!("deactivate snapshot {id}: {e}"))?;
+        match read {
+            Ok(got) if got == *seed => seen.push(format!("{id}={seed}")),
+            Ok(got) => return Err(format!("snapshot {id} holds pattern {got}, its origin held {seed} when it was taken")),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(if seen.is_empty() { "no snapshot yet".into() } else { seen.join(" ") })
 }
 
 fn cmd_powercheck(args: &Args, tally: &mut Tally) -> Result<(), String> {
@@ -338,10 +407,17 @@ fn cmd_powercheck(args: &Args, tally: &mut Tally) -> Result<(), String> {
     let Some((device, _)) = found.into_iter().next() else { return Ok(()) };
     let mut pool = DmPool::open_on_device(&device).map_err(|e| e.to_string())?;
     println!("after power-off: kernel at {}", kernel_txn(&pool)?);
-    recover_and_check(&mut pool, &args.path("record")?, tally, "after power-off")?;
+    let record_path = args.path("record")?;
+    recover_and_check(&mut pool, &record_path, tally, "after power-off")?;
     for t in pool.active_thins().map_err(|e| e.to_string())? {
         let _ = pool.deactivate_thin(t.id);
     }
+    let record = Record::load(&record_path)?;
+    let data = check_snapshot_data(&mut pool, &record, 2);
+    if let Ok(seen) = &data {
+        println!("after power-off: snapshot data {seen}");
+    }
+    tally.report("after power-off: snapshot data as at snapshot time", data.map(drop));
     teardown_and_check(pool, tally);
     Ok(())
 }
@@ -361,7 +437,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
-        eprintln!("usage: thin-vmtest cases|refuse|crash|recover|finish|powerrun|powercheck|demo|bench [--option value]...");
+        eprintln!("usage: thin-vmtest cases|refuse|crash|recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
         return ExitCode::from(2);
     };
     let mut tally = Tally::default();
@@ -373,6 +449,7 @@ fn main() -> ExitCode {
         "powerrun" => cmd_powerrun(&args),
         "finish" => cmd_finish(&args, &mut tally),
         "powercheck" => cmd_powercheck(&args, &mut tally),
+        "replay-log" => crash::replay_log(&args, &mut tally),
         "demo" => demo::run(&args.path("device")?),
         "bench" => bench::run(&args.path("device")?, &args.0),
         other => Err(format!("unknown command {other:?}")),

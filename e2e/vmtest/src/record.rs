@@ -6,8 +6,10 @@
 //!   finished <n>
 //!   pending <n> <op>;<op>;...      (ops as kernel message text)
 //!   live <id> <id> ...             (devices that should exist after <finished>)
+//!   seed <id> <seed>               (a snapshot's data: the pattern its origin
+//!                                   held, durably, when its transaction was recorded)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -19,6 +21,8 @@ pub struct Record {
     pub pool: PoolRecord,
     pub live: BTreeSet<ThinId>,
     pub next_id: u32,
+    /// Snapshots (pending or live) and the pattern seed they must hold.
+    pub seeds: BTreeMap<ThinId, u64>,
 }
 
 const AREA: usize = 1 << 20;
@@ -35,6 +39,11 @@ impl Record {
                 text.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         }
+        Record::parse(&text)
+    }
+
+    /// Parses the text `store` writes (trailing zero padding allowed).
+    pub fn parse(text: &str) -> Result<Record, String> {
         let text = text.trim_end_matches('\0');
         let mut record = Record { next_id: 1, ..Record::default() };
         for line in text.lines() {
@@ -46,6 +55,11 @@ impl Record {
                     for id in rest.split_whitespace() {
                         record.live.insert(id.parse().map_err(|e| format!("{line:?}: {e}"))?);
                     }
+                }
+                "seed" => {
+                    let (id, seed) = rest.split_once(' ').ok_or_else(|| format!("bad line {line:?}"))?;
+                    let id = id.parse().map_err(|e| format!("{line:?}: {e}"))?;
+                    record.seeds.insert(id, seed.trim().parse().map_err(|_| format!("bad line {line:?}"))?);
                 }
                 "pending" => {
                     let (n, ops) = rest.split_once(' ').ok_or_else(|| format!("bad line {line:?}"))?;
@@ -62,6 +76,19 @@ impl Record {
 
     /// Writes the whole record and syncs it.
     pub fn store(&self, path: &Path) -> Result<(), String> {
+        let mut bytes = self.text().into_bytes();
+        if bytes.len() >= AREA {
+            return Err("record too large".into());
+        }
+        bytes.resize(bytes.len().div_ceil(4096) * 4096 + 4096, 0);
+        let mut f = OpenOptions::new().write(true).create(true).truncate(!is_block_device(path)).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        f.write_all(&bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
+        f.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
+    }
+
+    /// The record as text (what `store` writes, before padding).
+    pub fn text(&self) -> String {
         let mut text = format!("finished {}\nnext_id {}\nlive", self.pool.finished, self.next_id);
         for id in &self.live {
             text.push_str(&format!(" {id}"));
@@ -71,15 +98,10 @@ impl Record {
             let ops: Vec<String> = txn.operations().iter().map(|op| op.to_string()).collect();
             text.push_str(&format!("pending {} {}\n", txn.id(), ops.join(";")));
         }
-        let mut bytes = text.into_bytes();
-        if bytes.len() >= AREA {
-            return Err("record too large".into());
+        for (id, seed) in &self.seeds {
+            text.push_str(&format!("seed {id} {seed}\n"));
         }
-        bytes.resize(bytes.len().div_ceil(4096) * 4096 + 4096, 0);
-        let mut f = OpenOptions::new().write(true).create(true).truncate(!is_block_device(path)).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-        f.write_all(&bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
-        f.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
+        text
     }
 
     pub fn allocate(&mut self) -> ThinId {
@@ -98,11 +120,17 @@ impl Record {
         }
         for id in txn.deleted_ids() {
             self.live.remove(&id);
+            self.seeds.remove(&id);
         }
         self.pool.finished = n;
     }
 
     pub fn aborted(&mut self, n: TransactionId) {
+        if let Some(txn) = self.pool.pending.iter().find(|t| t.id() == n) {
+            for id in txn.created_ids() {
+                self.seeds.remove(&id);
+            }
+        }
         self.pool.pending.retain(|t| t.id() != n);
         self.pool.finished = n;
     }
