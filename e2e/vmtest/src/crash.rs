@@ -295,7 +295,7 @@ fn check_open_pool(pool: &mut DmPool, record: &Record, counts: &mut Counts, last
             counts.finished_by_recovery += 1;
             did.push(format!("{n} finished"));
         }
-        Some((n, Outcome::Aborted { reason })) => {
+        Some((n, Outcome::Aborted { reason, .. })) => {
             record.aborted(n);
             counts.aborted += 1;
             did.push(format!("{n} aborted ({reason})"));

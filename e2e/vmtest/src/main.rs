@@ -339,7 +339,7 @@ fn describe_recovery(report: &thinpool::engine::RecoveryReport) -> String {
             "finished {n} (committed; already in the kernel: {})",
             c.already_done.iter().map(|op| op.to_string()).collect::<Vec<_>>().join(", ")
         )),
-        Some((n, Outcome::Aborted { reason })) => words.push(format!("finished {n} (aborted: {reason})")),
+        Some((n, Outcome::Aborted { reason, .. })) => words.push(format!("finished {n} (aborted: {reason})")),
         None => words.push("nothing in flight".into()),
     }
     words.join("; ")
