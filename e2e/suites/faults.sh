@@ -11,7 +11,7 @@ ensure_build_deps
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 rc=0
-"$CARGO_TARGET_DIR/release/thin-faults" --len "${FAULTS_LEN:-2}" --faults "${FAULTS_BUDGET:-2}" >"$log" 2>&1 || rc=$?
+"$CARGO_TARGET_DIR/release/thin-faults" --len "${FAULTS_LEN:-2}" --replica-len "${FAULTS_REPLICA_LEN:-1}" --faults "${FAULTS_BUDGET:-2}" >"$log" 2>&1 || rc=$?
 grep -v '^faults: ' "$log" || true
 [[ $rc -eq 0 ]] || grep -q '^FAIL ' "$log" || echo "FAIL thin-faults exited $rc without a verdict" >>"$log"
 summarize faults "$log"
