@@ -282,24 +282,13 @@ impl Allocator {
                 Err(_) if from_cache => continue,
                 Err(e) => return Err(e),
             };
-            object.spec = plan.spec;
+            object.spec = plan.spec.clone();
             // `object` carries the resourceVersion it was read with: the
             // write fails with 409 if anything changed the object since.
             match self.api.replace(pool, &PostParams::default(), &object).await {
                 Ok(written) => {
                     tracing::debug!(pool, txn = %plan.transaction.id(), conflicts, "transaction recorded");
-                    let resource_version = written.metadata.resource_version.clone();
-                    let pool_uid = written.metadata.uid.clone();
-                    *kept = Some(written);
-                    return Ok(Allocation {
-                        pool: pool.to_string(),
-                        transaction: plan.transaction,
-                        created: plan.created,
-                        freed: plan.freed,
-                        resource_version,
-                        pool_uid,
-                        conflicts,
-                    });
+                    return Ok(Allocation::recorded(pool, plan, written, conflicts, &mut kept));
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     conflicts += 1;
@@ -315,23 +304,29 @@ impl Allocator {
                 Err(e) => match self.api.get(pool).await {
                     Ok(now) if recorded(&now, &plan.transaction) => {
                         tracing::info!(pool, txn = %plan.transaction.id(), error = %e, "the write failed but took effect");
-                        let resource_version = now.metadata.resource_version.clone();
-                        let pool_uid = now.metadata.uid.clone();
-                        *kept = Some(now);
-                        return Ok(Allocation {
-                            pool: pool.to_string(),
-                            transaction: plan.transaction,
-                            created: plan.created,
-                            freed: plan.freed,
-                            resource_version,
-                            pool_uid,
-                            conflicts,
-                        });
+                        return Ok(Allocation::recorded(pool, plan, now, conflicts, &mut kept));
                     }
                     _ => return Err(AllocError::Api(e)),
                 },
             }
         }
+    }
+}
+
+impl Allocation {
+    /// The allocation `plan` made, recorded in `written` (kept as the next read).
+    fn recorded(pool: &str, plan: Plan, written: ThinPool, conflicts: u32, kept: &mut Option<ThinPool>) -> Allocation {
+        let allocation = Allocation {
+            pool: pool.to_string(),
+            transaction: plan.transaction,
+            created: plan.created,
+            freed: plan.freed,
+            resource_version: written.metadata.resource_version.clone(),
+            pool_uid: written.metadata.uid.clone(),
+            conflicts,
+        };
+        *kept = Some(written);
+        allocation
     }
 }
 
