@@ -212,8 +212,8 @@ impl Inner {
     /// the device is gone (also when it already was).
     async fn delete_device(&self, pool: &str, device: u32) -> Result<()> {
         let id = DeviceRef::new(pool, device).thin_id();
-        let txn = match self.alloc.allocate(pool, &[Op::Delete { id }]).await {
-            Ok(a) => a.transaction.id().get(),
+        let (txn, uid) = match self.alloc.allocate(pool, &[Op::Delete { id }]).await {
+            Ok(a) => (a.transaction.id().get(), a.pool_uid),
             // Gone already (a retry after the delete committed).
             Err(AllocError::NotAllocated { .. }) => return Ok(()),
             // The pool's record is gone (its object deleted): the device may
@@ -222,10 +222,11 @@ impl Inner {
                 return Err(Error::Unavailable(format!("cannot delete thin device {device}: {e}; the node re-creates the pool object when it restarts")))
             }
             // A retry while our earlier delete is still pending: wait for it.
-            Err(AllocError::BeingDeleted { txn, .. }) => txn,
+            Err(AllocError::BeingDeleted { txn, .. }) => (txn, None),
             Err(e) => return Err(e.into()),
         };
-        match self.wait(pool, txn, None).await? {
+        // The uid: an outcome read from a re-created record would be another's.
+        match self.wait(pool, txn, uid.as_deref()).await? {
             Finished::Committed => Ok(()),
             Finished::Aborted(a) => Err(Error::TransactionAborted {
                 pool: pool.to_string(),

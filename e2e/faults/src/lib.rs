@@ -118,7 +118,7 @@ enum Step {
     /// DeleteVolume: the volume's create must have finished.
     DeleteSettle { txn: u64 },
     DeletePlan { read: String },
-    DeleteWait { txn: u64 },
+    DeleteWait { txn: u64, uid: Option<String> },
     DeleteObject,
 }
 
@@ -707,7 +707,7 @@ impl World {
                         out.push((label("device not allocated: already deleted"), w));
                     }
                     Err(AllocError::BeingDeleted { txn, .. }) => {
-                        w.reqs[i].execs[e] = Step::DeleteWait { txn };
+                        w.reqs[i].execs[e] = Step::DeleteWait { txn, uid: None };
                         out.push((label("already being deleted"), w));
                     }
                     Err(err) => {
@@ -732,7 +732,8 @@ impl World {
                             }
                             w.faults += outcome.is_fault() as u8;
                             if w.pool.as_ref().is_some_and(|now| csi_controller::alloc::recorded(now, &p.transaction)) {
-                                w.reqs[i].execs[e] = Step::DeleteWait { txn: p.transaction.id().get() };
+                                let uid = w.pool.as_ref().and_then(|p| p.metadata.uid.clone());
+                                w.reqs[i].execs[e] = Step::DeleteWait { txn: p.transaction.id().get(), uid };
                             } else {
                                 w.reply(i, e, Reply::Err(Code::Unavailable));
                             }
@@ -741,13 +742,13 @@ impl World {
                     }
                 }
             }
-            Step::DeleteWait { txn } => {
+            Step::DeleteWait { txn, uid } => {
                 let Some(pool) = &self.pool else {
                     w.reply(i, e, Reply::Err(Code::NotFound));
                     out.push((label("delete waits: pool object gone"), w));
                     return out;
                 };
-                match outcome(pool, txn) {
+                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref()) {
                     Ok(None) => {}
                     Err(_) => {
                         w.reply(i, e, Reply::Err(Code::Unavailable));
