@@ -140,7 +140,7 @@ impl PoolExecutor {
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut latest: Option<ThinPool> = None;
         // The (uid, generation) of the last spec fully reconciled.
-        let mut done: Option<(Option<String>, Option<i64>)> = None;
+        let mut done: Option<(Option<String>, Option<i64>, String)> = None;
         loop {
             let retry = async {
                 match retry_at {
@@ -162,13 +162,15 @@ impl PoolExecutor {
             // React to spec changes only: the node's own status writes come
             // back through this watch and must not trigger another run; an
             // older generation is a re-delivered event.
-            let seen = (pool.metadata.uid.clone(), pool.metadata.generation);
-            if !retrying && done.as_ref().is_some_and(|d: &(Option<String>, Option<i64>)| d.0 == seen.0 && d.1 >= seen.1) {
-                continue;
-            }
             if self.test_hooks && annotation(&pool, hooks::STOP).is_some() {
                 info!("stop requested through the test hook");
                 return Ok(());
+            }
+            // Test hooks ride in annotations, which do not change the generation.
+            let hooks_set = if self.test_hooks { format!("{:?}", [hooks::KILL_AT, hooks::TAMPER].map(|k| annotation(&pool, k))) } else { String::new() };
+            let seen = (pool.metadata.uid.clone(), pool.metadata.generation, hooks_set);
+            if !retrying && done.as_ref().is_some_and(|d: &(Option<String>, Option<i64>, String)| d.0 == seen.0 && d.1 >= seen.1 && d.2 == seen.2) {
+                continue;
             }
             match self.reconcile(&pool).await {
                 Ok(true) => retry_at = Some(tokio::time::Instant::now() + BLOCKED_RETRY),
