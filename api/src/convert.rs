@@ -192,4 +192,14 @@ mod tests {
         assert!(matches!(pool_record(&pool(4, &[5], None)), Err(ConversionError::PendingBeyondAssigned { .. })));
         assert!(matches!(pool_record(&pool(2, &[], Some(3))), Err(ConversionError::FinishedBeyondAssigned { .. })));
     }
+
+    /// Defect 4 of issue 9: a node that created its object and crashed
+    /// before any status write leaves a record whose finished transaction
+    /// the spec alone gives (the kernel's id at creation), not 0.
+    #[test]
+    fn finished_is_known_from_the_spec_without_a_status() {
+        assert_eq!(pool_record(&pool(7, &[], None)).unwrap().finished, TransactionId::new(7));
+        assert_eq!(pool_record(&pool(9, &[8, 9], None)).unwrap().finished, TransactionId::new(7));
+        assert_eq!(pool_record(&pool(9, &[8, 9], Some(8))).unwrap().finished, TransactionId::new(8));
+    }
 }

@@ -301,3 +301,26 @@ impl ThinPoolSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 3 of issue 9: a status write must clear what the new status
+    /// no longer has (a merge patch of the plain serialization skips it).
+    #[test]
+    fn a_status_patch_clears_dropped_fields() {
+        let old = ThinPoolStatus {
+            finished_transaction: Some(4),
+            last_error: Some("transaction 5 blocked".into()),
+            aborted_transactions: vec![AbortedTransaction { id: 4, reason: AbortReason::NoSpace, message: "ENOSPC".into() }],
+            ..Default::default()
+        };
+        let new = ThinPoolStatus { finished_transaction: Some(5), ..Default::default() };
+        let patch = new.merge_patch_from(&old);
+        assert_eq!(patch["status"]["lastError"], serde_json::Value::Null);
+        assert_eq!(patch["status"]["abortedTransactions"], serde_json::Value::Null);
+        assert!(patch["status"].as_object().unwrap().contains_key("lastError"), "sent as an explicit null: {patch}");
+        assert_eq!(patch["status"]["finishedTransaction"], 5);
+    }
+}

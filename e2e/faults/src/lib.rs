@@ -1157,3 +1157,33 @@ pub fn scenarios(len: usize) -> Vec<Vec<Op>> {
     rec(len, &mut cur, &mut all);
     all
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_create_under_one_fault_keeps_every_invariant() {
+        let r = explore(&[Op::Create], &Config { max_faults: 1, ..Config::default() });
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert!(r.paths > 10 && !r.truncated, "{r:?}");
+    }
+
+    #[test]
+    fn scenarios_reference_earlier_creates_only() {
+        for ops in scenarios(3) {
+            for (i, op) in ops.iter().enumerate() {
+                if let Op::Snapshot { of } | Op::Delete { of } | Op::DeleteOpen { of } = op {
+                    assert!(*of < i && ops[*of] == Op::Create, "{ops:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_merge_patch_model_clears_nulls() {
+        let mut v = serde_json::json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge(&mut v, &serde_json::json!({"a": null, "b": {"c": null}}));
+        assert_eq!(v, serde_json::json!({"b": {"d": 3}}));
+    }
+}
