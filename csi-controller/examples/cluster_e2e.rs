@@ -236,13 +236,21 @@ async fn reuse(client: Client, pool: &str) -> Result<String> {
     let allocator = Allocator::new(client.clone());
     let a = |e: csi_controller::AllocError| e.to_string();
     let id0 = allocator.allocate(pool, &[Request::CreateThin]).await.map_err(a)?.created[0];
+    // A device is not deleted while its create is pending.
+    match allocator.allocate(pool, &[Request::Delete { id: id0 }]).await {
+        Err(csi_controller::AllocError::CreatePending { .. }) => {}
+        other => return Err(format!("delete of {id0} while its create is pending: expected CreatePending, got {other:?}")),
+    }
+    // The node reports transaction 1 finished (committed), through the status subresource.
+    let api: Api<ThinPool> = Api::all(client.clone());
+    let status = json!({"status": {"finishedTransaction": 1, "kernelTransaction": 1, "mode": "rw", "health": "Healthy"}});
+    api.patch_status(pool, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(|e| e.to_string())?;
     let del = allocator.allocate(pool, &[Request::Delete { id: id0 }]).await.map_err(a)?;
     let before = allocator.allocate(pool, &[Request::CreateThin]).await.map_err(a)?.created[0];
     if before == id0 {
         return Err(format!("id {id0} handed out again while its delete (transaction {}) is pending", del.transaction.id()));
     }
-    // The node reports transactions 1 and 2 finished (committed), through the status subresource.
-    let api: Api<ThinPool> = Api::all(client);
+    // The node reports transaction 2 finished (committed) too.
     let status = json!({"status": {"finishedTransaction": 2, "kernelTransaction": 2, "mode": "rw", "health": "Healthy"}});
     api.patch_status(pool, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(|e| e.to_string())?;
     let after = allocator.allocate(pool, &[Request::CreateThin]).await.map_err(a)?;

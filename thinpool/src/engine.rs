@@ -6,7 +6,7 @@
 //! origin, on every path. The kernel's transaction id is the truth about
 //! what committed; [`recover`] reconciles it with the controller's record.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{debug, error, info, warn};
 
@@ -317,7 +317,7 @@ impl RecoverError {
 /// and is finished by replay. Sends no message unless a transaction was in
 /// flight; never guesses.
 pub fn recover(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Result<RecoveryReport, RecoverError> {
-    reconcile(kernel, record, true, observer)
+    reconcile(kernel, record, true, &BTreeMap::new(), observer)
 }
 
 /// Resumes every device of the pool left suspended (a crash between suspend
@@ -340,7 +340,16 @@ pub fn thaw(kernel: &mut impl Kernel) -> Result<Vec<ThinId>, RecoverError> {
 /// after the kernel's may have been started by an earlier process and is
 /// finished by replay; without it, it has never been attempted and is left
 /// to a first attempt ([`commit`]), where EEXIST is a collision.
-pub fn reconcile(kernel: &mut impl Kernel, record: &PoolRecord, replay: bool, observer: &mut impl Observer) -> Result<RecoveryReport, RecoverError> {
+///
+/// `known` holds outcomes this process saw itself (true = committed): those
+/// need no probe of the kernel's devices.
+pub fn reconcile(
+    kernel: &mut impl Kernel,
+    record: &PoolRecord,
+    replay: bool,
+    known: &BTreeMap<TransactionId, bool>,
+    observer: &mut impl Observer,
+) -> Result<RecoveryReport, RecoverError> {
     check_record(record)?;
     let resumed = thaw(kernel)?;
     let kernel_at = usable_status(kernel)?;
@@ -354,7 +363,11 @@ pub fn reconcile(kernel: &mut impl Kernel, record: &PoolRecord, replay: bool, ob
     let mut committed_unreported = Vec::new();
     let mut aborted_unreported = Vec::new();
     for txn in record.pending.iter().filter(|t| t.id() <= kernel_at) {
-        if decide(kernel, txn, kernel_at)? {
+        let committed = match known.get(&txn.id()) {
+            Some(c) => *c,
+            None => decide(kernel, txn, kernel_at)?,
+        };
+        if committed {
             committed_unreported.push(txn.id());
         } else {
             aborted_unreported.push(txn.id());

@@ -2,6 +2,8 @@
 //! controller's record. Pure logic over the [`Kernel`]; the node binary
 //! calls it whenever its pool object changes, and writes the result back.
 
+use std::collections::BTreeMap;
+
 use crate::engine::{abort, commit, reconcile, CommitError, Observer, Outcome, PoolRecord, RecoverError};
 use crate::ids::TransactionId;
 use crate::kernel::{Kernel, KernelError};
@@ -67,12 +69,16 @@ pub struct Progress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Executor {
     replay_next: bool,
+    /// How the transactions this process ended ended, until the record
+    /// says they are finished: a report that was lost is then repeated
+    /// (with its real reason) without probing the kernel's devices.
+    ended: BTreeMap<TransactionId, Ended>,
 }
 
 impl Default for Executor {
     /// The executor of a process that just started.
     fn default() -> Self {
-        Executor { replay_next: true }
+        Executor { replay_next: true, ended: BTreeMap::new() }
     }
 }
 
@@ -80,7 +86,7 @@ impl Executor {
     /// The executor of a process that knows nothing of this record was ever
     /// attempted (it created the record itself).
     pub fn fresh_record() -> Self {
-        Executor { replay_next: false }
+        Executor { replay_next: false, ended: BTreeMap::new() }
     }
 
     /// Whether the next run replays the transaction after the kernel's.
@@ -93,8 +99,19 @@ impl Executor {
     /// posted is aborted (its id is consumed, the next one can run);
     /// anything else stops the run and is reported, never guessed around.
     pub fn drive(&mut self, kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl Observer) -> Progress {
-        let progress = run(kernel, record, self.replay_next, observer);
+        self.ended.retain(|n, _| *n > record.finished);
+        let known: BTreeMap<TransactionId, bool> = self.ended.iter().map(|(n, e)| (*n, *e == Ended::Committed)).collect();
+        let mut progress = run(kernel, record, self.replay_next, &known, observer);
         self.replay_next = progress.stopped.is_some();
+        for (n, e) in progress.ended.iter_mut() {
+            match self.ended.get(n) {
+                // Reported again after a lost status write: say what we saw.
+                Some(seen) => *e = seen.clone(),
+                None => {
+                    self.ended.insert(*n, e.clone());
+                }
+            }
+        }
         progress
     }
 }
@@ -105,9 +122,9 @@ pub fn drive(kernel: &mut impl Kernel, record: &PoolRecord, observer: &mut impl 
     Executor::default().drive(kernel, record, observer)
 }
 
-fn run(kernel: &mut impl Kernel, record: &PoolRecord, replay: bool, observer: &mut impl Observer) -> Progress {
+fn run(kernel: &mut impl Kernel, record: &PoolRecord, replay: bool, known: &BTreeMap<TransactionId, bool>, observer: &mut impl Observer) -> Progress {
     let mut progress = Progress::default();
-    let report = match reconcile(kernel, record, replay, observer) {
+    let report = match reconcile(kernel, record, replay, known, observer) {
         Ok(report) => report,
         Err(e) => {
             progress.kernel_at = current(kernel).unwrap_or_default();
@@ -223,12 +240,13 @@ mod tests {
         let mut node = Executor::default();
         let first = node.drive(&mut k, &record, &mut ());
         assert!(matches!(first.ended[1], (_, Ended::Aborted { .. })));
-        // The status write was lost: the same record again, in this process and in a new one.
-        for mut executor in [node, Executor::default()] {
+        // The status write was lost: the same record again. This process
+        // remembers why; a new one finds it aborted from the kernel's devices.
+        for (mut executor, kind) in [(node, AbortKind::OriginMissing), (Executor::default(), AbortKind::ReasonLost)] {
             let again = executor.drive(&mut k, &record, &mut ());
             assert_eq!(again.stopped, None);
             assert_eq!(again.ended[0], (TransactionId::new(1), Ended::Committed));
-            assert!(matches!(again.ended[1], (n, Ended::Aborted { kind: AbortKind::ReasonLost, .. }) if n.get() == 2), "{again:?}");
+            assert!(matches!(&again.ended[1], (n, Ended::Aborted { kind: k, .. }) if n.get() == 2 && *k == kind), "{again:?}");
         }
         // A delete refused (device open), its report lost: aborted, device kept.
         k.activate_thin(t(1), crate::ids::Sectors(8)).unwrap();
