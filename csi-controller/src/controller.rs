@@ -140,8 +140,8 @@ impl Inner {
     }
 
     /// Waits for the node to finish `txn` on `pool`.
-    async fn wait(&self, pool: &str, txn: u64, uid: Option<&str>) -> Result<Finished> {
-        Ok(wait::wait_finished_in(&self.pools, pool, txn, uid, self.wait_timeout).await?)
+    async fn wait(&self, pool: &str, txn: u64, uid: Option<&str>, subject: wait::Subject) -> Result<Finished> {
+        Ok(wait::wait_finished_in(&self.pools, pool, txn, uid, subject, self.wait_timeout).await?)
     }
 
     /// Makes sure the device of a volume object exists: waits on its create
@@ -160,7 +160,7 @@ impl Inner {
         }
         let name = v.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&v.metadata)?;
-        let finished = match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref()).await {
+        let finished = match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref(), wait::Subject::Create(v.spec.device_id.0)).await {
             // Its record is gone (the pool object was re-created): nothing
             // was promised for this object; remove it so a retry starts over.
             Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
@@ -187,7 +187,7 @@ impl Inner {
         }
         let name = s.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&s.metadata)?;
-        let finished = match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref()).await {
+        let finished = match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref(), wait::Subject::Create(s.spec.device_id.0)).await {
             // Its record is gone (the pool object was re-created): nothing
             // was promised for this object; remove it so a retry starts over.
             Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
@@ -226,7 +226,7 @@ impl Inner {
             Err(e) => return Err(e.into()),
         };
         // The uid: an outcome read from a re-created record would be another's.
-        match self.wait(pool, txn, uid.as_deref()).await? {
+        match self.wait(pool, txn, uid.as_deref(), wait::Subject::Delete(device)).await? {
             Finished::Committed => Ok(()),
             Finished::Aborted(a) => Err(Error::TransactionAborted {
                 pool: pool.to_string(),
@@ -502,7 +502,7 @@ impl Inner {
     /// while its create is pending). What this misses, the leak collector finds.
     async fn give_back(&self, pool: &str, device: u32, txn: u64) {
         let id = DeviceRef::new(pool, device).thin_id();
-        match self.wait(pool, txn, None).await {
+        match self.wait(pool, txn, None, wait::Subject::Create(device)).await {
             Ok(Finished::Committed) => {}
             Ok(Finished::Aborted(_)) => return, // no device was made
             Err(e) => {

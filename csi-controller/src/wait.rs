@@ -39,13 +39,32 @@ pub enum WaitError {
 
 /// What `pool`'s status says about transaction `txn`, if it has ended.
 pub fn outcome(pool: &ThinPool, txn: u64) -> Result<Option<Finished>, WaitError> {
-    outcome_in(pool, txn, None)
+    outcome_in(pool, txn, None, Subject::Unknown)
+}
+
+/// What the awaited transaction does to which device: once the controller
+/// has pruned a finished transaction from the record, the node no longer
+/// lists it as aborted, and the free list tells instead (an aborted create
+/// freed its id; a committed delete freed it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Create(u32),
+    Delete(u32),
+    Unknown,
+}
+
+fn freed(pool: &ThinPool, device: u32) -> bool {
+    device >= pool.spec.next_device_id || pool.spec.free_device_ids.iter().any(|d| d.0 == device)
+}
+
+fn lost(txn: u64, why: &str) -> Finished {
+    Finished::Aborted(AbortedTransaction { id: txn, reason: thin_csi_api::AbortReason::ReasonLost, message: why.to_string() })
 }
 
 /// [`outcome`] for a transaction assigned by the record of pool object
 /// `uid` (when known): another uid is a re-created object, whose record
 /// does not hold it.
-pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>) -> Result<Option<Finished>, WaitError> {
+pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>, subject: Subject) -> Result<Option<Finished>, WaitError> {
     let name = pool.metadata.name.clone().unwrap_or_default();
     if uid.is_some() && pool.metadata.uid.as_deref() != uid {
         return Err(WaitError::TransactionUnknown { pool: name, txn, last_assigned: pool.spec.last_assigned_transaction });
@@ -56,9 +75,12 @@ pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>) -> Result<Option
     }
     let finished = status.finished_transaction.unwrap_or(0).max(pool.spec.finished_at_least());
     if finished >= txn {
-        return Ok(Some(match status.aborted(txn) {
-            Some(a) => Finished::Aborted(a.clone()),
-            None => Finished::Committed,
+        let pruned = !pool.spec.pending_transactions.iter().any(|p| p.id == txn);
+        return Ok(Some(match (status.aborted(txn), pruned, subject) {
+            (Some(a), _, _) => Finished::Aborted(a.clone()),
+            (None, true, Subject::Create(d)) if freed(pool, d) => lost(txn, "the create was aborted; its report was pruned before it was read"),
+            (None, true, Subject::Delete(d)) if !freed(pool, d) => lost(txn, "the delete was aborted; its report was pruned before it was read"),
+            _ => Finished::Committed,
         }));
     }
     if status.health == Some(PoolHealth::Unhealthy) {
@@ -72,18 +94,18 @@ pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>) -> Result<Option
 
 /// Waits until the node reports transaction `txn` of `pool` finished.
 pub async fn wait_finished(pools: &Api<ThinPool>, pool: &str, txn: u64, timeout: Duration) -> Result<Finished, WaitError> {
-    wait_finished_in(pools, pool, txn, None, timeout).await
+    wait_finished_in(pools, pool, txn, None, Subject::Unknown, timeout).await
 }
 
 /// [`wait_finished`] for a transaction of the record of pool object `uid`.
-pub async fn wait_finished_in(pools: &Api<ThinPool>, pool: &str, txn: u64, uid: Option<&str>, timeout: Duration) -> Result<Finished, WaitError> {
+pub async fn wait_finished_in(pools: &Api<ThinPool>, pool: &str, txn: u64, uid: Option<&str>, subject: Subject, timeout: Duration) -> Result<Finished, WaitError> {
     let config = watcher::Config::default().fields(&format!("metadata.name={pool}"));
     let mut stream = watcher(pools.clone(), config).default_backoff().boxed();
     let watch = async {
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    if let Some(done) = outcome_in(&p, txn, uid)? {
+                    if let Some(done) = outcome_in(&p, txn, uid, subject)? {
                         return Ok(done);
                     }
                 }

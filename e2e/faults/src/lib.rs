@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use csi_controller::alloc::{plan, AllocError, Request as Alloc};
-use csi_controller::wait::{outcome, Finished};
+use csi_controller::wait::Finished;
 use thin_csi_api::{PoolHealth, ThinPool, ThinPoolSpec};
 use thinpool::model::ModelKernel;
 use thinpool::{ActiveThin, Kernel, KernelError, PoolMessage, PoolStatus, Sectors, ThinId, Transaction};
@@ -594,7 +594,7 @@ impl World {
                     out.push((label("waits: pool object gone"), w));
                     return out;
                 };
-                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref()) {
+                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Create(device)) {
                     Ok(None) => {} // blocked until the status changes
                     Err(err) => {
                         if matches!(err, csi_controller::wait::WaitError::TransactionUnknown { .. }) {
@@ -619,7 +619,7 @@ impl World {
             Step::GiveBack { txn, device, code } => {
                 let done = match &self.pool {
                     None => Some(false),
-                    Some(p) => match outcome(p, txn) {
+                    Some(p) => match csi_controller::wait::outcome_in(p, txn, None, csi_controller::wait::Subject::Create(device)) {
                         Ok(None) => None,
                         Ok(Some(Finished::Committed)) => Some(true),
                         Ok(Some(Finished::Aborted(_))) | Err(_) => Some(false),
@@ -671,7 +671,8 @@ impl World {
                     out.push((label("settles: pool object gone"), w));
                     return out;
                 };
-                match outcome(pool, txn) {
+                let device = self.objects.get(&self.target(i)).map_or(u32::MAX, |o| o.device);
+                match csi_controller::wait::outcome_in(pool, txn, None, csi_controller::wait::Subject::Create(device)) {
                     Ok(None) => {}
                     Err(_) => {
                         w.reply(i, e, Reply::Err(Code::Unavailable));
@@ -748,7 +749,7 @@ impl World {
                     out.push((label("delete waits: pool object gone"), w));
                     return out;
                 };
-                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref()) {
+                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Delete(self.objects.get(&self.target(i)).map_or(u32::MAX, |o| o.device))) {
                     Ok(None) => {}
                     Err(_) => {
                         w.reply(i, e, Reply::Err(Code::Unavailable));

@@ -1,4 +1,4 @@
-//! `thin-faults [--len N] [--faults F] [--replicas R] [--replica-len N2]`: explores every
+//! `thin-faults [--len N] [--faults F] [--replicas R] [--replica-len N2] [--only TEXT]`: explores every
 //! scenario of up to N CSI requests with up to F faults per path and prints
 //! `FAULTS: explored N paths, M states, V violations`.
 
@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         }
         // Two racing replicas multiply the state space: their scenarios may be shorter.
         let len = if replicas > 1 { arg("--replica-len", len) } else { len };
-        for ops in scenarios(len) {
+        let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+        for ops in scenarios(len).into_iter().filter(|ops| only.as_ref().is_none_or(|o| format!("{ops:?}").contains(o.as_str()))) {
             let t0 = std::time::Instant::now();
             let r = explore(&ops, &cfg);
             let secs = t0.elapsed().as_secs_f64();
