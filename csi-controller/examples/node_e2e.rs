@@ -13,6 +13,11 @@
 //!   node_e2e cross-node PORT A B           restore/clone placement with two node VMs, through csi-controller's gRPC
 //!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
 //!   node_e2e compare LEDGER DEVICES_LINE   the kernel's devices equal the ledger's
+//!   node_e2e forget POOL FILE              save the pool object to FILE, then delete it (a record lost by hand)
+//!   node_e2e unverified POOL FILE          the node re-created the object: devicesUnknownAtTransaction, Unhealthy,
+//!                                          a PoolRecordUnverified Event, allocations refused, nothing recorded
+//!   node_e2e adopt POOL FILE LEDGER DEVICES_LINE
+//!                                          adopt per docs/operations.md from the saved spec; a new volume gets a fresh id
 //!
 //! The LEDGER file tracks what committed: `+id` for a create, `-id` for a delete.
 
@@ -24,12 +29,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use csi_controller::wait::{wait_finished, Finished};
-use csi_controller::{Allocator, Request};
+use csi_controller::{AllocError, Allocator, Request};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
-use thin_csi_api::{hooks, PoolHealth, ThinPool};
+use thin_csi_api::{hooks, PoolHealth, ThinPool, ThinPoolSpec};
 use thinpool::{ThinId, Transaction};
 
 type Result<T> = std::result::Result<T, String>;
@@ -335,6 +340,146 @@ async fn cross_node(port: &str, a: &str, b: &str) -> Result<String> {
     Ok(format!("restore and clone refused for {b} (source on {a}), placed on {a} when {b} is only preferred; {b} takes its own volumes"))
 }
 
+/// Saves the pool object (as the operator's backup) and deletes it.
+async fn forget(ctx: &Ctx, pool: &str, file: &str) -> Result<String> {
+    let p = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?;
+    std::fs::write(file, json).map_err(|e| e.to_string())?;
+    ctx.pools.delete(pool, &DeleteParams::default()).await.map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while ctx.pools.get_opt(pool).await.map_err(|e| e.to_string())?.is_some() {
+        if start.elapsed() > WAIT {
+            return Err("the pool object is still there after its delete".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "--- pool object {pool} saved to {file} (uid {:?}, nextDeviceId {}, lastAssignedTransaction {}, {} pending, kernel at {:?}) and deleted",
+        p.metadata.uid,
+        p.spec.next_device_id,
+        p.spec.last_assigned_transaction,
+        p.spec.pending_transactions.len(),
+        p.status.as_ref().and_then(|s| s.kernel_transaction)
+    );
+    Ok(String::new())
+}
+
+fn read_saved(file: &str) -> Result<ThinPool> {
+    serde_json::from_str(&std::fs::read_to_string(file).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
+/// Prints one check's PASS/FAIL line; returns whether it passed.
+fn check(name: &str, result: Result<String>) -> bool {
+    let ok = result.is_ok();
+    let _ = finish(name, result);
+    ok
+}
+
+/// The node re-created the object of a pool with history: the record must
+/// refuse to hand out ids (before the fixes, it started again at id 0 and
+/// gave new volumes the ids of existing ones).
+async fn unverified(ctx: &Ctx, pool: &str, file: &str) -> Result<String> {
+    let saved = read_saved(file)?;
+    let kernel_at = saved.status.as_ref().and_then(|s| s.kernel_transaction).ok_or("the saved object has no kernel transaction")?;
+    // The node's new object (another uid), once it has written its verdict.
+    let start = Instant::now();
+    let obj = loop {
+        if let Some(p) = ctx.pools.get_opt(pool).await.map_err(|e| e.to_string())? {
+            if p.metadata.uid != saved.metadata.uid && p.status.as_ref().is_some_and(|s| s.health.is_some()) {
+                break p;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            return Err(format!("no re-created pool object {pool} with a health verdict after 240 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut ok = check(
+        "re-created pool object records devicesUnknownAtTransaction at the kernel's transaction",
+        match obj.spec.devices_unknown_at_transaction {
+            Some(at) if at == kernel_at && obj.spec.last_assigned_transaction == kernel_at => {
+                Ok(format!("devicesUnknownAtTransaction {at}, nextDeviceId {}", obj.spec.next_device_id))
+            }
+            other => Err(format!("devicesUnknownAtTransaction {other:?}, lastAssignedTransaction {}, kernel at {kernel_at}", obj.spec.last_assigned_transaction)),
+        },
+    );
+    let status = obj.status.clone().unwrap_or_default();
+    let events: Api<Event> = Api::default_namespaced(ctx.client.clone());
+    let mut raised = false;
+    while !raised && start.elapsed() < Duration::from_secs(240) {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        raised = list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("PoolRecordUnverified") && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == obj.metadata.uid.as_deref()
+        });
+        if !raised {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    ok &= check(
+        "re-created pool marked Unhealthy with a PoolRecordUnverified event",
+        if status.health == Some(PoolHealth::Unhealthy) && raised {
+            Ok(status.last_error.clone().unwrap_or_default().chars().take(80).collect())
+        } else {
+            Err(format!("health {:?}, event raised {raised}", status.health))
+        },
+    );
+    // The spec alone refuses, whatever the status says (a controller may
+    // read the object before the node's verdict).
+    let mut bare = obj.clone();
+    bare.status = None;
+    ok &= check(
+        "alloc::plan refuses the unverified record",
+        match (csi_controller::plan(&bare, &[Request::CreateThin]), csi_controller::plan(&obj, &[Request::CreateThin])) {
+            (Err(AllocError::RecordUnverified { at, .. }), Err(e)) if at == kernel_at => Ok(format!("RecordUnverified at {at}; with the node's status: {e}")),
+            (Ok(p), _) | (_, Ok(p)) => Err(format!("planned transaction {} creating {:?}", p.transaction.id(), p.created)),
+            (a, b) => Err(format!("unexpected: {a:?} / {b:?}")),
+        },
+    );
+    let refused = ctx.alloc.allocate(pool, &[Request::CreateThin]).await;
+    let after = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+    ok &= check(
+        "an allocation on the unverified record is refused and records nothing",
+        match refused {
+            Err(e) if after.spec == obj.spec && after.metadata.uid == obj.metadata.uid => Ok(format!("{e}")),
+            Err(e) => Err(format!("refused ({e}) but the spec changed: {:?} → {:?}", obj.spec, after.spec)),
+            Ok(a) => Err(format!("allocated transaction {} creating {:?}: ids the pool may already use", a.transaction.id(), a.created)),
+        },
+    );
+    if ok {
+        Ok(String::new())
+    } else {
+        Err("see the checks above".into())
+    }
+}
+
+/// Adopts the pool as docs/operations.md says, from the saved object: its
+/// spec back without devicesUnknownAtTransaction, status.health cleared;
+/// then a new volume must get an id beyond every device the kernel holds.
+async fn adopt(ctx: &Ctx, pool: &str, file: &str, ledger: &str, devices: &str) -> Result<String> {
+    let saved = read_saved(file)?;
+    let kernel: BTreeSet<u32> = devices.split_whitespace().skip(1).map(|s| s.parse().map_err(|_| format!("bad id {s:?}"))).collect::<Result<_>>()?;
+    let live = read_ledger(ledger)?;
+    let clear = json!({ "status": { "health": null, "lastError": null } });
+    ctx.pools.patch_status(pool, &PatchParams::default(), &Patch::Merge(clear)).await.map_err(|e| e.to_string())?;
+    let mut obj = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+    obj.spec = ThinPoolSpec { devices_unknown_at_transaction: None, ..saved.spec.clone() };
+    ctx.pools.replace(pool, &PostParams::default(), &obj).await.map_err(|e| e.to_string())?;
+    let txn = ctx.committed(pool, &[Request::CreateThin], ledger).await?;
+    let id = txn.created_ids().next().ok_or("no id created")?.get();
+    let highest = kernel.iter().chain(live.iter()).max().copied();
+    if kernel.contains(&id) || live.contains(&id) {
+        return Err(format!("transaction {} created device {id}, which the pool already holds (kernel {kernel:?})", txn.id()));
+    }
+    if highest.is_some_and(|h| id <= h) {
+        return Err(format!("transaction {} created device {id}, not beyond the highest existing device {highest:?}", txn.id()));
+    }
+    let status = ctx.status(pool).await?;
+    if status.health == Some(PoolHealth::Unhealthy) {
+        return Err(format!("pool unhealthy after adoption: {:?}", status.last_error));
+    }
+    Ok(format!("transaction {} committed device {id}, beyond the highest existing device {highest:?}", txn.id()))
+}
+
 fn print_bench(op: &str, mut us: Vec<u64>) {
     us.sort_unstable();
     let n = us.len();
@@ -375,6 +520,9 @@ async fn main() -> ExitCode {
         ["concurrent", pool, n, ledger] => ("concurrent allocations through the node".into(), concurrent(&ctx, pool, n.parse().unwrap_or(200), ledger).await),
         ["diverge", pool] => ("divergence marks the pool unhealthy".into(), diverge(&ctx, pool).await),
         ["cross-node", port, a, b] => ("restore and clone across two node VMs".into(), cross_node(port, a, b).await),
+        ["forget", pool, file] => ("pool object saved and deleted".into(), forget(&ctx, pool, file).await),
+        ["unverified", pool, file] => ("re-created record refuses allocations".into(), unverified(&ctx, pool, file).await),
+        ["adopt", pool, file, ledger, devices] => ("adopted pool allocates a fresh id".into(), adopt(&ctx, pool, file, ledger, devices).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
         ["stop", pools @ ..] => {
             let mut r = Ok(String::new());

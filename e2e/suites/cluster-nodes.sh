@@ -15,14 +15,15 @@ node_e2e_step() { # like cluster.sh's step, for node_e2e
 	rm -f "$out"
 }
 
-# Boots one node VM in the background; its console goes to $RUN/logs/vm-NODE.log.
+# Boots one node VM in the background; its console goes to $RUN/logs/vm-TAG.log
+# (TAG defaults to NODE; a later boot of the same disk takes another tag).
 start_node_vm() {
-	local node=$1
-	truncate -s 1G "$RUN/$node.img"
+	local node=$1 tag=${2:-$1}
+	truncate -s 1G "$RUN/$node.img" # creates it on the first boot; keeps the pool after
 	"$E2E/vm/boot" --bin "$CSI_NODE" --file "$RUN/guest.kubeconfig:/guest/kubeconfig" --disk "$RUN/$node.img" \
-		--net --mem 1024 --timeout 1800 --log "$RUN/logs/vm-$node.log" -- "$E2E/guest/node.sh" "$node" >/dev/null 2>&1 &
+		--net --mem 1024 --timeout 1800 --log "$RUN/logs/vm-$tag.log" -- "$E2E/guest/node.sh" "$node" >/dev/null 2>&1 &
 	NODE_VM_PIDS+=($!)
-	NODE_VM_NAMES+=("$node")
+	NODE_VM_NAMES+=("$tag")
 }
 
 stop_node_vms() {
@@ -130,4 +131,36 @@ node_tests() {
 		echo "FAIL vm-b's pool: ${devices_b:-no listing}" | tee -a "$log"
 	fi
 	echo "--- vm-a restarts after SIGKILL: $(grep -c 'csi-node exited with status 137' "$RUN/logs/vm-vm-a.log" || true)"
+	[[ -n $devices_a ]] && record_lost "$a" "$ledger"
+}
+
+# The pool object deleted by hand on a pool with data (vm-a's, stopped, its
+# devices listed): the node, booted again on the same disk, re-creates it as
+# unverified and the record hands out nothing; the kernel's devices stay the
+# ledger's; adopted from the saved object, a new volume gets a fresh id.
+record_lost() {
+	local a=$1 ledger=$2 saved=$RUN/pool-a.saved.json devices
+	node_e2e_step forget "$a" "$saved"
+	[[ -s $saved ]] || return
+	start_node_vm vm-a vm-a.2
+	node_e2e_step unverified "$a" "$saved"
+	node_e2e_step stop "$a"
+	wait_node_vms 180
+	devices=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-a.2.log" | tail -1 || true)
+	if [[ -z $devices ]]; then
+		echo "FAIL vm-a (unverified record) listed no devices after stopping (log $RUN/logs/vm-vm-a.2.log)" | tee -a "$log"
+		return
+	fi
+	# No device created or deleted while the record was unverified.
+	node_e2e_step compare "$ledger" "$devices"
+	start_node_vm vm-a vm-a.3
+	node_e2e_step adopt "$a" "$saved" "$ledger" "$devices"
+	node_e2e_step stop "$a"
+	wait_node_vms 180
+	devices=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-a.3.log" | tail -1 || true)
+	if [[ -z $devices ]]; then
+		echo "FAIL vm-a (adopted) listed no devices after stopping (log $RUN/logs/vm-vm-a.3.log)" | tee -a "$log"
+	else
+		node_e2e_step compare "$ledger" "$devices"
+	fi
 }
