@@ -5,6 +5,8 @@
 //!   node_e2e pools NODE...                 wait for each node's ThinPool object; prints `POOL node name`
 //!   node_e2e lifecycle POOL OTHER LEDGER   create, snapshot, delete through the API; OTHER untouched
 //!   node_e2e crash POOL BOUNDARY LEDGER    node SIGKILLed at BOUNDARY of the next transaction; it converges
+//!   node_e2e crash-abort POOL              node SIGKILLed after aborting a snapshot of a missing origin, before its
+//!                                          status; after the restart the transaction is reported aborted
 //!   node_e2e record-only POOL LEDGER       record a transaction and exit at once (a controller killed before the status)
 //!   node_e2e converge POOL                 every recorded transaction ends
 //!   node_e2e concurrent POOL N LEDGER      N allocations from 4 tasks; all end; the kernel at the last one
@@ -165,6 +167,53 @@ async fn crash(ctx: &Ctx, pool: &str, boundary: &str, ledger: &str) -> Result<St
         return Err(format!("after the restart: {status:?}"));
     }
     Ok(format!("node killed at {boundary} of transaction {next}, restarted, committed"))
+}
+
+/// A transaction the kernel aborts (a snapshot of a device the pool does
+/// not hold: ENODATA), the node SIGKILLed after the abort and before its
+/// status write (KILL_AT `unreported`). The record is written by hand, as
+/// the allocator would never name a missing origin.
+async fn crash_abort(ctx: &Ctx, pool: &str) -> Result<String> {
+    const MISSING: u32 = (1 << 24) - 1; // never allocated in these tests
+    let next = ctx.pools.get(pool).await.map_err(|e| e.to_string())?.spec.last_assigned_transaction + 1;
+    ctx.annotate(pool, hooks::KILL_AT, &format!("{}@{next}", hooks::UNREPORTED)).await?;
+    let mut conflicts = 0;
+    let created = loop {
+        let mut obj = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+        if obj.spec.last_assigned_transaction + 1 != next {
+            return Err(format!("someone else assigned transaction {next}"));
+        }
+        // Plan a create, then make it a snapshot of the missing device.
+        let plan = csi_controller::plan(&obj, &[Request::CreateThin]).map_err(|e| e.to_string())?;
+        obj.spec = plan.spec;
+        let op = &mut obj.spec.pending_transactions.last_mut().ok_or("nothing planned")?.operations[0];
+        op.op = thin_csi_api::OperationKind::CreateSnapshot;
+        op.origin = Some(thin_csi_api::DeviceId(MISSING));
+        match ctx.pools.replace(pool, &PostParams::default(), &obj).await {
+            Ok(_) => break plan.created,
+            Err(kube::Error::Api(e)) if e.code == 409 && conflicts < 20 => conflicts += 1,
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let done = wait_finished(&ctx.pools, pool, next, WAIT).await.map_err(|e| e.to_string())?;
+    let aborted = match done {
+        Finished::Aborted(a) => a,
+        Finished::Committed => return Err(format!("transaction {next} (snapshot {created:?} of missing device {MISSING}) reported committed")),
+    };
+    use thin_csi_api::AbortReason;
+    if !matches!(aborted.reason, AbortReason::OriginMissing | AbortReason::ReasonLost) {
+        return Err(format!("transaction {next} aborted with reason {:?}: {}", aborted.reason, aborted.message));
+    }
+    // What CreateSnapshot would answer: an error, never a snapshot.
+    let answer = csi_controller::status::Error::TransactionAborted { pool: pool.into(), what: "snapshot", txn: next, reason: aborted.reason, message: aborted.message.clone() };
+    if answer.code() == tonic::Code::Ok {
+        return Err("an aborted create maps to OK".into());
+    }
+    let status = ctx.status(pool).await?;
+    if status.kernel_transaction != Some(next) || status.health == Some(PoolHealth::Unhealthy) || status.aborted(next).is_none() {
+        return Err(format!("after the restart: {status:?}"));
+    }
+    Ok(format!("transaction {next} aborted ({:?}), reported after the restart; CreateSnapshot would answer {:?}", aborted.reason, answer.code()))
 }
 
 async fn record_only(ctx: &Ctx, pool: &str, ledger: &str) -> Result<String> {
@@ -515,6 +564,7 @@ async fn main() -> ExitCode {
         ["pools", nodes @ ..] => ("nodes registered their pools".to_string(), pools(&ctx, nodes).await),
         ["lifecycle", pool, other, ledger] => ("create, snapshot, delete end to end".into(), lifecycle(&ctx, pool, other, ledger).await),
         ["crash", pool, boundary, ledger] => (format!("node killed at {boundary}"), crash(&ctx, pool, boundary, ledger).await),
+        ["crash-abort", pool] => ("node killed after an abort, before its status".into(), crash_abort(&ctx, pool).await),
         ["record-only", pool, ledger] => ("controller records a transaction".into(), record_only(&ctx, pool, ledger).await),
         ["converge", pool, ledger] => ("controller killed before the status: the pool converges".into(), converge(&ctx, pool, ledger).await),
         ["concurrent", pool, n, ledger] => ("concurrent allocations through the node".into(), concurrent(&ctx, pool, n.parse().unwrap_or(200), ledger).await),

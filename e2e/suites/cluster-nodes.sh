@@ -97,9 +97,12 @@ node_tests() {
 	node_e2e_step cross-node "$port" vm-a vm-b
 	kill "$cpid" 2>/dev/null || true
 	wait "$cpid" 2>/dev/null || true
-	for boundary in start suspended posted-0 posted-1 txn-set resumed; do
+	# unreported: after the kernel work (here a commit), before the status write.
+	for boundary in start suspended posted-0 posted-1 txn-set resumed unreported; do
 		node_e2e_step crash "$a" "$boundary" "$ledger"
 	done
+	# The same after an abort (a snapshot of a missing origin).
+	node_e2e_step crash-abort "$a"
 	# A controller killed between recording a transaction and seeing its status.
 	"$NODE_E2E" record-only "$a" "$ledger" >"$RUN/record-only.out" 2>>"$RUN/node_e2e.stderr" &
 	local rec=$!
@@ -131,6 +134,14 @@ node_tests() {
 		echo "FAIL vm-b's pool: ${devices_b:-no listing}" | tee -a "$log"
 	fi
 	echo "--- vm-a restarts after SIGKILL: $(grep -c 'csi-node exited with status 137' "$RUN/logs/vm-vm-a.log" || true)"
+	# The unreported kills did happen (else the two checks above prove nothing).
+	local unreported
+	unreported=$(grep -ac 'killing the node process before the status write' "$RUN/logs/vm-vm-a.log" || true)
+	if [[ $unreported -eq 2 ]]; then
+		echo "PASS the node was SIGKILLed between the kernel work and the status write twice (a commit, an abort)" | tee -a "$log"
+	else
+		echo "FAIL the node was SIGKILLed before the status write $unreported times, expected 2 (log $RUN/logs/vm-vm-a.log)" | tee -a "$log"
+	fi
 	[[ -n $devices_a ]] && record_lost "$a" "$ledger"
 }
 
