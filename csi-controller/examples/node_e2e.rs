@@ -13,6 +13,13 @@
 //!   node_e2e diverge POOL                  kernel id moved behind our back → Unhealthy, an Event, no more transactions
 //!   node_e2e bench POOL N                  BENCH snapshot-api (record → node → kernel → status → watch)
 //!   node_e2e cross-node PORT A B           restore/clone placement with two node VMs, through csi-controller's gRPC
+//!   node_e2e ctl-request PORT STEP NAME NODE IDS
+//!                                          a CreateVolume / CreateSnapshot / DeleteVolume (by STEP's prefix) to a
+//!                                          csi-controller that SIGKILLs itself at STEP (failpoints build); the call must fail
+//!   node_e2e ctl-retry PORT STEP NAME NODE IDS
+//!                                          the same request to the restarted controller: succeeds with the same device
+//!   node_e2e ctl-cleanup PORT POOL IDS LEAK_BUDGET
+//!                                          delete what the runs made; no device in two objects
 //!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
 //!   node_e2e compare LEDGER DEVICES_LINE   the kernel's devices equal the ledger's
 //!   node_e2e forget POOL FILE              save the pool object to FILE, then delete it (a record lost by hand)
@@ -529,6 +536,174 @@ async fn adopt(ctx: &Ctx, pool: &str, file: &str, ledger: &str, devices: &str) -
     Ok(format!("transaction {} committed device {id}, beyond the highest existing device {highest:?}", txn.id()))
 }
 
+mod ctl {
+    use super::*;
+    use csi_proto::v1::controller_client::ControllerClient;
+    use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+    use csi_proto::v1::*;
+    use thin_csi_api::{ThinSnapshot, ThinVolume};
+    use tonic::transport::Channel;
+
+    const KEY: &str = "topology.thin.csi.io/node";
+
+    fn volume_req(name: &str, node: &str) -> CreateVolumeRequest {
+        let topo = Topology { segments: [(KEY.to_string(), node.to_string())].into() };
+        CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(CapacityRange { required_bytes: 16 << 20, limit_bytes: 0 }),
+            volume_capabilities: vec![VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+                access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+            }],
+            accessibility_requirements: Some(TopologyRequirement { requisite: vec![topo.clone()], preferred: vec![topo] }),
+            ..Default::default()
+        }
+    }
+
+    async fn client(port: &str) -> Result<ControllerClient<Channel>> {
+        ControllerClient::connect(format!("http://127.0.0.1:{port}")).await.map_err(|e| e.to_string())
+    }
+
+    async fn create_volume(c: &mut ControllerClient<Channel>, name: &str, node: &str) -> std::result::Result<Volume, tonic::Status> {
+        c.create_volume(volume_req(name, node)).await?.into_inner().volume.ok_or_else(|| tonic::Status::internal("no volume"))
+    }
+
+    async fn create_snapshot(c: &mut ControllerClient<Channel>, name: &str, source: &str) -> std::result::Result<Snapshot, tonic::Status> {
+        let req = CreateSnapshotRequest { source_volume_id: source.into(), name: name.into(), ..Default::default() };
+        c.create_snapshot(req).await?.into_inner().snapshot.ok_or_else(|| tonic::Status::internal("no snapshot"))
+    }
+
+    fn remember(ids: &str, kind: &str, id: &str) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(ids).map_err(|e| e.to_string())?;
+        writeln!(f, "{kind} {id}").map_err(|e| e.to_string())
+    }
+
+    /// The device the API's object for CSI name `name` holds, if any.
+    async fn device_of(ctx: &Ctx, snapshot: bool, name: &str) -> Result<Option<u32>> {
+        let obj = thin_csi_api::object_name(name);
+        Ok(if snapshot {
+            Api::<ThinSnapshot>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|s| s.spec.device_id.0)
+        } else {
+            Api::<ThinVolume>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|v| v.spec.device_id.0)
+        })
+    }
+
+    /// Every device named by an object of `pool`; Err if one is named twice.
+    pub async fn named_devices(ctx: &Ctx, pool: &str) -> Result<BTreeSet<u32>> {
+        let lp = ListParams::default().labels(&format!("{}={pool}", thin_csi_api::LABEL_POOL));
+        let mut seen: Vec<(u32, String)> = Vec::new();
+        for v in Api::<ThinVolume>::all(ctx.client.clone()).list(&lp).await.map_err(|e| e.to_string())?.items {
+            seen.push((v.spec.device_id.0, v.metadata.name.unwrap_or_default()));
+        }
+        for s in Api::<ThinSnapshot>::all(ctx.client.clone()).list(&lp).await.map_err(|e| e.to_string())?.items {
+            seen.push((s.spec.device_id.0, s.metadata.name.unwrap_or_default()));
+        }
+        let mut set = BTreeSet::new();
+        for (id, _) in &seen {
+            if !set.insert(*id) {
+                let both: Vec<_> = seen.iter().filter(|(d, _)| d == id).map(|(_, n)| n.as_str()).collect();
+                return Err(format!("device {id} of pool {pool} named by two objects: {both:?}"));
+            }
+        }
+        Ok(set)
+    }
+
+    /// The request for `step`, sent to a controller that dies at `step`.
+    pub async fn request(port: &str, step: &str, name: &str, node: &str, ids: &str) -> Result<String> {
+        let mut c = client(port).await?;
+        let cut = if step.starts_with("volume-") {
+            create_volume(&mut c, name, node).await.map(|v| v.volume_id)
+        } else if step.starts_with("snapshot-") {
+            let src = create_volume(&mut c, &format!("{name}-src"), node).await.map_err(|e| format!("source volume: {e}"))?;
+            remember(ids, "volume", &src.volume_id)?;
+            create_snapshot(&mut c, name, &src.volume_id).await.map(|s| s.snapshot_id)
+        } else {
+            let v = create_volume(&mut c, name, node).await.map_err(|e| format!("volume to delete: {e}"))?;
+            remember(ids, "volume", &v.volume_id)?;
+            std::fs::write(format!("{ids}.{name}"), &v.volume_id).map_err(|e| e.to_string())?;
+            c.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.map(|_| v.volume_id)
+        };
+        match cut {
+            Ok(id) => Err(format!("the request at failpoint {step} succeeded ({id}): the controller did not die there")),
+            Err(e) => {
+                println!("--- {step}: the call was cut by the kill ({:?})", e.code());
+                Ok(String::new())
+            }
+        }
+    }
+
+    /// The same request to the restarted controller.
+    pub async fn retry(ctx: &Ctx, port: &str, step: &str, name: &str, node: &str, ids: &str) -> Result<String> {
+        let mut c = client(port).await?;
+        let snapshot = step.starts_with("snapshot-");
+        let detail = if step.starts_with("delete-") {
+            let before = device_of(ctx, false, name).await?;
+            let id = std::fs::read_to_string(format!("{ids}.{name}")).map_err(|e| format!("the killed call's volume id: {e}"))?;
+            c.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.map_err(|e| format!("retried DeleteVolume: {e}"))?;
+            if device_of(ctx, false, name).await?.is_some() {
+                return Err("the ThinVolume is still there after the retried DeleteVolume".into());
+            }
+            format!("DeleteVolume {id} (device {before:?}) succeeded on retry; object gone")
+        } else {
+            let before = device_of(ctx, snapshot, name).await?;
+            let id = if snapshot {
+                let src = create_volume(&mut c, &format!("{name}-src"), node).await.map_err(|e| format!("source volume: {e}"))?;
+                create_snapshot(&mut c, name, &src.volume_id).await.map_err(|e| format!("retried CreateSnapshot: {e}"))?.snapshot_id
+            } else {
+                create_volume(&mut c, name, node).await.map_err(|e| format!("retried CreateVolume: {e}"))?.volume_id
+            };
+            remember(ids, if snapshot { "snapshot" } else { "volume" }, &id)?;
+            let after = device_of(ctx, snapshot, name).await?.ok_or("no object after a successful retry")?;
+            if csi_controller::params::DeviceRef::parse(&id).map(|r| r.device) != Some(after) {
+                return Err(format!("the answer {id} does not name the object's device {after}"));
+            }
+            match before {
+                Some(b) if b != after => return Err(format!("the object named device {b} before the retry, {after} after")),
+                Some(_) => format!("{id}: the same device {after} as the object the killed call made"),
+                None => format!("{id}: device {after} (no object before the retry: the killed call's allocation, if any, is a leak)"),
+            }
+        };
+        let pool = ctx.pools.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().find(|p| p.spec.node == node).and_then(|p| p.metadata.name).ok_or("no pool for the node")?;
+        let named = named_devices(ctx, &pool).await?;
+        Ok(format!("{detail}; {} devices named, none twice", named.len()))
+    }
+
+    /// Deletes what the runs made (snapshots first); no object names a device twice.
+    pub async fn cleanup(ctx: &Ctx, port: &str, pool: &str, ids: &str) -> Result<String> {
+        let named = named_devices(ctx, pool).await?;
+        let mut c = client(port).await?;
+        let text = std::fs::read_to_string(ids).unwrap_or_default();
+        let mut list: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(' ')).collect();
+        list.sort_by_key(|(k, _)| *k != "snapshot");
+        list.dedup();
+        for (kind, id) in &list {
+            let r = if *kind == "snapshot" {
+                c.delete_snapshot(DeleteSnapshotRequest { snapshot_id: id.to_string(), ..Default::default() }).await.map(|_| ())
+            } else {
+                c.delete_volume(DeleteVolumeRequest { volume_id: id.to_string(), ..Default::default() }).await.map(|_| ())
+            };
+            r.map_err(|e| format!("deleting {kind} {id}: {e}"))?;
+        }
+        let left = named_devices(ctx, pool).await?;
+        if !left.is_empty() {
+            return Err(format!("objects still name devices {left:?} after the cleanup"));
+        }
+        Ok(format!("{} objects (devices {named:?}, none named twice) deleted through the controller", list.len()))
+    }
+}
+
+/// The kernel's devices after the controller crash runs and their cleanup:
+/// no object is left, so any device is a leak of a kill between an
+/// allocation and its object; at most one per such kill.
+fn leaks(devices: &str, budget: usize) -> Result<String> {
+    let got: Vec<&str> = devices.split_whitespace().skip(1).collect();
+    if got.len() <= budget {
+        Ok(format!("LEAKS {} (devices {got:?}; at most {budget}, one per kill between an allocation and its object)", got.len()))
+    } else {
+        Err(format!("{} devices left ({got:?}), more than the {budget} kills between an allocation and its object can leak", got.len()))
+    }
+}
+
 fn print_bench(op: &str, mut us: Vec<u64>) {
     us.sort_unstable();
     let n = us.len();
@@ -552,6 +727,9 @@ async fn main() -> ExitCode {
     fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["leaks", devices, budget] = argv.as_slice() {
+        return finish("the pool holds only what controller kills leaked", leaks(devices, budget.parse().unwrap_or(0)));
+    }
     if let ["compare", ledger, devices] = argv.as_slice() {
         return finish("kernel devices match the API record", compare(ledger, devices));
     }
@@ -573,6 +751,9 @@ async fn main() -> ExitCode {
         ["forget", pool, file] => ("pool object saved and deleted".into(), forget(&ctx, pool, file).await),
         ["unverified", pool, file] => ("re-created record refuses allocations".into(), unverified(&ctx, pool, file).await),
         ["adopt", pool, file, ledger, devices] => ("adopted pool allocates a fresh id".into(), adopt(&ctx, pool, file, ledger, devices).await),
+        ["ctl-request", port, step, name, node, ids] => (format!("controller killed at {step}"), ctl::request(port, step, name, node, ids).await),
+        ["ctl-retry", port, step, name, node, ids] => (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, step, name, node, ids).await),
+        ["ctl-cleanup", port, pool, ids] => ("controller crash runs cleaned up".into(), ctl::cleanup(&ctx, port, pool, ids).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
         ["stop", pools @ ..] => {
             let mut r = Ok(String::new());
