@@ -515,11 +515,13 @@ async fn adopt(ctx: &Ctx, pool: &str, file: &str, ledger: &str, devices: &str) -
     let saved = read_saved(file)?;
     let kernel: BTreeSet<u32> = devices.split_whitespace().skip(1).map(|s| s.parse().map_err(|_| format!("bad id {s:?}"))).collect::<Result<_>>()?;
     let live = read_ledger(ledger)?;
-    let clear = json!({ "status": { "health": null, "lastError": null } });
-    ctx.pools.patch_status(pool, &PatchParams::default(), &Patch::Merge(clear)).await.map_err(|e| e.to_string())?;
+    // The order of docs/operations.md: the spec first (a node that sees it
+    // while the status still says Unhealthy does nothing), then the health.
     let mut obj = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
     obj.spec = ThinPoolSpec { devices_unknown_at_transaction: None, ..saved.spec.clone() };
     ctx.pools.replace(pool, &PostParams::default(), &obj).await.map_err(|e| e.to_string())?;
+    let clear = json!({ "status": { "health": null, "lastError": null } });
+    ctx.pools.patch_status(pool, &PatchParams::default(), &Patch::Merge(clear)).await.map_err(|e| e.to_string())?;
     let txn = ctx.committed(pool, &[Request::CreateThin], ledger).await?;
     let id = txn.created_ids().next().ok_or("no id created")?.get();
     let highest = kernel.iter().chain(live.iter()).max().copied();
