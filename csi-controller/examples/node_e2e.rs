@@ -16,7 +16,7 @@
 //!   node_e2e ctl-request PORT STEP NAME NODE IDS
 //!                                          a CreateVolume / CreateSnapshot / DeleteVolume (by STEP's prefix) to a
 //!                                          csi-controller that SIGKILLs itself at STEP (failpoints build); the call must fail
-//!   node_e2e ctl-retry PORT STEP NAME NODE IDS
+//!   node_e2e ctl-retry PORT STEP NAME NODE POOL IDS
 //!                                          the same request to the restarted controller: succeeds with the same device
 //!   node_e2e ctl-cleanup PORT POOL IDS LEAK_BUDGET
 //!                                          delete what the runs made; no device in two objects
@@ -635,7 +635,7 @@ mod ctl {
     }
 
     /// The same request to the restarted controller.
-    pub async fn retry(ctx: &Ctx, port: &str, step: &str, name: &str, node: &str, ids: &str) -> Result<String> {
+    pub async fn retry(ctx: &Ctx, port: &str, step: &str, name: &str, node: &str, pool: &str, ids: &str) -> Result<String> {
         let mut c = client(port).await?;
         let snapshot = step.starts_with("snapshot-");
         let detail = if step.starts_with("delete-") {
@@ -665,8 +665,7 @@ mod ctl {
                 None => format!("{id}: device {after} (no object before the retry: the killed call's allocation, if any, is a leak)"),
             }
         };
-        let pool = ctx.pools.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().find(|p| p.spec.node == node).and_then(|p| p.metadata.name).ok_or("no pool for the node")?;
-        let named = named_devices(ctx, &pool).await?;
+        let named = named_devices(ctx, pool).await?;
         Ok(format!("{detail}; {} devices named, none twice", named.len()))
     }
 
@@ -754,7 +753,7 @@ async fn main() -> ExitCode {
         ["unverified", pool, file] => ("re-created record refuses allocations".into(), unverified(&ctx, pool, file).await),
         ["adopt", pool, file, ledger, devices] => ("adopted pool allocates a fresh id".into(), adopt(&ctx, pool, file, ledger, devices).await),
         ["ctl-request", port, step, name, node, ids] => (format!("controller killed at {step}"), ctl::request(port, step, name, node, ids).await),
-        ["ctl-retry", port, step, name, node, ids] => (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, step, name, node, ids).await),
+        ["ctl-retry", port, step, name, node, pool, ids] => (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, step, name, node, pool, ids).await),
         ["ctl-cleanup", port, pool, ids] => ("controller crash runs cleaned up".into(), ctl::cleanup(&ctx, port, pool, ids).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
         ["stop", pools @ ..] => {

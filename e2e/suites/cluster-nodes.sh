@@ -187,7 +187,7 @@ controller_crash_tests() {
 			fi
 			case $step in *-allocated) CTL_LEAK_BUDGET=$((CTL_LEAK_BUDGET + 1)) ;; esac
 			ctl_start "$RUN/logs/ctl-$name-retry.log"
-			node_e2e_step ctl-retry "$port" "$step" "$name" "$node" "$ids"
+			node_e2e_step ctl-retry "$port" "$step" "$name" "$node" "$pool" "$ids"
 			kill "$cpid" 2>/dev/null || true
 			wait "$cpid" 2>/dev/null || true
 		done
