@@ -66,7 +66,8 @@ node_tests() {
 	CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
 	NODE_E2E=$CARGO_TARGET_DIR/debug/examples/node_e2e
 	NODE_VM_PIDS=() NODE_VM_NAMES=()
-	trap 'stop_node_vms; cleanup' EXIT
+	# cleanup keeps the run dir when the exit status is not 0: hand it on.
+	trap 'nodes_rc=$?; stop_node_vms; if ((nodes_rc)); then (exit "$nodes_rc") || cleanup; else cleanup; fi' EXIT
 	start_node_vm vm-a
 	start_node_vm vm-b
 	node_e2e_step pools vm-a vm-b
@@ -147,7 +148,7 @@ node_tests() {
 	else
 		echo "FAIL the node was SIGKILLed before the status write $unreported times, expected 2 (log $RUN/logs/vm-vm-a.log)" | tee -a "$log"
 	fi
-	[[ -n $devices_a ]] && record_lost "$a" "$ledger"
+	if [[ -n $devices_a ]]; then record_lost "$a" "$ledger"; fi
 }
 
 # csi-controller (a failpoints build) SIGKILLed at each step of CreateVolume,
