@@ -21,6 +21,7 @@
 //!   node_e2e ctl-cleanup PORT POOL IDS LEAK_BUDGET
 //!                                          delete what the runs made; no device in two objects
 //!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
+//!   node_e2e unstop POOL                   remove the stop hook, for a node booted again on the same object
 //!   node_e2e compare LEDGER DEVICES_LINE   the kernel's devices equal the ledger's
 //!   node_e2e forget POOL FILE              save the pool object to FILE, then delete it (a record lost by hand)
 //!   node_e2e unverified POOL FILE          the node re-created the object: devicesUnknownAtTransaction, Unhealthy,
@@ -756,6 +757,11 @@ async fn main() -> ExitCode {
         ["ctl-retry", port, step, name, node, pool, ids] => (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, step, name, node, pool, ids).await),
         ["ctl-cleanup", port, pool, ids] => ("controller crash runs cleaned up".into(), ctl::cleanup(&ctx, port, pool, ids).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
+        ["unstop", pool] => {
+            let patch = json!({ "metadata": { "annotations": { hooks::STOP: null } } });
+            let r = ctx.pools.patch(pool, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| String::new()).map_err(|e| e.to_string());
+            ("stop hook removed".into(), r)
+        }
         ["stop", pools @ ..] => {
             let mut r = Ok(String::new());
             for p in pools {

@@ -218,6 +218,7 @@ record_lost() {
 	fi
 	# No device created or deleted while the record was unverified.
 	node_e2e_step compare "$ledger" "$devices"
+	node_e2e_step unstop "$a" # the object outlived that boot: its stop hook would stop the next one
 	start_node_vm vm-a vm-a.3
 	node_e2e_step adopt "$a" "$saved" "$ledger" "$devices"
 	node_e2e_step stop "$a"
