@@ -3,11 +3,14 @@
 //! deployment.
 
 /// `"<boundary>@<txn>"`: the node SIGKILLs itself when the commit of `txn`
-/// reaches `boundary` (start, suspended, posted-N, txn-set, resumed). Fires
-/// once per node boot.
+/// reaches `boundary` (start, suspended, posted-N, txn-set, resumed), or,
+/// for [`UNREPORTED`], once `txn` has ended (committed or aborted) and before
+/// the status that reports it is written. Fires once per node boot.
 pub const KILL_AT: &str = "test.thin.csi.io/kill-at";
 /// Any value: once, move the kernel's transaction id behind the engine's
 /// back (`set_transaction_id k k+5`), as a stray dmsetup would.
 pub const TAMPER: &str = "test.thin.csi.io/tamper-transaction-id";
 /// Any value: the node stops serving the pool and exits 0.
 pub const STOP: &str = "test.thin.csi.io/stop";
+/// The [`KILL_AT`] boundary after the kernel work and before the status write.
+pub const UNREPORTED: &str = "unreported";

@@ -5,14 +5,29 @@
 //!   node_e2e pools NODE...                 wait for each node's ThinPool object; prints `POOL node name`
 //!   node_e2e lifecycle POOL OTHER LEDGER   create, snapshot, delete through the API; OTHER untouched
 //!   node_e2e crash POOL BOUNDARY LEDGER    node SIGKILLed at BOUNDARY of the next transaction; it converges
+//!   node_e2e crash-abort POOL              node SIGKILLed after aborting a snapshot of a missing origin, before its
+//!                                          status; after the restart the transaction is reported aborted
 //!   node_e2e record-only POOL LEDGER       record a transaction and exit at once (a controller killed before the status)
 //!   node_e2e converge POOL                 every recorded transaction ends
 //!   node_e2e concurrent POOL N LEDGER      N allocations from 4 tasks; all end; the kernel at the last one
 //!   node_e2e diverge POOL                  kernel id moved behind our back → Unhealthy, an Event, no more transactions
 //!   node_e2e bench POOL N                  BENCH snapshot-api (record → node → kernel → status → watch)
 //!   node_e2e cross-node PORT A B           restore/clone placement with two node VMs, through csi-controller's gRPC
+//!   node_e2e ctl-request PORT STEP NAME NODE IDS
+//!                                          a CreateVolume / CreateSnapshot / DeleteVolume (by STEP's prefix) to a
+//!                                          csi-controller that SIGKILLs itself at STEP (failpoints build); the call must fail
+//!   node_e2e ctl-retry PORT STEP NAME NODE POOL IDS
+//!                                          the same request to the restarted controller: succeeds with the same device
+//!   node_e2e ctl-cleanup PORT POOL IDS LEAK_BUDGET
+//!                                          delete what the runs made; no device in two objects
 //!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
+//!   node_e2e unstop POOL                   remove the stop hook, for a node booted again on the same object
 //!   node_e2e compare LEDGER DEVICES_LINE   the kernel's devices equal the ledger's
+//!   node_e2e forget POOL FILE              save the pool object to FILE, then delete it (a record lost by hand)
+//!   node_e2e unverified POOL FILE          the node re-created the object: devicesUnknownAtTransaction, Unhealthy,
+//!                                          a PoolRecordUnverified Event, allocations refused, nothing recorded
+//!   node_e2e adopt POOL FILE LEDGER DEVICES_LINE
+//!                                          adopt per docs/operations.md from the saved spec; a new volume gets a fresh id
 //!
 //! The LEDGER file tracks what committed: `+id` for a create, `-id` for a delete.
 
@@ -24,12 +39,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use csi_controller::wait::{wait_finished, Finished};
-use csi_controller::{Allocator, Request};
+use csi_controller::{AllocError, Allocator, Request};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
-use thin_csi_api::{hooks, PoolHealth, ThinPool};
+use thin_csi_api::{hooks, PoolHealth, ThinPool, ThinPoolSpec};
 use thinpool::{ThinId, Transaction};
 
 type Result<T> = std::result::Result<T, String>;
@@ -160,6 +175,53 @@ async fn crash(ctx: &Ctx, pool: &str, boundary: &str, ledger: &str) -> Result<St
         return Err(format!("after the restart: {status:?}"));
     }
     Ok(format!("node killed at {boundary} of transaction {next}, restarted, committed"))
+}
+
+/// A transaction the kernel aborts (a snapshot of a device the pool does
+/// not hold: ENODATA), the node SIGKILLed after the abort and before its
+/// status write (KILL_AT `unreported`). The record is written by hand, as
+/// the allocator would never name a missing origin.
+async fn crash_abort(ctx: &Ctx, pool: &str) -> Result<String> {
+    const MISSING: u32 = (1 << 24) - 1; // never allocated in these tests
+    let next = ctx.pools.get(pool).await.map_err(|e| e.to_string())?.spec.last_assigned_transaction + 1;
+    ctx.annotate(pool, hooks::KILL_AT, &format!("{}@{next}", hooks::UNREPORTED)).await?;
+    let mut conflicts = 0;
+    let created = loop {
+        let mut obj = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+        if obj.spec.last_assigned_transaction + 1 != next {
+            return Err(format!("someone else assigned transaction {next}"));
+        }
+        // Plan a create, then make it a snapshot of the missing device.
+        let plan = csi_controller::plan(&obj, &[Request::CreateThin]).map_err(|e| e.to_string())?;
+        obj.spec = plan.spec;
+        let op = &mut obj.spec.pending_transactions.last_mut().ok_or("nothing planned")?.operations[0];
+        op.op = thin_csi_api::OperationKind::CreateSnapshot;
+        op.origin = Some(thin_csi_api::DeviceId(MISSING));
+        match ctx.pools.replace(pool, &PostParams::default(), &obj).await {
+            Ok(_) => break plan.created,
+            Err(kube::Error::Api(e)) if e.code == 409 && conflicts < 20 => conflicts += 1,
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let done = wait_finished(&ctx.pools, pool, next, WAIT).await.map_err(|e| e.to_string())?;
+    let aborted = match done {
+        Finished::Aborted(a) => a,
+        Finished::Committed => return Err(format!("transaction {next} (snapshot {created:?} of missing device {MISSING}) reported committed")),
+    };
+    use thin_csi_api::AbortReason;
+    if !matches!(aborted.reason, AbortReason::OriginMissing | AbortReason::ReasonLost) {
+        return Err(format!("transaction {next} aborted with reason {:?}: {}", aborted.reason, aborted.message));
+    }
+    // What CreateSnapshot would answer: an error, never a snapshot.
+    let answer = csi_controller::status::Error::TransactionAborted { pool: pool.into(), what: "snapshot", txn: next, reason: aborted.reason, message: aborted.message.clone() };
+    if answer.code() == tonic::Code::Ok {
+        return Err("an aborted create maps to OK".into());
+    }
+    let status = ctx.status(pool).await?;
+    if status.kernel_transaction != Some(next) || status.health == Some(PoolHealth::Unhealthy) || status.aborted(next).is_none() {
+        return Err(format!("after the restart: {status:?}"));
+    }
+    Ok(format!("transaction {next} aborted ({:?}), reported after the restart; CreateSnapshot would answer {:?}", aborted.reason, answer.code()))
 }
 
 async fn record_only(ctx: &Ctx, pool: &str, ledger: &str) -> Result<String> {
@@ -335,6 +397,315 @@ async fn cross_node(port: &str, a: &str, b: &str) -> Result<String> {
     Ok(format!("restore and clone refused for {b} (source on {a}), placed on {a} when {b} is only preferred; {b} takes its own volumes"))
 }
 
+/// Saves the pool object (as the operator's backup) and deletes it.
+async fn forget(ctx: &Ctx, pool: &str, file: &str) -> Result<String> {
+    let p = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?;
+    std::fs::write(file, json).map_err(|e| e.to_string())?;
+    ctx.pools.delete(pool, &DeleteParams::default()).await.map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while ctx.pools.get_opt(pool).await.map_err(|e| e.to_string())?.is_some() {
+        if start.elapsed() > WAIT {
+            return Err("the pool object is still there after its delete".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "--- pool object {pool} saved to {file} (uid {:?}, nextDeviceId {}, lastAssignedTransaction {}, {} pending, kernel at {:?}) and deleted",
+        p.metadata.uid,
+        p.spec.next_device_id,
+        p.spec.last_assigned_transaction,
+        p.spec.pending_transactions.len(),
+        p.status.as_ref().and_then(|s| s.kernel_transaction)
+    );
+    Ok(String::new())
+}
+
+fn read_saved(file: &str) -> Result<ThinPool> {
+    serde_json::from_str(&std::fs::read_to_string(file).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
+/// Prints one check's PASS/FAIL line; returns whether it passed.
+fn check(name: &str, result: Result<String>) -> bool {
+    let ok = result.is_ok();
+    let _ = finish(name, result);
+    ok
+}
+
+/// The node re-created the object of a pool with history: the record must
+/// refuse to hand out ids (before the fixes, it started again at id 0 and
+/// gave new volumes the ids of existing ones).
+async fn unverified(ctx: &Ctx, pool: &str, file: &str) -> Result<String> {
+    let saved = read_saved(file)?;
+    let kernel_at = saved.status.as_ref().and_then(|s| s.kernel_transaction).ok_or("the saved object has no kernel transaction")?;
+    // The node's new object (another uid), once it has written its verdict.
+    let start = Instant::now();
+    let obj = loop {
+        if let Some(p) = ctx.pools.get_opt(pool).await.map_err(|e| e.to_string())? {
+            if p.metadata.uid != saved.metadata.uid && p.status.as_ref().is_some_and(|s| s.health.is_some()) {
+                break p;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            return Err(format!("no re-created pool object {pool} with a health verdict after 240 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut ok = check(
+        "re-created pool object records devicesUnknownAtTransaction at the kernel's transaction",
+        match obj.spec.devices_unknown_at_transaction {
+            Some(at) if at == kernel_at && obj.spec.last_assigned_transaction == kernel_at => {
+                Ok(format!("devicesUnknownAtTransaction {at}, nextDeviceId {}", obj.spec.next_device_id))
+            }
+            other => Err(format!("devicesUnknownAtTransaction {other:?}, lastAssignedTransaction {}, kernel at {kernel_at}", obj.spec.last_assigned_transaction)),
+        },
+    );
+    let status = obj.status.clone().unwrap_or_default();
+    let events: Api<Event> = Api::default_namespaced(ctx.client.clone());
+    let mut raised = false;
+    while !raised && start.elapsed() < Duration::from_secs(240) {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        raised = list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("PoolRecordUnverified") && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == obj.metadata.uid.as_deref()
+        });
+        if !raised {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    ok &= check(
+        "re-created pool marked Unhealthy with a PoolRecordUnverified event",
+        if status.health == Some(PoolHealth::Unhealthy) && raised {
+            Ok(status.last_error.clone().unwrap_or_default().chars().take(80).collect())
+        } else {
+            Err(format!("health {:?}, event raised {raised}", status.health))
+        },
+    );
+    // The spec alone refuses, whatever the status says (a controller may
+    // read the object before the node's verdict).
+    let mut bare = obj.clone();
+    bare.status = None;
+    ok &= check(
+        "alloc::plan refuses the unverified record",
+        match (csi_controller::plan(&bare, &[Request::CreateThin]), csi_controller::plan(&obj, &[Request::CreateThin])) {
+            (Err(AllocError::RecordUnverified { at, .. }), Err(e)) if at == kernel_at => Ok(format!("RecordUnverified at {at}; with the node's status: {e}")),
+            (Ok(p), _) | (_, Ok(p)) => Err(format!("planned transaction {} creating {:?}", p.transaction.id(), p.created)),
+            (a, b) => Err(format!("unexpected: {a:?} / {b:?}")),
+        },
+    );
+    let refused = ctx.alloc.allocate(pool, &[Request::CreateThin]).await;
+    let after = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+    ok &= check(
+        "an allocation on the unverified record is refused and records nothing",
+        match refused {
+            Err(e) if after.spec == obj.spec && after.metadata.uid == obj.metadata.uid => Ok(format!("{e}")),
+            Err(e) => Err(format!("refused ({e}) but the spec changed: {:?} → {:?}", obj.spec, after.spec)),
+            Ok(a) => Err(format!("allocated transaction {} creating {:?}: ids the pool may already use", a.transaction.id(), a.created)),
+        },
+    );
+    if ok {
+        Ok(String::new())
+    } else {
+        Err("see the checks above".into())
+    }
+}
+
+/// Adopts the pool as docs/operations.md says, from the saved object: its
+/// spec back without devicesUnknownAtTransaction, status.health cleared;
+/// then a new volume must get an id beyond every device the kernel holds.
+async fn adopt(ctx: &Ctx, pool: &str, file: &str, ledger: &str, devices: &str) -> Result<String> {
+    let saved = read_saved(file)?;
+    let kernel: BTreeSet<u32> = devices.split_whitespace().skip(1).map(|s| s.parse().map_err(|_| format!("bad id {s:?}"))).collect::<Result<_>>()?;
+    let live = read_ledger(ledger)?;
+    // The order of docs/operations.md: the spec first (a node that sees it
+    // while the status still says Unhealthy does nothing), then the health.
+    let mut obj = ctx.pools.get(pool).await.map_err(|e| e.to_string())?;
+    obj.spec = ThinPoolSpec { devices_unknown_at_transaction: None, ..saved.spec.clone() };
+    ctx.pools.replace(pool, &PostParams::default(), &obj).await.map_err(|e| e.to_string())?;
+    let clear = json!({ "status": { "health": null, "lastError": null } });
+    ctx.pools.patch_status(pool, &PatchParams::default(), &Patch::Merge(clear)).await.map_err(|e| e.to_string())?;
+    let txn = ctx.committed(pool, &[Request::CreateThin], ledger).await?;
+    let id = txn.created_ids().next().ok_or("no id created")?.get();
+    let highest = kernel.iter().chain(live.iter()).max().copied();
+    if kernel.contains(&id) || live.contains(&id) {
+        return Err(format!("transaction {} created device {id}, which the pool already holds (kernel {kernel:?})", txn.id()));
+    }
+    if highest.is_some_and(|h| id <= h) {
+        return Err(format!("transaction {} created device {id}, not beyond the highest existing device {highest:?}", txn.id()));
+    }
+    let status = ctx.status(pool).await?;
+    if status.health == Some(PoolHealth::Unhealthy) {
+        return Err(format!("pool unhealthy after adoption: {:?}", status.last_error));
+    }
+    Ok(format!("transaction {} committed device {id}, beyond the highest existing device {highest:?}", txn.id()))
+}
+
+mod ctl {
+    use super::*;
+    use csi_proto::v1::controller_client::ControllerClient;
+    use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+    use csi_proto::v1::*;
+    use thin_csi_api::{ThinSnapshot, ThinVolume};
+    use tonic::transport::Channel;
+
+    const KEY: &str = "topology.thin.csi.io/node";
+
+    fn volume_req(name: &str, node: &str) -> CreateVolumeRequest {
+        let topo = Topology { segments: [(KEY.to_string(), node.to_string())].into() };
+        CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(CapacityRange { required_bytes: 16 << 20, limit_bytes: 0 }),
+            volume_capabilities: vec![VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+                access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+            }],
+            accessibility_requirements: Some(TopologyRequirement { requisite: vec![topo.clone()], preferred: vec![topo] }),
+            ..Default::default()
+        }
+    }
+
+    async fn client(port: &str) -> Result<ControllerClient<Channel>> {
+        ControllerClient::connect(format!("http://127.0.0.1:{port}")).await.map_err(|e| e.to_string())
+    }
+
+    async fn create_volume(c: &mut ControllerClient<Channel>, name: &str, node: &str) -> std::result::Result<Volume, tonic::Status> {
+        c.create_volume(volume_req(name, node)).await?.into_inner().volume.ok_or_else(|| tonic::Status::internal("no volume"))
+    }
+
+    async fn create_snapshot(c: &mut ControllerClient<Channel>, name: &str, source: &str) -> std::result::Result<Snapshot, tonic::Status> {
+        let req = CreateSnapshotRequest { source_volume_id: source.into(), name: name.into(), ..Default::default() };
+        c.create_snapshot(req).await?.into_inner().snapshot.ok_or_else(|| tonic::Status::internal("no snapshot"))
+    }
+
+    fn remember(ids: &str, kind: &str, id: &str) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(ids).map_err(|e| e.to_string())?;
+        writeln!(f, "{kind} {id}").map_err(|e| e.to_string())
+    }
+
+    /// The device the API's object for CSI name `name` holds, if any.
+    async fn device_of(ctx: &Ctx, snapshot: bool, name: &str) -> Result<Option<u32>> {
+        let obj = thin_csi_api::object_name(name);
+        Ok(if snapshot {
+            Api::<ThinSnapshot>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|s| s.spec.device_id.0)
+        } else {
+            Api::<ThinVolume>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|v| v.spec.device_id.0)
+        })
+    }
+
+    /// Every device named by an object of `pool`; Err if one is named twice.
+    pub async fn named_devices(ctx: &Ctx, pool: &str) -> Result<BTreeSet<u32>> {
+        let lp = ListParams::default().labels(&format!("{}={pool}", thin_csi_api::LABEL_POOL));
+        let mut seen: Vec<(u32, String)> = Vec::new();
+        for v in Api::<ThinVolume>::all(ctx.client.clone()).list(&lp).await.map_err(|e| e.to_string())?.items {
+            seen.push((v.spec.device_id.0, v.metadata.name.unwrap_or_default()));
+        }
+        for s in Api::<ThinSnapshot>::all(ctx.client.clone()).list(&lp).await.map_err(|e| e.to_string())?.items {
+            seen.push((s.spec.device_id.0, s.metadata.name.unwrap_or_default()));
+        }
+        let mut set = BTreeSet::new();
+        for (id, _) in &seen {
+            if !set.insert(*id) {
+                let both: Vec<_> = seen.iter().filter(|(d, _)| d == id).map(|(_, n)| n.as_str()).collect();
+                return Err(format!("device {id} of pool {pool} named by two objects: {both:?}"));
+            }
+        }
+        Ok(set)
+    }
+
+    /// The request for `step`, sent to a controller that dies at `step`.
+    pub async fn request(port: &str, step: &str, name: &str, node: &str, ids: &str) -> Result<String> {
+        let mut c = client(port).await?;
+        let cut = if step.starts_with("volume-") {
+            create_volume(&mut c, name, node).await.map(|v| v.volume_id)
+        } else if step.starts_with("snapshot-") {
+            let src = create_volume(&mut c, &format!("{name}-src"), node).await.map_err(|e| format!("source volume: {e}"))?;
+            remember(ids, "volume", &src.volume_id)?;
+            create_snapshot(&mut c, name, &src.volume_id).await.map(|s| s.snapshot_id)
+        } else {
+            let v = create_volume(&mut c, name, node).await.map_err(|e| format!("volume to delete: {e}"))?;
+            remember(ids, "volume", &v.volume_id)?;
+            std::fs::write(format!("{ids}.{name}"), &v.volume_id).map_err(|e| e.to_string())?;
+            c.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.map(|_| v.volume_id)
+        };
+        match cut {
+            Ok(id) => Err(format!("the request at failpoint {step} succeeded ({id}): the controller did not die there")),
+            Err(e) => {
+                println!("--- {step}: the call was cut by the kill ({:?})", e.code());
+                Ok(String::new())
+            }
+        }
+    }
+
+    /// The same request to the restarted controller.
+    pub async fn retry(ctx: &Ctx, port: &str, step: &str, name: &str, node: &str, pool: &str, ids: &str) -> Result<String> {
+        let mut c = client(port).await?;
+        let snapshot = step.starts_with("snapshot-");
+        let detail = if step.starts_with("delete-") {
+            let before = device_of(ctx, false, name).await?;
+            let id = std::fs::read_to_string(format!("{ids}.{name}")).map_err(|e| format!("the killed call's volume id: {e}"))?;
+            c.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.map_err(|e| format!("retried DeleteVolume: {e}"))?;
+            if device_of(ctx, false, name).await?.is_some() {
+                return Err("the ThinVolume is still there after the retried DeleteVolume".into());
+            }
+            format!("DeleteVolume {id} (device {before:?}) succeeded on retry; object gone")
+        } else {
+            let before = device_of(ctx, snapshot, name).await?;
+            let id = if snapshot {
+                let src = create_volume(&mut c, &format!("{name}-src"), node).await.map_err(|e| format!("source volume: {e}"))?;
+                create_snapshot(&mut c, name, &src.volume_id).await.map_err(|e| format!("retried CreateSnapshot: {e}"))?.snapshot_id
+            } else {
+                create_volume(&mut c, name, node).await.map_err(|e| format!("retried CreateVolume: {e}"))?.volume_id
+            };
+            remember(ids, if snapshot { "snapshot" } else { "volume" }, &id)?;
+            let after = device_of(ctx, snapshot, name).await?.ok_or("no object after a successful retry")?;
+            if csi_controller::params::DeviceRef::parse(&id).map(|r| r.device) != Some(after) {
+                return Err(format!("the answer {id} does not name the object's device {after}"));
+            }
+            match before {
+                Some(b) if b != after => return Err(format!("the object named device {b} before the retry, {after} after")),
+                Some(_) => format!("{id}: the same device {after} as the object the killed call made"),
+                None => format!("{id}: device {after} (no object before the retry: the killed call's allocation, if any, is a leak)"),
+            }
+        };
+        let named = named_devices(ctx, pool).await?;
+        Ok(format!("{detail}; {} devices named, none twice", named.len()))
+    }
+
+    /// Deletes what the runs made (snapshots first); no object names a device twice.
+    pub async fn cleanup(ctx: &Ctx, port: &str, pool: &str, ids: &str) -> Result<String> {
+        let named = named_devices(ctx, pool).await?;
+        let mut c = client(port).await?;
+        let text = std::fs::read_to_string(ids).unwrap_or_default();
+        let mut list: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(' ')).collect();
+        list.sort_by_key(|(k, _)| *k != "snapshot");
+        list.dedup();
+        for (kind, id) in &list {
+            let r = if *kind == "snapshot" {
+                c.delete_snapshot(DeleteSnapshotRequest { snapshot_id: id.to_string(), ..Default::default() }).await.map(|_| ())
+            } else {
+                c.delete_volume(DeleteVolumeRequest { volume_id: id.to_string(), ..Default::default() }).await.map(|_| ())
+            };
+            r.map_err(|e| format!("deleting {kind} {id}: {e}"))?;
+        }
+        let left = named_devices(ctx, pool).await?;
+        if !left.is_empty() {
+            return Err(format!("objects still name devices {left:?} after the cleanup"));
+        }
+        Ok(format!("{} objects (devices {named:?}, none named twice) deleted through the controller", list.len()))
+    }
+}
+
+/// The kernel's devices after the controller crash runs and their cleanup:
+/// no object is left, so any device is a leak of a kill between an
+/// allocation and its object; at most one per such kill.
+fn leaks(devices: &str, budget: usize) -> Result<String> {
+    let got: Vec<&str> = devices.split_whitespace().skip(1).collect();
+    if got.len() <= budget {
+        Ok(format!("LEAKS {} (devices {got:?}; at most {budget}, one per kill between an allocation and its object)", got.len()))
+    } else {
+        Err(format!("{} devices left ({got:?}), more than the {budget} kills between an allocation and its object can leak", got.len()))
+    }
+}
+
 fn print_bench(op: &str, mut us: Vec<u64>) {
     us.sort_unstable();
     let n = us.len();
@@ -358,6 +729,9 @@ async fn main() -> ExitCode {
     fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["leaks", devices, budget] = argv.as_slice() {
+        return finish("the pool holds only what controller kills leaked", leaks(devices, budget.parse().unwrap_or(0)));
+    }
     if let ["compare", ledger, devices] = argv.as_slice() {
         return finish("kernel devices match the API record", compare(ledger, devices));
     }
@@ -370,12 +744,24 @@ async fn main() -> ExitCode {
         ["pools", nodes @ ..] => ("nodes registered their pools".to_string(), pools(&ctx, nodes).await),
         ["lifecycle", pool, other, ledger] => ("create, snapshot, delete end to end".into(), lifecycle(&ctx, pool, other, ledger).await),
         ["crash", pool, boundary, ledger] => (format!("node killed at {boundary}"), crash(&ctx, pool, boundary, ledger).await),
+        ["crash-abort", pool] => ("node killed after an abort, before its status".into(), crash_abort(&ctx, pool).await),
         ["record-only", pool, ledger] => ("controller records a transaction".into(), record_only(&ctx, pool, ledger).await),
         ["converge", pool, ledger] => ("controller killed before the status: the pool converges".into(), converge(&ctx, pool, ledger).await),
         ["concurrent", pool, n, ledger] => ("concurrent allocations through the node".into(), concurrent(&ctx, pool, n.parse().unwrap_or(200), ledger).await),
         ["diverge", pool] => ("divergence marks the pool unhealthy".into(), diverge(&ctx, pool).await),
         ["cross-node", port, a, b] => ("restore and clone across two node VMs".into(), cross_node(port, a, b).await),
+        ["forget", pool, file] => ("pool object saved and deleted".into(), forget(&ctx, pool, file).await),
+        ["unverified", pool, file] => ("re-created record refuses allocations".into(), unverified(&ctx, pool, file).await),
+        ["adopt", pool, file, ledger, devices] => ("adopted pool allocates a fresh id".into(), adopt(&ctx, pool, file, ledger, devices).await),
+        ["ctl-request", port, step, name, node, ids] => (format!("controller killed at {step}"), ctl::request(port, step, name, node, ids).await),
+        ["ctl-retry", port, step, name, node, pool, ids] => (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, step, name, node, pool, ids).await),
+        ["ctl-cleanup", port, pool, ids] => ("controller crash runs cleaned up".into(), ctl::cleanup(&ctx, port, pool, ids).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
+        ["unstop", pool] => {
+            let patch = json!({ "metadata": { "annotations": { hooks::STOP: null } } });
+            let r = ctx.pools.patch(pool, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| String::new()).map_err(|e| e.to_string());
+            ("stop hook removed".into(), r)
+        }
         ["stop", pools @ ..] => {
             let mut r = Ok(String::new());
             for p in pools {

@@ -169,10 +169,13 @@ impl Inner {
             }
             r => r?,
         };
+        crate::failpoint::hit("volume-waited");
         match finished {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
-                Ok(Settled::Ready(self.volumes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
+                let ready = self.volumes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+                crate::failpoint::hit("volume-ready");
+                Ok(Settled::Ready(ready))
             }
             Finished::Aborted(aborted) => {
                 let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
@@ -196,10 +199,13 @@ impl Inner {
             }
             r => r?,
         };
+        crate::failpoint::hit("snapshot-waited");
         match finished {
             Finished::Committed => {
                 let status = json!({"status": {"ready": true, "transaction": txn}});
-                Ok(Settled::Ready(self.snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?))
+                let ready = self.snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+                crate::failpoint::hit("snapshot-ready");
+                Ok(Settled::Ready(ready))
             }
             Finished::Aborted(aborted) => {
                 let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
@@ -225,9 +231,13 @@ impl Inner {
             Err(AllocError::BeingDeleted { txn, .. }) => (txn, None),
             Err(e) => return Err(e.into()),
         };
+        crate::failpoint::hit("delete-recorded");
         // The uid: an outcome read from a re-created record would be another's.
         match self.wait(pool, txn, uid.as_deref(), wait::Subject::Delete(device)).await? {
-            Finished::Committed => Ok(()),
+            Finished::Committed => {
+                crate::failpoint::hit("delete-finished");
+                Ok(())
+            }
             Finished::Aborted(a) => Err(Error::TransactionAborted {
                 pool: pool.to_string(),
                 what: "delete",
@@ -436,6 +446,7 @@ impl Inner {
         };
         let pool_name = pool.metadata.name.clone().unwrap_or_default();
         let a = self.alloc.allocate(&pool_name, &[op]).await?;
+        crate::failpoint::hit("volume-allocated");
         let device = a.created[0].get();
         let txn = a.transaction.id().get();
         if let Err(e) = self.clear_stale(&pool_name, device, a.pool_uid.as_deref()).await {
@@ -469,6 +480,7 @@ impl Inner {
                 }
             },
         };
+        crate::failpoint::hit("volume-object");
         let v = self.settle_volume(created).await?;
         tracing::info!(name = %req.name, id = %DeviceRef::new(&pool_name, device), size, txn, "volume created");
         Ok(self.volume_message(&v, Some(&pool)))
@@ -569,6 +581,7 @@ impl Inner {
         let pool = vol.spec.pool.clone();
         let origin = DeviceRef::new(&pool, vol.spec.device_id.0).thin_id();
         let a = self.alloc.allocate(&pool, &[Op::CreateSnapshot { origin }]).await?;
+        crate::failpoint::hit("snapshot-allocated");
         let device = a.created[0].get();
         let txn = a.transaction.id().get();
         if let Err(e) = self.clear_stale(&pool, device, a.pool_uid.as_deref()).await {
@@ -599,6 +612,7 @@ impl Inner {
                 }
             },
         };
+        crate::failpoint::hit("snapshot-object");
         let s = self.settle_snapshot(created).await?;
         tracing::info!(name = %req.name, id = %DeviceRef::new(&pool, device), source = %req.source_volume_id, txn, "snapshot created");
         Ok(snapshot_message(&s))

@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod controller;
 pub mod crds;
+pub mod failpoint;
 pub mod identity;
 pub mod leader;
 pub mod params;

@@ -212,6 +212,7 @@ impl PoolExecutor {
             let kernel = self.kernel.clone();
             let job_record = record.clone();
             let kill_at = if self.test_hooks { annotation(&pool, hooks::KILL_AT) } else { None };
+            let job_kill_at = kill_at.clone();
             let tamper = self.test_hooks && annotation(&pool, hooks::TAMPER).is_some();
             let mut executor = self.executor.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let (progress, usage, executor) = tokio::task::spawn_blocking(move || {
@@ -223,7 +224,7 @@ impl PoolExecutor {
                         warn!(from = at, to = at + 5, "test hook: moved the kernel's transaction id");
                     }
                 }
-                let mut observer = KillAt::parse(kill_at.as_deref());
+                let mut observer = KillAt::parse(job_kill_at.as_deref());
                 let progress = executor.drive(&mut *k, &job_record, &mut observer);
                 let usage = k.pool_status().ok().and_then(|s| s.working().cloned()).map(|w| (w, k.block_size(), k.metadata_area().len));
                 (progress, usage, executor)
@@ -231,6 +232,14 @@ impl PoolExecutor {
             .await
             .map_err(|e| kernel_err(&self.object, e))?;
             *self.executor.lock().unwrap_or_else(|p| p.into_inner()) = executor;
+            // Test hook: die after the kernel work, before the status says so.
+            if let Some(n) = kill_at.as_deref().and_then(|s| s.strip_prefix(hooks::UNREPORTED)?.strip_prefix('@')?.parse::<u64>().ok()) {
+                if progress.ended.iter().any(|(t, _)| t.get() == n) && fire_once(&format!("kill-{n}")) {
+                    error!(txn = n, ended = ?progress.ended.iter().find(|(t, _)| t.get() == n), "test hook: killing the node process before the status write");
+                    // SAFETY: a plain syscall; the process dies here, as in a crash.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                }
+            }
             if progress.stopped.as_ref().is_some_and(|s| s.is_divergence()) && !confirmed {
                 confirmed = true;
                 if let Some(fresh) = self.pools.get_opt(&self.object).await? {
