@@ -543,25 +543,8 @@ impl World {
                         out.push((label("allocation write conflicts (409), re-reads"), w));
                     }
                     Ok(p) => {
-                        for outcome in Write::all(self, cfg) {
-                            let mut w = self.clone();
-                            if outcome.takes_effect() {
-                                let mut obj = read.clone();
-                                obj.spec = p.spec.clone();
-                                w.store_pool(obj);
-                            }
-                            w.faults += outcome.is_fault() as u8;
-                            // A failed write is re-read (Allocator::allocate):
-                            // one that took effect is found and used.
-                            let found = w.pool.as_ref().is_some_and(|now| csi_controller::alloc::recorded(now, &p.transaction));
-                            if found {
-                                let uid = w.pool.as_ref().and_then(|p| p.metadata.uid.clone());
-                                w.reqs[i].execs[e] = Step::Allocated { txn: p.transaction.id().get(), device: p.created[0].get(), uid };
-                            } else {
-                                w.reply(i, e, Reply::Err(Code::Unavailable));
-                            }
-                            out.push((label(&format!("records transaction {} ({outcome:?})", p.transaction.id())), w));
-                        }
+                        let device = p.created[0].get();
+                        out.extend(self.record(cfg, i, e, &read, &p, "transaction", |txn, uid| Step::Allocated { txn, device, uid }));
                     }
                 }
             }
@@ -723,24 +706,7 @@ impl World {
                         }
                         out.push((label("delete write conflicts (409), re-reads"), w));
                     }
-                    Ok(p) => {
-                        for outcome in Write::all(self, cfg) {
-                            let mut w = self.clone();
-                            if outcome.takes_effect() {
-                                let mut obj = read.clone();
-                                obj.spec = p.spec.clone();
-                                w.store_pool(obj);
-                            }
-                            w.faults += outcome.is_fault() as u8;
-                            if w.pool.as_ref().is_some_and(|now| csi_controller::alloc::recorded(now, &p.transaction)) {
-                                let uid = w.pool.as_ref().and_then(|p| p.metadata.uid.clone());
-                                w.reqs[i].execs[e] = Step::DeleteWait { txn: p.transaction.id().get(), uid };
-                            } else {
-                                w.reply(i, e, Reply::Err(Code::Unavailable));
-                            }
-                            out.push((label(&format!("records delete transaction {} ({outcome:?})", p.transaction.id())), w));
-                        }
-                    }
+                    Ok(p) => out.extend(self.record(cfg, i, e, &read, &p, "delete transaction", |txn, uid| Step::DeleteWait { txn, uid })),
                 }
             }
             Step::DeleteWait { txn, uid } => {
@@ -781,6 +747,31 @@ impl World {
                     out.push((label(&format!("deletes the volume object ({outcome:?})")), w));
                 }
             }
+        }
+        out
+    }
+
+    /// The allocator's write of plan `p` (read as `read`) under each write
+    /// outcome: a failed write is re-read (`Allocator::allocate`) and one
+    /// that took effect is found and used; `next` is the step after it.
+    #[allow(clippy::too_many_arguments)]
+    fn record(&self, cfg: &Config, i: usize, e: usize, read: &ThinPool, p: &csi_controller::Plan, what: &str, next: impl Fn(u64, Option<String>) -> Step) -> Vec<(String, World)> {
+        let mut out = Vec::new();
+        for outcome in Write::all(self, cfg) {
+            let mut w = self.clone();
+            if outcome.takes_effect() {
+                let mut obj = read.clone();
+                obj.spec = p.spec.clone();
+                w.store_pool(obj);
+            }
+            w.faults += outcome.is_fault() as u8;
+            if w.pool.as_ref().is_some_and(|now| csi_controller::alloc::recorded(now, &p.transaction)) {
+                let uid = w.pool.as_ref().and_then(|p| p.metadata.uid.clone());
+                w.reqs[i].execs[e] = next(p.transaction.id().get(), uid);
+            } else {
+                w.reply(i, e, Reply::Err(Code::Unavailable));
+            }
+            out.push((format!("{} records {what} {} ({outcome:?})", self.reqs[i].name, p.transaction.id()), w));
         }
         out
     }
