@@ -71,10 +71,7 @@ impl TryFrom<&PendingTransaction> for Transaction {
 /// are left out.
 pub fn pool_record(pool: &ThinPool) -> Result<PoolRecord, ConversionError> {
     let name = pool.metadata.name.clone().unwrap_or_default();
-    // The status may be missing or behind (a lost write, a node that crashed
-    // after creating the object): the spec alone knows a lower bound.
-    let reported = pool.status.as_ref().and_then(|s| s.finished_transaction).unwrap_or(0);
-    let finished = reported.max(pool.spec.finished_at_least());
+    let finished = pool.finished_transaction();
     let assigned = pool.spec.last_assigned_transaction;
     if finished > assigned {
         return Err(ConversionError::FinishedBeyondAssigned { pool: name, finished, assigned });

@@ -121,6 +121,16 @@ pub struct ThinPoolSpec {
     pub devices_unknown_at_transaction: Option<u64>,
 }
 
+impl ThinPool {
+    /// The last transaction known finished: what the node reported, or more
+    /// when the status is missing or behind (a lost write, a node that
+    /// crashed after creating the object) and the spec alone knows more.
+    pub fn finished_transaction(&self) -> u64 {
+        let reported = self.status.as_ref().and_then(|s| s.finished_transaction).unwrap_or(0);
+        reported.max(self.spec.finished_at_least())
+    }
+}
+
 impl ThinPoolSpec {
     /// The last transaction known finished from the spec alone: everything
     /// assigned before the first pending one (the controller prunes only

@@ -69,12 +69,11 @@ pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>, subject: Subject
     if uid.is_some() && pool.metadata.uid.as_deref() != uid {
         return Err(WaitError::TransactionUnknown { pool: name, txn, last_assigned: pool.spec.last_assigned_transaction });
     }
-    let Some(status) = &pool.status else { return Ok(None) };
     if txn > pool.spec.last_assigned_transaction {
         return Err(WaitError::TransactionUnknown { pool: name, txn, last_assigned: pool.spec.last_assigned_transaction });
     }
-    let finished = status.finished_transaction.unwrap_or(0).max(pool.spec.finished_at_least());
-    if finished >= txn {
+    let status = pool.status.clone().unwrap_or_default();
+    if pool.finished_transaction() >= txn {
         let pruned = !pool.spec.pending_transactions.iter().any(|p| p.id == txn);
         return Ok(Some(match (status.aborted(txn), pruned, subject) {
             (Some(a), _, _) => Finished::Aborted(a.clone()),
