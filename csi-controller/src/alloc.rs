@@ -144,31 +144,26 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
     }
 
     // Deletes and snapshot origins must name allocated devices that no
-    // pending transaction is deleting.
-    let pending_deletes: Vec<(ThinId, u64)> = spec
+    // pending transaction is deleting. A device whose create has not been
+    // reported finished is not deleted either: the node judges an ended
+    // transaction whose report was lost by whether its creates are in the
+    // pool (thinpool::engine::reconcile).
+    let pending_ops: Vec<(bool, ThinId, u64)> = spec
         .pending_transactions
         .iter()
         .flat_map(|p| {
-            p.operations
-                .iter()
-                .filter(|o| o.op == thin_csi_api::OperationKind::Delete)
-                .filter_map(move |o| ThinId::try_from(o.id).ok().map(|id| (id, p.id)))
+            p.operations.iter().filter_map(move |o| {
+                ThinId::try_from(o.id).ok().map(|id| (o.op == thin_csi_api::OperationKind::Delete, id, p.id))
+            })
         })
         .collect();
-    // A device whose create has not been reported finished is not deleted:
-    // the node judges an ended transaction whose report was lost by whether
-    // its creates are in the pool (thinpool::engine::reconcile).
-    let pending_creates: Vec<(ThinId, u64)> = spec
-        .pending_transactions
-        .iter()
-        .flat_map(|p| p.operations.iter().filter(|o| o.op != thin_csi_api::OperationKind::Delete).filter_map(move |o| ThinId::try_from(o.id).ok().map(|id| (id, p.id))))
-        .collect();
+    let pending = |deletes: bool, id: ThinId| pending_ops.iter().find(|(d, i, _)| *d == deletes && *i == id).map(|(_, _, txn)| *txn);
     let check_existing = |id: ThinId| -> Result<(), AllocError> {
         if id.get() >= spec.next_device_id || free.contains(&id) {
             return Err(AllocError::NotAllocated { pool: name.clone(), id });
         }
-        if let Some((_, txn)) = pending_deletes.iter().find(|(d, _)| *d == id) {
-            return Err(AllocError::BeingDeleted { pool: name.clone(), id, txn: *txn });
+        if let Some(txn) = pending(true, id) {
+            return Err(AllocError::BeingDeleted { pool: name.clone(), id, txn });
         }
         Ok(())
     };
@@ -176,8 +171,8 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
         match *r {
             Request::Delete { id } => {
                 check_existing(id)?;
-                if let Some((_, txn)) = pending_creates.iter().find(|(d, _)| *d == id) {
-                    return Err(AllocError::CreatePending { pool: name.clone(), id, txn: *txn });
+                if let Some(txn) = pending(false, id) {
+                    return Err(AllocError::CreatePending { pool: name.clone(), id, txn });
                 }
             }
             Request::CreateSnapshot { origin: id } => check_existing(id)?,

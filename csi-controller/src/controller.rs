@@ -238,13 +238,10 @@ impl Inner {
                 crate::failpoint::hit("delete-finished");
                 Ok(())
             }
-            Finished::Aborted(a) => Err(Error::TransactionAborted {
-                pool: pool.to_string(),
-                what: "delete",
-                txn: a.id,
-                reason: a.reason,
-                message: format!("thin device {device}: {}", a.message),
-            }),
+            Finished::Aborted(a) => {
+                let message = format!("thin device {device}: {}", a.message);
+                Err(transaction_aborted(pool, "delete", thin_csi_api::AbortedTransaction { message, ..a }))
+            }
         }
     }
 
@@ -862,7 +859,13 @@ fn transaction_of(meta: &ObjectMeta) -> Result<u64> {
 
 /// The error a CSI create returns when the node aborted its transaction.
 pub fn aborted_create(pool: &str, aborted: thin_csi_api::AbortedTransaction) -> Error {
-    Error::TransactionAborted { pool: pool.to_string(), what: "create", txn: aborted.id, reason: aborted.reason, message: aborted.message }
+    transaction_aborted(pool, "create", aborted)
+}
+
+/// The error a CSI call returns when the node aborted the transaction of
+/// its `what` (create or delete); `status.rs` maps the reason to a code.
+fn transaction_aborted(pool: &str, what: &'static str, a: thin_csi_api::AbortedTransaction) -> Error {
+    Error::TransactionAborted { pool: pool.to_string(), what, txn: a.id, reason: a.reason, message: a.message }
 }
 
 fn object_meta(name: &str, pool: &str, device: u32, txn: u64, extra: &[(&str, &str)]) -> ObjectMeta {
@@ -1004,6 +1007,7 @@ mod tests {
         assert_eq!(e.code(), Code::ResourceExhausted);
         assert!(e.to_string().contains("ENOSPC"), "{e}");
         assert_eq!(aborted_create("p", a(thin_csi_api::AbortReason::OriginMissing)).code(), Code::NotFound);
+        assert!(matches!(Settled::<()>::Aborted(Error::Internal("x".into())).ready(), Err(Error::Internal(_))));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum NodeError {
     WrongNode { object: String, owner: String, node: String },
 }
 
+/// What the node's gate compares: the object's uid, its spec generation and
+/// (with test hooks on) the hook annotations.
+type Seen = (Option<String>, Option<i64>, String);
+
 /// How long to wait before retrying a transaction that is blocked (for
 /// example a device to delete is still open); new events retry at once.
 const BLOCKED_RETRY: Duration = Duration::from_secs(5);
@@ -139,8 +143,8 @@ impl PoolExecutor {
         let mut changes = watcher(self.pools.clone(), config).default_backoff().applied_objects().boxed();
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut latest: Option<ThinPool> = None;
-        // The (uid, generation) of the last spec fully reconciled.
-        let mut done: Option<(Option<String>, Option<i64>, String)> = None;
+        // The last spec fully reconciled.
+        let mut done: Option<Seen> = None;
         loop {
             let retry = async {
                 match retry_at {
@@ -159,17 +163,17 @@ impl PoolExecutor {
             }
             let retrying = retry_at.take().is_some_and(|at| at <= tokio::time::Instant::now());
             let Some(pool) = latest.clone() else { continue };
-            // React to spec changes only: the node's own status writes come
-            // back through this watch and must not trigger another run; an
-            // older generation is a re-delivered event.
             if self.test_hooks && annotation(&pool, hooks::STOP).is_some() {
                 info!("stop requested through the test hook");
                 return Ok(());
             }
-            // Test hooks ride in annotations, which do not change the generation.
+            // React to spec changes only: the node's own status writes come
+            // back through this watch and must not trigger another run; an
+            // older generation is a re-delivered event. Test hooks ride in
+            // annotations, which do not change the generation.
             let hooks_set = if self.test_hooks { format!("{:?}", [hooks::KILL_AT, hooks::TAMPER].map(|k| annotation(&pool, k))) } else { String::new() };
-            let seen = (pool.metadata.uid.clone(), pool.metadata.generation, hooks_set);
-            if !retrying && done.as_ref().is_some_and(|d: &(Option<String>, Option<i64>, String)| d.0 == seen.0 && d.1 >= seen.1 && d.2 == seen.2) {
+            let seen: Seen = (pool.metadata.uid.clone(), pool.metadata.generation, hooks_set);
+            if !retrying && done.as_ref().is_some_and(|d| d.0 == seen.0 && d.1 >= seen.1 && d.2 == seen.2) {
                 continue;
             }
             match self.reconcile(&pool).await {
@@ -236,8 +240,7 @@ impl PoolExecutor {
             if let Some(n) = kill_at.as_deref().and_then(|s| s.strip_prefix(hooks::UNREPORTED)?.strip_prefix('@')?.parse::<u64>().ok()) {
                 if progress.ended.iter().any(|(t, _)| t.get() == n) && fire_once(&format!("kill-{n}")) {
                     error!(txn = n, ended = ?progress.ended.iter().find(|(t, _)| t.get() == n), "test hook: killing the node process before the status write");
-                    // SAFETY: a plain syscall; the process dies here, as in a crash.
-                    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                    die();
                 }
             }
             if progress.stopped.as_ref().is_some_and(|s| s.is_divergence()) && !confirmed {
@@ -301,6 +304,12 @@ impl PoolExecutor {
     }
 }
 
+/// The test hooks' crash: SIGKILL to ourselves, no cleanup, as in a crash.
+fn die() {
+    // SAFETY: a plain syscall; the process dies here.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
 fn annotation(pool: &ThinPool, key: &str) -> Option<String> {
     pool.metadata.annotations.as_ref()?.get(key).cloned()
 }
@@ -345,8 +354,7 @@ impl thinpool::Observer for KillAt {
         }
         if self.0 == Some((boundary, txn.get())) && fire_once(&format!("kill-{}", txn.get())) {
             error!(%txn, ?boundary, "test hook: killing the node process");
-            // SAFETY: a plain syscall; the process dies here, as in a crash.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            die();
         }
     }
 }

@@ -388,7 +388,8 @@ pub fn reconcile(
 /// controller plans no delete of a device whose create has not been
 /// reported finished. Anything in between is divergence.
 fn decide(kernel: &mut impl Kernel, txn: &Transaction, kernel_at: TransactionId) -> Result<bool, RecoverError> {
-    let probe = |kernel: &mut _, id| exists(kernel, id).map_err(RecoverError::Kernel);
+    let active = active_ids(kernel)?;
+    let probe = |kernel: &mut _, id| exists(kernel, &active, id).map_err(RecoverError::Kernel);
     let mut created = Vec::new();
     for id in txn.created_ids() {
         created.push((id, probe(kernel, id)?));
@@ -454,18 +455,24 @@ fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Obser
 /// Whether every id is in the pool: an active device is; an inactive one is
 /// probed by activating it (ENODATA: absent) and deactivating it again.
 fn all_exist(kernel: &mut impl Kernel, ids: impl Iterator<Item = ThinId>) -> Result<bool, KernelError> {
+    let active = active_ids(kernel)?;
     for id in ids {
-        if !exists(kernel, id)? {
+        if !exists(kernel, &active, id)? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// Whether thin id `id` is in the pool: an active device is; an inactive
-/// one is probed by activating it (ENODATA: absent) and deactivating it.
-fn exists(kernel: &mut impl Kernel, id: ThinId) -> Result<bool, KernelError> {
-    if kernel.active_thins()?.iter().any(|a| a.id == id) {
+fn active_ids(kernel: &impl Kernel) -> Result<BTreeSet<ThinId>, KernelError> {
+    Ok(kernel.active_thins()?.iter().map(|a| a.id).collect())
+}
+
+/// Whether thin id `id` is in the pool: an active device (in `active`) is;
+/// an inactive one is probed by activating it (ENODATA: absent) and
+/// deactivating it, which leaves the active set as it was.
+fn exists(kernel: &mut impl Kernel, active: &BTreeSet<ThinId>, id: ThinId) -> Result<bool, KernelError> {
+    if active.contains(&id) {
         return Ok(true);
     }
     match kernel.activate_thin(id, crate::ids::Sectors(8)) {
