@@ -1,18 +1,16 @@
 //! The pool object's transactions ↔ the engine's [`Transaction`] and
 //! [`PoolRecord`].
 
-use thinpool::{IdError, Operation, PoolRecord, ThinId, Transaction, TransactionError, TransactionId};
+use thinpool::{Operation, PoolRecord, ThinId, Transaction, TransactionError, TransactionId};
 
-use crate::pool::{DeviceId, OperationKind, PendingTransaction, ThinPool, TransactionOperation};
+use crate::pool::{OperationKind, PendingTransaction, ThinPool, TransactionOperation};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConversionError {
-    #[error("transaction {txn}: {source}")]
-    Id { txn: u64, source: IdError },
     #[error("transaction {txn}: createSnapshot of device {id} has no origin")]
-    MissingOrigin { txn: u64, id: u32 },
+    MissingOrigin { txn: u64, id: ThinId },
     #[error("transaction {txn}: {op:?} of device {id} has an origin ({origin}); only createSnapshot takes one")]
-    UnexpectedOrigin { txn: u64, op: OperationKind, id: u32, origin: u32 },
+    UnexpectedOrigin { txn: u64, op: OperationKind, id: ThinId, origin: ThinId },
     #[error(transparent)]
     Transaction(#[from] TransactionError),
     #[error("pending transactions are not in strictly increasing id order: {previous} then {next}")]
@@ -41,17 +39,13 @@ impl From<&Transaction> for PendingTransaction {
     }
 }
 
-fn thin(txn: u64, id: DeviceId) -> Result<ThinId, ConversionError> {
-    ThinId::try_from(id).map_err(|source| ConversionError::Id { txn, source })
-}
-
 /// One operation of transaction `txn` as the engine's [`Operation`].
 pub fn operation(txn: u64, op: &TransactionOperation) -> Result<Operation, ConversionError> {
-    let id = thin(txn, op.id)?;
+    let id = op.id;
     match (op.op, op.origin) {
-        (OperationKind::CreateSnapshot, Some(origin)) => Ok(Operation::CreateSnapshot { id, origin: thin(txn, origin)? }),
-        (OperationKind::CreateSnapshot, None) => Err(ConversionError::MissingOrigin { txn, id: op.id.0 }),
-        (kind, Some(origin)) => Err(ConversionError::UnexpectedOrigin { txn, op: kind, id: op.id.0, origin: origin.0 }),
+        (OperationKind::CreateSnapshot, Some(origin)) => Ok(Operation::CreateSnapshot { id, origin }),
+        (OperationKind::CreateSnapshot, None) => Err(ConversionError::MissingOrigin { txn, id }),
+        (kind, Some(origin)) => Err(ConversionError::UnexpectedOrigin { txn, op: kind, id, origin }),
         (OperationKind::CreateThin, None) => Ok(Operation::CreateThin { id }),
         (OperationKind::Delete, None) => Ok(Operation::Delete { id }),
     }
@@ -105,7 +99,7 @@ mod tests {
     }
 
     fn op(kind: OperationKind, id: u32, origin: Option<u32>) -> TransactionOperation {
-        TransactionOperation { op: kind, id: DeviceId(id), origin: origin.map(DeviceId) }
+        TransactionOperation { op: kind, id: t(id), origin: origin.map(t) }
     }
 
     #[test]
@@ -146,13 +140,12 @@ mod tests {
     #[test]
     fn bad_wire_transactions_are_refused() {
         let p = |ops| PendingTransaction { id: 3, operations: ops };
-        assert!(matches!(
-            Transaction::try_from(&p(vec![op(OperationKind::CreateThin, 1 << 24, None)])),
-            Err(ConversionError::Id { txn: 3, .. })
-        ));
+        // An id past 24 bits never gets this far: the wire type refuses it.
+        let too_big = serde_json::json!({"id": 3, "operations": [{"op": "createThin", "id": 1 << 24}]});
+        assert!(serde_json::from_value::<PendingTransaction>(too_big).is_err());
         assert_eq!(
             Transaction::try_from(&p(vec![op(OperationKind::CreateSnapshot, 2, None)])),
-            Err(ConversionError::MissingOrigin { txn: 3, id: 2 })
+            Err(ConversionError::MissingOrigin { txn: 3, id: t(2) })
         );
         assert!(matches!(
             Transaction::try_from(&p(vec![op(OperationKind::Delete, 2, Some(1))])),

@@ -26,7 +26,7 @@ pub mod volume;
 pub use convert::ConversionError;
 pub use name::object_name;
 pub use pool::{
-    AbortReason, AbortedTransaction, DeviceId, OperationKind, PendingTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus,
+    AbortReason, AbortedTransaction, OperationKind, PendingTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus,
     TransactionOperation,
 };
 pub use volume::{ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, ObjectStatus, VolumeSource, VolumeSourceKind};

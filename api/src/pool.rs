@@ -19,52 +19,11 @@
 // entries as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
-use std::borrow::Cow;
 
 use kube::CustomResource;
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thinpool::ThinId;
-
-/// A thin device id on the wire: an integer in `0..=16777215` (24 bits), the
-/// range the kernel accepts. The schema carries the bounds, so the apiserver
-/// rejects anything else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DeviceId(pub u32);
-
-impl JsonSchema for DeviceId {
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn schema_name() -> Cow<'static, str> {
-        "DeviceId".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "integer",
-            "format": "int64",
-            "minimum": 0,
-            "maximum": ThinId::LIMIT - 1,
-            "description": "A thin device id: 0..=16777215 (24 bits)."
-        })
-    }
-}
-
-impl From<ThinId> for DeviceId {
-    fn from(id: ThinId) -> Self {
-        DeviceId(id.get())
-    }
-}
-
-impl TryFrom<DeviceId> for ThinId {
-    type Error = thinpool::IdError;
-    fn try_from(id: DeviceId) -> Result<Self, Self::Error> {
-        ThinId::new(id.0.into())
-    }
-}
 
 /// The controller's allocation record for one pool. The object's name is the
 /// pool UUID (the pool's identity; device paths can change across reboots).
@@ -104,7 +63,7 @@ pub struct ThinPoolSpec {
     pub next_device_id: u32,
     /// Ids whose delete has committed in the kernel, free to hand out again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub free_device_ids: Vec<DeviceId>,
+    pub free_device_ids: Vec<ThinId>,
     /// The last transaction id the controller assigned (the kernel's id when
     /// the pool was created, if none yet).
     #[schemars(range(min = 0))]
@@ -155,10 +114,10 @@ pub struct PendingTransaction {
 #[serde(rename_all = "camelCase")]
 pub struct TransactionOperation {
     pub op: OperationKind,
-    pub id: DeviceId,
+    pub id: ThinId,
     /// The origin of a `createSnapshot`; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<DeviceId>,
+    pub origin: Option<ThinId>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

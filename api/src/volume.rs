@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::pool::DeviceId;
+use thinpool::ThinId;
 
 /// A volume: a thin device in one pool.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -42,7 +42,7 @@ pub struct ThinVolumeSpec {
     /// transaction ids mean other transactions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_uid: Option<String>,
-    pub device_id: DeviceId,
+    pub device_id: ThinId,
     #[schemars(range(min = 1))]
     pub size_bytes: u64,
     /// What the volume was made from: nothing (empty), a snapshot or a volume.
@@ -80,7 +80,7 @@ pub struct ThinSnapshotSpec {
     /// transaction ids mean other transactions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_uid: Option<String>,
-    pub device_id: DeviceId,
+    pub device_id: ThinId,
     /// The source volume's size.
     #[schemars(range(min = 1))]
     pub size_bytes: u64,

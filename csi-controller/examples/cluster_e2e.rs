@@ -208,7 +208,7 @@ async fn verify(client: Client, pool: &str, total: u64, outs: &[&str], report: &
         let recorded: BTreeMap<u64, u32> = spec
             .pending_transactions
             .iter()
-            .map(|p| (p.id, p.operations.first().map_or(u32::MAX, |o| o.id.0)))
+            .map(|p| (p.id, p.operations.first().map_or(u32::MAX, |o| o.id.get())))
             .collect();
         if recorded != by_txn {
             return Err(format!("pendingTransactions ({} entries) differ from what the callers were told", recorded.len()));

@@ -182,7 +182,7 @@ async fn crash(ctx: &Ctx, pool: &str, boundary: &str, ledger: &str) -> Result<St
 /// status write (KILL_AT `unreported`). The record is written by hand, as
 /// the allocator would never name a missing origin.
 async fn crash_abort(ctx: &Ctx, pool: &str) -> Result<String> {
-    const MISSING: u32 = (1 << 24) - 1; // never allocated in these tests
+    const MISSING: u32 = thinpool::ThinId::MAX.get(); // never allocated in these tests
     let next = ctx.pools.get(pool).await.map_err(|e| e.to_string())?.spec.last_assigned_transaction + 1;
     ctx.annotate(pool, hooks::KILL_AT, &format!("{}@{next}", hooks::UNREPORTED)).await?;
     let mut conflicts = 0;
@@ -196,7 +196,7 @@ async fn crash_abort(ctx: &Ctx, pool: &str) -> Result<String> {
         obj.spec = plan.spec;
         let op = &mut obj.spec.pending_transactions.last_mut().ok_or("nothing planned")?.operations[0];
         op.op = thin_csi_api::OperationKind::CreateSnapshot;
-        op.origin = Some(thin_csi_api::DeviceId(MISSING));
+        op.origin = Some(thinpool::ThinId::MAX);
         match ctx.pools.replace(pool, &PostParams::default(), &obj).await {
             Ok(_) => break plan.created,
             Err(kube::Error::Api(e)) if e.code == 409 && conflicts < 20 => conflicts += 1,
@@ -585,9 +585,9 @@ mod ctl {
     async fn device_of(ctx: &Ctx, snapshot: bool, name: &str) -> Result<Option<u32>> {
         let obj = thin_csi_api::object_name(name);
         Ok(if snapshot {
-            Api::<ThinSnapshot>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|s| s.spec.device_id.0)
+            Api::<ThinSnapshot>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|s| s.spec.device_id.get())
         } else {
-            Api::<ThinVolume>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|v| v.spec.device_id.0)
+            Api::<ThinVolume>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|v| v.spec.device_id.get())
         })
     }
 
@@ -596,10 +596,10 @@ mod ctl {
         let lp = ListParams::default().labels(&format!("{}={pool}", thin_csi_api::LABEL_POOL));
         let mut seen: Vec<(u32, String)> = Vec::new();
         for v in Api::<ThinVolume>::all(ctx.client.clone()).list(&lp).await.map_err(|e| e.to_string())?.items {
-            seen.push((v.spec.device_id.0, v.metadata.name.unwrap_or_default()));
+            seen.push((v.spec.device_id.get(), v.metadata.name.unwrap_or_default()));
         }
         for s in Api::<ThinSnapshot>::all(ctx.client.clone()).list(&lp).await.map_err(|e| e.to_string())?.items {
-            seen.push((s.spec.device_id.0, s.metadata.name.unwrap_or_default()));
+            seen.push((s.spec.device_id.get(), s.metadata.name.unwrap_or_default()));
         }
         let mut set = BTreeSet::new();
         for (id, _) in &seen {
@@ -657,7 +657,7 @@ mod ctl {
             };
             remember(ids, if snapshot { "snapshot" } else { "volume" }, &id)?;
             let after = device_of(ctx, snapshot, name).await?.ok_or("no object after a successful retry")?;
-            if csi_controller::params::DeviceRef::parse(&id).map(|r| r.device) != Some(after) {
+            if csi_controller::params::DeviceRef::parse(&id).ok().map(|r| r.device.get()) != Some(after) {
                 return Err(format!("the answer {id} does not name the object's device {after}"));
             }
             match before {

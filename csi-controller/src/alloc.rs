@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use kube::api::{Api, PostParams};
 use kube::Client;
-use thin_csi_api::{convert, DeviceId, PendingTransaction, PoolHealth, ThinPool, ThinPoolSpec};
+use thin_csi_api::{convert, PendingTransaction, PoolHealth, ThinPool, ThinPoolSpec};
 use thinpool::{Operation, ThinId, Transaction, TransactionError, TransactionId};
 
 /// One operation the caller wants; the allocator picks the ids it creates.
@@ -89,13 +89,6 @@ pub struct Plan {
     pub freed: Vec<ThinId>,
 }
 
-fn thin(id: DeviceId, pool: &str) -> Result<ThinId, AllocError> {
-    ThinId::try_from(id).map_err(|e| AllocError::Record {
-        pool: pool.to_string(),
-        source: convert::ConversionError::Id { txn: 0, source: e },
-    })
-}
-
 /// Plans one allocation on `pool` as read. Pure: the caller writes `spec`.
 pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
     let name = pool.metadata.name.clone().unwrap_or_default();
@@ -135,7 +128,7 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
     spec.pending_transactions = still_pending;
     let mut free: Vec<ThinId> = Vec::with_capacity(spec.free_device_ids.len() + freed.len());
     for id in spec.free_device_ids.iter() {
-        free.push(thin(*id, &name)?);
+        free.push(*id);
     }
     for id in &freed {
         if !free.contains(id) {
@@ -208,7 +201,7 @@ pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
         };
         ops.push(op);
     }
-    spec.free_device_ids = free.into_iter().map(DeviceId::from).collect();
+    spec.free_device_ids = free.into();
 
     let id = TransactionId::new(spec.last_assigned_transaction).successor();
     let transaction =
@@ -421,7 +414,7 @@ mod tests {
         finish(&mut pool, 2, &[2]);
         let p = apply(&mut pool, &[Request::Delete { id: t(0) }]); // 3: 0 still exists
         assert_eq!(p.freed, [t(1)]);
-        assert_eq!(pool.spec.free_device_ids, [DeviceId(1)]);
+        assert_eq!(pool.spec.free_device_ids, [t(1)]);
         // Fresh ids first; the freed one once the cursor has run out.
         assert_eq!(apply(&mut pool, &[Request::CreateThin]).created, [t(2)]);
         pool.spec.next_device_id = ThinId::LIMIT;
@@ -474,7 +467,7 @@ mod tests {
         pool.spec.next_device_id = ThinId::LIMIT - 1;
         assert_eq!(apply(&mut pool, &[Request::CreateThin]).created, [ThinId::MAX]);
         assert!(matches!(plan(&pool, &[Request::CreateThin]), Err(AllocError::IdsExhausted { .. })));
-        pool.spec.free_device_ids = vec![DeviceId(7)];
+        pool.spec.free_device_ids = vec![t(7)];
         assert_eq!(apply(&mut pool, &[Request::CreateThin]).created, [t(7)]);
     }
 
@@ -483,7 +476,7 @@ mod tests {
         let mut pool = fresh();
         pool.spec.pending_transactions = vec![PendingTransaction {
             id: 1,
-            operations: vec![TransactionOperation { op: OperationKind::CreateThin, id: DeviceId(0), origin: None }],
+            operations: vec![TransactionOperation { op: OperationKind::CreateThin, id: t(0), origin: None }],
         }];
         // pending 1 but last assigned 0
         assert!(matches!(plan(&pool, &[Request::CreateThin]), Err(AllocError::Record { .. })));

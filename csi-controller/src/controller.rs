@@ -25,10 +25,12 @@
 //! accessibility requirements at all (csi-sanity), to the usable pool with
 //! the most room on any node. A restore or clone lives on its source's pool.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
+use csi_contract::busy::{Busy, InFlight};
+use csi_contract::keys::node_topology;
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::rpc::Type as RpcType;
 use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource as CsiVolumeSource};
@@ -38,6 +40,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use thin_csi_api::{object_name, ThinPool, ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, VolumeSource, VolumeSourceKind};
+use thinpool::ThinId;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -65,21 +68,7 @@ struct Inner {
     alloc: Allocator,
     wait_timeout: Duration,
     leading: watch::Receiver<bool>,
-    inflight: Mutex<HashSet<String>>,
-}
-
-/// Marks one object busy for the life of the guard: a second request for
-/// the same volume or snapshot while the first runs is ABORTED (the CSI
-/// spec's "operation pending"), and the CO retries.
-struct Busy<'a> {
-    set: &'a Mutex<HashSet<String>>,
-    key: String,
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
-    }
+    inflight: InFlight,
 }
 
 impl ControllerService {
@@ -92,7 +81,7 @@ impl ControllerService {
                 alloc,
                 wait_timeout,
                 leading,
-                inflight: Mutex::default(),
+                inflight: InFlight::default(),
             }),
         }
     }
@@ -100,11 +89,8 @@ impl ControllerService {
 
 impl Inner {
     fn busy(&self, key: String) -> Result<Busy<'_>> {
-        let mut set = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if !set.insert(key.clone()) {
-            return Err(Error::Aborted(format!("an operation on {key} is already in progress")));
-        }
-        Ok(Busy { set: &self.inflight, key })
+        let message = format!("an operation on {key} is already in progress");
+        self.inflight.enter(key).ok_or(Error::Aborted(message))
     }
 
     fn check_leading(&self) -> Result<()> {
@@ -117,12 +103,12 @@ impl Inner {
 
     async fn find_volume(&self, r: &DeviceRef) -> Result<Option<ThinVolume>> {
         let list = self.volumes.list(&ListParams::default().labels(&r.selector())).await?;
-        Ok(list.items.into_iter().find(|v| v.spec.pool == r.pool && v.spec.device_id.0 == r.device))
+        Ok(list.items.into_iter().find(|v| v.spec.pool == r.pool && v.spec.device_id == r.device))
     }
 
     async fn find_snapshot(&self, r: &DeviceRef) -> Result<Option<ThinSnapshot>> {
         let list = self.snapshots.list(&ListParams::default().labels(&r.selector())).await?;
-        Ok(list.items.into_iter().find(|v| v.spec.pool == r.pool && v.spec.device_id.0 == r.device))
+        Ok(list.items.into_iter().find(|v| v.spec.pool == r.pool && v.spec.device_id == r.device))
     }
 
     async fn pool_map(&self) -> Result<BTreeMap<String, ThinPool>> {
@@ -160,7 +146,7 @@ impl Inner {
         }
         let name = v.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&v.metadata)?;
-        let finished = match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref(), wait::Subject::Create(v.spec.device_id.0)).await {
+        let finished = match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref(), wait::Subject::Create(v.spec.device_id)).await {
             // Its record is gone (the pool object was re-created): nothing
             // was promised for this object; remove it so a retry starts over.
             Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
@@ -190,7 +176,7 @@ impl Inner {
         }
         let name = s.metadata.name.clone().unwrap_or_default();
         let txn = transaction_of(&s.metadata)?;
-        let finished = match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref(), wait::Subject::Create(s.spec.device_id.0)).await {
+        let finished = match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref(), wait::Subject::Create(s.spec.device_id)).await {
             // Its record is gone (the pool object was re-created): nothing
             // was promised for this object; remove it so a retry starts over.
             Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
@@ -216,9 +202,8 @@ impl Inner {
 
     /// Deletes thin device `device` of `pool` through a transaction; Ok once
     /// the device is gone (also when it already was).
-    async fn delete_device(&self, pool: &str, device: u32) -> Result<()> {
-        let id = DeviceRef::new(pool, device).thin_id();
-        let (txn, uid) = match self.alloc.allocate(pool, &[Op::Delete { id }]).await {
+    async fn delete_device(&self, pool: &str, device: ThinId) -> Result<()> {
+        let (txn, uid) = match self.alloc.allocate(pool, &[Op::Delete { id: device }]).await {
             Ok(a) => (a.transaction.id().get(), a.pool_uid),
             // Gone already (a retry after the delete committed).
             Err(AllocError::NotAllocated { .. }) => return Ok(()),
@@ -303,11 +288,11 @@ impl Inner {
     }
 
     fn volume_message(&self, v: &ThinVolume, pool: Option<&ThinPool>) -> Volume {
-        let id = DeviceRef::new(&v.spec.pool, v.spec.device_id.0);
+        let id = DeviceRef::new(&v.spec.pool, v.spec.device_id);
         let ann = v.metadata.annotations.clone().unwrap_or_default();
         let mut ctx = HashMap::new();
         ctx.insert(CTX_POOL.to_string(), v.spec.pool.clone());
-        ctx.insert(CTX_DEVICE.to_string(), v.spec.device_id.0.to_string());
+        ctx.insert(CTX_DEVICE.to_string(), v.spec.device_id.to_string());
         ctx.insert(CTX_VOLUME.to_string(), v.metadata.name.clone().unwrap_or_default());
         ctx.insert(CTX_FS_TYPE.to_string(), ann.get(ANN_FS_TYPE).cloned().unwrap_or_else(|| FsType::Ext4.as_str().into()));
         let content_source = v.spec.source.as_ref().map(|s| VolumeContentSource {
@@ -348,27 +333,27 @@ impl Inner {
                 if s.snapshot_id.is_empty() {
                     return Err(Error::invalid("volume_content_source.snapshot.snapshot_id", "missing"));
                 }
-                let r = DeviceRef::parse(&s.snapshot_id);
+                let r = DeviceRef::parse(&s.snapshot_id).ok();
                 let snap = match &r {
                     Some(r) => self.find_snapshot(r).await?,
                     None => None,
                 };
                 let snap = snap.ok_or_else(|| Error::NotFound(format!("source snapshot {} does not exist", s.snapshot_id)))?;
                 let snap = self.settle_snapshot(snap).await?;
-                Some((VolumeSource { kind: VolumeSourceKind::Snapshot, name: s.snapshot_id.clone() }, snap.spec.pool, snap.spec.device_id.0, snap.spec.size_bytes))
+                Some((VolumeSource { kind: VolumeSourceKind::Snapshot, name: s.snapshot_id.clone() }, snap.spec.pool, snap.spec.device_id, snap.spec.size_bytes))
             }
             Some(Some(SourceType::Volume(s))) => {
                 if s.volume_id.is_empty() {
                     return Err(Error::invalid("volume_content_source.volume.volume_id", "missing"));
                 }
-                let r = DeviceRef::parse(&s.volume_id);
+                let r = DeviceRef::parse(&s.volume_id).ok();
                 let vol = match &r {
                     Some(r) => self.find_volume(r).await?,
                     None => None,
                 };
                 let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", s.volume_id)))?;
                 let vol = self.settle_volume(vol).await?;
-                Some((VolumeSource { kind: VolumeSourceKind::Volume, name: s.volume_id.clone() }, vol.spec.pool, vol.spec.device_id.0, vol.spec.size_bytes))
+                Some((VolumeSource { kind: VolumeSourceKind::Volume, name: s.volume_id.clone() }, vol.spec.pool, vol.spec.device_id, vol.spec.size_bytes))
             }
         };
         let default = source.as_ref().map_or(DEFAULT_SIZE, |s| s.3);
@@ -438,13 +423,13 @@ impl Inner {
                 if room < size {
                     return Err(Error::ResourceExhausted(format!("pool {} on {}: {room} bytes available, {size} wanted", pool.spec.pool_name, pool.spec.node)));
                 }
-                (pool, Op::CreateSnapshot { origin: DeviceRef::new(pool_name, *device).thin_id() })
+                (pool, Op::CreateSnapshot { origin: *device })
             }
         };
         let pool_name = pool.metadata.name.clone().unwrap_or_default();
         let a = self.alloc.allocate(&pool_name, &[op]).await?;
         crate::failpoint::hit("volume-allocated");
-        let device = a.created[0].get();
+        let device = a.created[0];
         let txn = a.transaction.id().get();
         if let Err(e) = self.clear_stale(&pool_name, device, a.pool_uid.as_deref()).await {
             self.give_back(&pool_name, device, txn).await;
@@ -456,7 +441,7 @@ impl Inner {
                 csi_name: req.name.clone(),
                 pool: pool_name.clone(),
                 pool_uid: a.pool_uid.clone(),
-                device_id: thin_csi_api::DeviceId(device),
+                device_id: device,
                 size_bytes: size,
                 source: source.as_ref().map(|s| s.0.clone()),
             },
@@ -470,7 +455,7 @@ impl Inner {
             // The create may have taken effect with its reply lost: ours
             // (same device and transaction) is used, not given back.
             Err(e) => match self.volumes.get_opt(&obj_name).await {
-                Ok(Some(c)) if c.spec.device_id.0 == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
+                Ok(Some(c)) if c.spec.device_id == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
                 _ => {
                     self.give_back(&pool_name, device, txn).await;
                     return Err(e.into());
@@ -488,19 +473,19 @@ impl Inner {
     /// committed (or whose create aborted), so such an object is left over
     /// from a controller that stopped between the device delete and the
     /// object delete. Without this, a lookup by id could find it.
-    async fn clear_stale(&self, pool: &str, device: u32, pool_uid: Option<&str>) -> Result<()> {
+    async fn clear_stale(&self, pool: &str, device: ThinId, pool_uid: Option<&str>) -> Result<()> {
         let lp = ListParams::default().labels(&DeviceRef::new(pool, device).selector());
         // Only objects of the record that handed the id out again: another
         // record's (a re-created pool object) are not ours to judge.
         let same_record = |uid: &Option<String>| uid.is_none() || pool_uid.is_none() || uid.as_deref() == pool_uid;
         for v in self.volumes.list(&lp).await?.items.into_iter().filter(|v| same_record(&v.spec.pool_uid)) {
             let name = v.metadata.name.clone().unwrap_or_default();
-            tracing::warn!(object = %name, pool, device, "removing a stale ThinVolume: its device was deleted and the id reused");
+            tracing::warn!(object = %name, pool, device = %device, "removing a stale ThinVolume: its device was deleted and the id reused");
             let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
         }
         for s in self.snapshots.list(&lp).await?.items.into_iter().filter(|s| same_record(&s.spec.pool_uid)) {
             let name = s.metadata.name.clone().unwrap_or_default();
-            tracing::warn!(object = %name, pool, device, "removing a stale ThinSnapshot: its device was deleted and the id reused");
+            tracing::warn!(object = %name, pool, device = %device, "removing a stale ThinSnapshot: its device was deleted and the id reused");
             let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
         }
         Ok(())
@@ -509,18 +494,17 @@ impl Inner {
     /// Best effort: deletes a device whose object could not be written, once
     /// its create transaction `txn` has finished (a device is never deleted
     /// while its create is pending). What this misses, the leak collector finds.
-    async fn give_back(&self, pool: &str, device: u32, txn: u64) {
-        let id = DeviceRef::new(pool, device).thin_id();
+    async fn give_back(&self, pool: &str, device: ThinId, txn: u64) {
         match self.wait(pool, txn, None, wait::Subject::Create(device)).await {
             Ok(Finished::Committed) => {}
             Ok(Finished::Aborted(_)) => return, // no device was made
             Err(e) => {
-                tracing::warn!(pool, device, txn, error = %e, "could not give back a device whose object was not written");
+                tracing::warn!(pool, device = %device, txn, error = %e, "could not give back a device whose object was not written");
                 return;
             }
         }
-        if let Err(e) = self.alloc.allocate(pool, &[Op::Delete { id }]).await {
-            tracing::warn!(pool, device, error = %e, "could not give back a device whose object was not written");
+        if let Err(e) = self.alloc.allocate(pool, &[Op::Delete { id: device }]).await {
+            tracing::warn!(pool, device = %device, error = %e, "could not give back a device whose object was not written");
         }
     }
 
@@ -529,7 +513,7 @@ impl Inner {
             return Err(Error::invalid("volume_id", "missing"));
         }
         self.check_leading()?;
-        let Some(r) = DeviceRef::parse(&req.volume_id) else { return Ok(()) };
+        let Some(r) = DeviceRef::parse(&req.volume_id).ok() else { return Ok(()) };
         let _busy = self.busy(format!("volume {}", req.volume_id))?;
         let Some(v) = self.find_volume(&r).await? else { return Ok(()) };
         let name = v.metadata.name.clone().unwrap_or_default();
@@ -568,7 +552,7 @@ impl Inner {
             let s = self.settle_snapshot(existing).await?;
             return Ok(snapshot_message(&s));
         }
-        let r = DeviceRef::parse(&req.source_volume_id);
+        let r = DeviceRef::parse(&req.source_volume_id).ok();
         let vol = match &r {
             Some(r) => self.find_volume(r).await?,
             None => None,
@@ -576,10 +560,9 @@ impl Inner {
         let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", req.source_volume_id)))?;
         let vol = self.settle_volume(vol).await?;
         let pool = vol.spec.pool.clone();
-        let origin = DeviceRef::new(&pool, vol.spec.device_id.0).thin_id();
-        let a = self.alloc.allocate(&pool, &[Op::CreateSnapshot { origin }]).await?;
+        let a = self.alloc.allocate(&pool, &[Op::CreateSnapshot { origin: vol.spec.device_id }]).await?;
         crate::failpoint::hit("snapshot-allocated");
-        let device = a.created[0].get();
+        let device = a.created[0];
         let txn = a.transaction.id().get();
         if let Err(e) = self.clear_stale(&pool, device, a.pool_uid.as_deref()).await {
             self.give_back(&pool, device, txn).await;
@@ -591,7 +574,7 @@ impl Inner {
                 csi_name: req.name.clone(),
                 pool: pool.clone(),
                 pool_uid: a.pool_uid.clone(),
-                device_id: thin_csi_api::DeviceId(device),
+                device_id: device,
                 size_bytes: vol.spec.size_bytes,
                 source: VolumeSource { kind: VolumeSourceKind::Volume, name: req.source_volume_id.clone() },
             },
@@ -602,7 +585,7 @@ impl Inner {
             // The create may have taken effect with its reply lost: ours
             // (same device and transaction) is used, not given back.
             Err(e) => match self.snapshots.get_opt(&obj_name).await {
-                Ok(Some(c)) if c.spec.device_id.0 == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
+                Ok(Some(c)) if c.spec.device_id == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
                 _ => {
                     self.give_back(&pool, device, txn).await;
                     return Err(e.into());
@@ -620,7 +603,7 @@ impl Inner {
             return Err(Error::invalid("snapshot_id", "missing"));
         }
         self.check_leading()?;
-        let Some(r) = DeviceRef::parse(&req.snapshot_id) else { return Ok(()) };
+        let Some(r) = DeviceRef::parse(&req.snapshot_id).ok() else { return Ok(()) };
         let _busy = self.busy(format!("snapshot {}", req.snapshot_id))?;
         let Some(s) = self.find_snapshot(&r).await? else { return Ok(()) };
         let name = s.metadata.name.clone().unwrap_or_default();
@@ -647,7 +630,7 @@ impl Inner {
             .items
             .into_iter()
             .filter(|v| v.status.as_ref().is_some_and(|s| s.ready))
-            .map(|v| (DeviceRef::new(&v.spec.pool, v.spec.device_id.0), v))
+            .map(|v| (DeviceRef::new(&v.spec.pool, v.spec.device_id), v))
             .collect();
         let (page, next_token) = page(items, &req.starting_token, req.max_entries)?;
         let entries = page
@@ -672,13 +655,13 @@ impl Inner {
         let mut items: Vec<(DeviceRef, ThinSnapshot)> = Vec::new();
         if !req.snapshot_id.is_empty() {
             // One snapshot by id: an id that names nothing is an empty list.
-            if let Some(r) = DeviceRef::parse(&req.snapshot_id) {
+            if let Some(r) = DeviceRef::parse(&req.snapshot_id).ok() {
                 if let Some(s) = self.find_snapshot(&r).await? {
                     items.push((r, s));
                 }
             }
         } else {
-            items = self.snapshots.list(&ListParams::default()).await?.items.into_iter().map(|s| (DeviceRef::new(&s.spec.pool, s.spec.device_id.0), s)).collect();
+            items = self.snapshots.list(&ListParams::default()).await?.items.into_iter().map(|s| (DeviceRef::new(&s.spec.pool, s.spec.device_id), s)).collect();
         }
         items.retain(|(_, s)| s.status.as_ref().is_some_and(|st| st.ready));
         if !req.source_volume_id.is_empty() {
@@ -732,7 +715,7 @@ impl Inner {
             check_capability(cap).map_err(|why| Error::invalid("volume_capability", why))?;
         }
         self.check_leading()?;
-        let r = DeviceRef::parse(&req.volume_id).ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let r = DeviceRef::parse(&req.volume_id).ok().ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let _busy = self.busy(format!("volume {}", req.volume_id))?;
         let v = self.find_volume(&r).await?.ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let v = self.settle_volume(v).await?;
@@ -775,7 +758,7 @@ impl Inner {
         }
         Params::parse(&req.parameters)?;
         self.check_leading()?;
-        let r = DeviceRef::parse(&req.volume_id);
+        let r = DeviceRef::parse(&req.volume_id).ok();
         let v = match &r {
             Some(r) => self.find_volume(r).await?,
             None => None,
@@ -810,7 +793,7 @@ impl Inner {
             return Err(Error::invalid("volume_id", "missing"));
         }
         self.check_leading()?;
-        let r = DeviceRef::parse(&req.volume_id);
+        let r = DeviceRef::parse(&req.volume_id).ok();
         let v = match &r {
             Some(r) => self.find_volume(r).await?,
             None => None,
@@ -844,10 +827,6 @@ impl<T> Settled<T> {
     }
 }
 
-fn node_topology(node: &str) -> Topology {
-    Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]) }
-}
-
 fn transaction_of(meta: &ObjectMeta) -> Result<u64> {
     let name = meta.name.clone().unwrap_or_default();
     meta.annotations
@@ -868,7 +847,7 @@ fn transaction_aborted(pool: &str, what: &'static str, a: thin_csi_api::AbortedT
     Error::TransactionAborted { pool: pool.to_string(), what, txn: a.id, reason: a.reason, message: a.message }
 }
 
-fn object_meta(name: &str, pool: &str, device: u32, txn: u64, extra: &[(&str, &str)]) -> ObjectMeta {
+fn object_meta(name: &str, pool: &str, device: ThinId, txn: u64, extra: &[(&str, &str)]) -> ObjectMeta {
     let labels = BTreeMap::from([(LABEL_POOL.to_string(), pool.to_string()), (LABEL_DEVICE.to_string(), device.to_string())]);
     let mut annotations = BTreeMap::from([(ANN_TRANSACTION.to_string(), txn.to_string())]);
     for (k, v) in extra {
@@ -881,7 +860,7 @@ fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
     let creation_time = s.metadata.creation_timestamp.as_ref().map(|t| prost_types::Timestamp { seconds: t.0.as_second(), nanos: 0 });
     Snapshot {
         size_bytes: s.spec.size_bytes as i64,
-        snapshot_id: DeviceRef::new(&s.spec.pool, s.spec.device_id.0).to_string(),
+        snapshot_id: DeviceRef::new(&s.spec.pool, s.spec.device_id).to_string(),
         source_volume_id: s.spec.source.name.clone(),
         creation_time,
         ready_to_use: s.status.as_ref().is_some_and(|s| s.ready),
@@ -972,7 +951,7 @@ mod tests {
 
     #[test]
     fn objects_carry_their_lookup_labels_and_transaction() {
-        let m = object_meta("vol-a", "pool1", 17, 42, &[(ANN_FS_TYPE, "xfs")]);
+        let m = object_meta("vol-a", "pool1", ThinId::new(17).unwrap(), 42, &[(ANN_FS_TYPE, "xfs")]);
         let labels = m.labels.clone().unwrap();
         assert_eq!(labels[LABEL_POOL], "pool1");
         assert_eq!(labels[LABEL_DEVICE], "17");
@@ -990,7 +969,7 @@ mod tests {
                 csi_name: "Snap 1".into(),
                 pool: "pool1".into(),
                 pool_uid: None,
-                device_id: thin_csi_api::DeviceId(5),
+                device_id: ThinId::new(5).unwrap(),
                 size_bytes: 1 << 30,
                 source: VolumeSource { kind: VolumeSourceKind::Volume, name: "pool1:3".into() },
             },

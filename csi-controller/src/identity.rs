@@ -26,7 +26,7 @@ impl IdentityService {
     }
 }
 
-pub use csi_proto::plugin::capabilities;
+pub use csi_contract::plugin::capabilities;
 
 #[tonic::async_trait]
 impl Identity for IdentityService {

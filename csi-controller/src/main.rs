@@ -4,51 +4,49 @@
 //! and Controller there from the start: Probe is not ready and Controller
 //! calls are UNAVAILABLE until this replica leads.
 //!
-//! usage: csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS]
-//!                       [--csi-endpoint unix:///path|tcp://127.0.0.1:PORT] [--wait-timeout SECONDS]
+//! usage (`csi-controller --help`): csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS]
+//!   [--csi-endpoint unix:///path|tcp://127.0.0.1:PORT] [--wait-timeout SECONDS]
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
+use csi_contract::process::{init_logging, run_main, CommonArgs};
 use csi_controller::controller::ControllerService;
 use csi_controller::identity::IdentityService;
 use csi_controller::leader::LeaderElector;
 use csi_controller::serve::{serve, Endpoint};
 use csi_controller::Allocator;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Config;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 const LEASE: &str = "thin-csi-controller";
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 
-fn parse(args: &[String]) -> Result<BTreeMap<String, String>, String> {
-    let mut map = BTreeMap::new();
-    let mut it = args.iter();
-    while let Some(key) = it.next() {
-        let key = key.strip_prefix("--").ok_or_else(|| format!("expected --option, got {key:?}"))?;
-        map.insert(key.to_string(), it.next().ok_or_else(|| format!("--{key} needs a value"))?.clone());
-    }
-    Ok(map)
+#[derive(Parser, Debug)]
+#[command(name = "csi-controller", version, about = "thin-csi controller: allocation for every pool, CSI Identity and Controller")]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// This replica's name in the controller Lease (default: csi-controller-<pid>).
+    #[arg(long)]
+    identity: Option<String>,
+    /// The namespace of the controller Lease.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Where to serve CSI: unix:///PATH or tcp://HOST:PORT.
+    #[arg(long, value_parser = Endpoint::parse)]
+    csi_endpoint: Option<Endpoint>,
+    /// How long a request waits for the node to finish its transaction.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    wait_timeout: u64,
 }
 
-async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
-    let config = match args.get("kubeconfig") {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| format!("reading {path}: {e}"))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| e.to_string())?
-        }
-        None => Config::infer().await.map_err(|e| e.to_string())?,
-    };
-    let client = thin_csi_api::client::connect(config).map_err(|e| e.to_string())?;
-    let identity = args.get("identity").cloned().unwrap_or_else(|| format!("csi-controller-{}", std::process::id()));
-    let namespace = args.get("namespace").map_or("default", String::as_str);
-    let endpoint = args.get("csi-endpoint").map(|e| Endpoint::parse(e)).transpose()?;
-    let wait_timeout = match args.get("wait-timeout") {
-        Some(s) => Duration::from_secs(s.parse().map_err(|_| format!("--wait-timeout {s:?}: not a number of seconds"))?),
-        None => Duration::from_secs(120),
-    };
+async fn run(args: Args) -> Result<(), String> {
+    let client = args.common.client().await?;
+    let identity = args.identity.clone().unwrap_or_else(|| format!("csi-controller-{}", std::process::id()));
+    let namespace = args.namespace.as_str();
+    let endpoint = args.csi_endpoint.clone();
+    let wait_timeout = Duration::from_secs(args.wait_timeout);
     let crds = csi_controller::crds::apply(client.clone(), Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
     info!(?crds, "custom resources registered");
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
@@ -81,22 +79,23 @@ async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))).with_writer(std::io::stderr).init();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args = match parse(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("csi-controller: {e}\nusage: csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS] [--csi-endpoint unix:///PATH|tcp://HOST:PORT] [--wait-timeout SECONDS]");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %e, "csi-controller stopped");
-            eprintln!("csi-controller: {e}");
-            ExitCode::FAILURE
-        }
+    init_logging();
+    let args = Args::parse();
+    run_main("csi-controller", run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["csi-controller", "--kubeconfig", "/k", "--csi-endpoint", "tcp://127.0.0.1:9", "--wait-timeout", "5"]).unwrap();
+        assert_eq!(a.csi_endpoint, Some(Endpoint::Tcp("127.0.0.1:9".into())));
+        assert_eq!((a.wait_timeout, a.namespace.as_str()), (5, "default"));
+        assert!(Args::try_parse_from(["csi-controller", "--csi-endpoint", "/no/scheme"]).is_err());
+        assert!(Args::try_parse_from(["csi-controller", "--wait-timeout", "soon"]).is_err());
     }
 }

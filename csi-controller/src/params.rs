@@ -3,18 +3,17 @@
 //! pool condition. No I/O here: everything is unit-tested.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::AccessType;
 use csi_proto::v1::{CapacityRange, VolumeCapability};
 use thin_csi_api::{PoolHealth, PoolMode, ThinPool};
-use thinpool::ThinId;
 
 use crate::status::Error;
 
-pub use csi_proto::plugin::DRIVER_NAME;
-pub const TOPOLOGY_KEY: &str = "topology.thin.csi.io/node";
+pub use csi_contract::keys::{CTX_DEVICE, CTX_FS_TYPE, CTX_POOL, CTX_VOLUME, LABEL_DEVICE, LABEL_POOL, TOPOLOGY_KEY};
+pub use csi_contract::plugin::DRIVER_NAME;
+pub use csi_contract::DeviceRef;
 /// The pool block size: sizes are rounded up to it.
 pub const BLOCK: u64 = 64 * 1024;
 /// The size of a volume created without a capacity range.
@@ -22,57 +21,6 @@ pub const DEFAULT_SIZE: u64 = 1 << 30;
 pub const DEFAULT_OVERPROVISIONING: f64 = 10.0;
 /// Above this share of metadata used, a pool takes no new volume.
 pub const METADATA_LIMIT: f64 = 0.9;
-
-pub const CTX_POOL: &str = "thin.csi.io/pool";
-pub const CTX_DEVICE: &str = "thin.csi.io/device-id";
-pub const CTX_VOLUME: &str = "thin.csi.io/volume";
-pub const CTX_FS_TYPE: &str = "thin.csi.io/fs-type";
-
-/// A volume or snapshot id: `<ThinPool object name>:<thin device id>`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DeviceRef {
-    pub pool: String,
-    pub device: u32,
-}
-
-impl DeviceRef {
-    pub fn new(pool: &str, device: u32) -> Self {
-        DeviceRef { pool: pool.to_string(), device }
-    }
-
-    /// Parses an id this plugin issued; anything else is `None` (such an id
-    /// names nothing we have).
-    pub fn parse(id: &str) -> Option<Self> {
-        let (pool, device) = id.rsplit_once(':')?;
-        let label_ok = !pool.is_empty()
-            && pool.len() <= 63
-            && pool.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-            && pool.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && pool.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !label_ok || device.is_empty() || !device.chars().all(|c| c.is_ascii_digit()) || device.len() > 8 {
-            return None;
-        }
-        let device: u32 = device.parse().ok()?;
-        (device < ThinId::LIMIT).then(|| DeviceRef { pool: pool.to_string(), device })
-    }
-
-    pub fn thin_id(&self) -> ThinId {
-        ThinId::new(self.device.into()).expect("checked below the limit")
-    }
-
-    /// The label selector that finds the object of this device.
-    pub fn selector(&self) -> String {
-        format!("{LABEL_POOL}={},{LABEL_DEVICE}={}", self.pool, self.device)
-    }
-}
-
-impl fmt::Display for DeviceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.pool, self.device)
-    }
-}
-
-pub use thin_csi_api::{LABEL_DEVICE, LABEL_POOL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsType {
@@ -265,7 +213,7 @@ pub fn page<T>(mut items: Vec<(DeviceRef, T)>, token: &str, max: i32) -> Result<
         items
     } else {
         let after = DeviceRef::parse(token)
-            .ok_or_else(|| Error::Aborted(format!("starting_token {token:?} is not a token this plugin issued")))?;
+            .map_err(|_| Error::Aborted(format!("starting_token {token:?} is not a token this plugin issued")))?;
         items.into_iter().filter(|(k, _)| *k > after).collect()
     };
     let max = if max == 0 { usize::MAX } else { max as usize };
@@ -329,21 +277,10 @@ mod tests {
     use super::*;
     use csi_proto::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
     use thin_csi_api::{ThinPoolSpec, ThinPoolStatus};
+    use thinpool::ThinId;
 
     fn range(required: i64, limit: i64) -> CapacityRange {
         CapacityRange { required_bytes: required, limit_bytes: limit }
-    }
-
-    #[test]
-    fn ids_round_trip_and_refuse_garbage() {
-        let r = DeviceRef::parse("3945ce1997034a5a9238173c2f13176b:17").unwrap();
-        assert_eq!(r, DeviceRef::new("3945ce1997034a5a9238173c2f13176b", 17));
-        assert_eq!(r.to_string(), "3945ce1997034a5a9238173c2f13176b:17");
-        assert_eq!(DeviceRef::parse("a-b:16777215").unwrap().device, 16777215);
-        for bad in ["", "invalid-token", ":1", "p:", "p:x", "p:16777216", "P:1", "p:-1", "p q:1", "p:+1", "-p:1", &format!("{}:1", "a".repeat(64))] {
-            assert_eq!(DeviceRef::parse(bad), None, "{bad:?}");
-        }
-        assert_eq!(r.selector(), "thin.csi.io/pool=3945ce1997034a5a9238173c2f13176b,thin.csi.io/device-id=17");
     }
 
     #[test]
@@ -404,7 +341,8 @@ mod tests {
 
     #[test]
     fn paging() {
-        let items = |n: u32| (0..n).rev().map(|i| (DeviceRef::new("p", i), i)).collect::<Vec<_>>();
+        let d = |i: u32| DeviceRef::new("p", ThinId::new(i.into()).unwrap());
+        let items = |n: u32| (0..n).rev().map(|i| (d(i), i)).collect::<Vec<_>>();
         let (page1, next) = page(items(5), "", 2).unwrap();
         assert_eq!(page1.iter().map(|x| x.1).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(next, "p:1");
@@ -418,7 +356,7 @@ mod tests {
         assert!(matches!(page(items(3), "invalid-token", 0), Err(Error::Aborted(_))));
         assert!(matches!(page(items(3), "", -1), Err(Error::InvalidArgument { .. })));
         // ordering is numeric per pool
-        let (p, _) = page(vec![(DeviceRef::new("p", 10), 10), (DeviceRef::new("p", 9), 9)], "", 0).unwrap();
+        let (p, _) = page(vec![(d(10), 10), (d(9), 9)], "", 0).unwrap();
         assert_eq!(p[0].1, 9);
     }
 

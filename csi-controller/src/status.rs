@@ -5,6 +5,7 @@
 //! layers' typed errors ([`AllocError`], [`WaitError`], `kube::Error`) are
 //! mapped here and nowhere else.
 
+use csi_contract::codes::api_error_code;
 use tonic::{Code, Status};
 
 use thin_csi_api::AbortReason;
@@ -78,7 +79,7 @@ impl Error {
                 AllocError::IdsExhausted { .. } => Code::ResourceExhausted,
                 // Another operation is deleting it, or lost races: retry later.
                 AllocError::BeingDeleted { .. } | AllocError::CreatePending { .. } | AllocError::Contention { .. } => Code::Aborted,
-                AllocError::Api(e) => api_code(e),
+                AllocError::Api(e) => api_error_code(e),
             },
             Error::Wait(e) => match e {
                 WaitError::Timeout { .. } => Code::DeadlineExceeded,
@@ -87,20 +88,8 @@ impl Error {
                 WaitError::PoolReadOnly { mode: thin_csi_api::PoolMode::NeedsCheck, .. } => Code::Unavailable,
                 WaitError::PoolReadOnly { .. } => Code::ResourceExhausted,
             },
-            Error::Api(e) => api_code(e),
+            Error::Api(e) => api_error_code(e),
         }
-    }
-}
-
-fn api_code(e: &kube::Error) -> Code {
-    match e {
-        kube::Error::Api(s) => match s.code {
-            404 => Code::NotFound,
-            409 => Code::Aborted,
-            429 | 500..=599 => Code::Unavailable,
-            _ => Code::Internal,
-        },
-        _ => Code::Unavailable,
     }
 }
 

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use thin_csi_api::{AbortedTransaction, PoolHealth, PoolMode, ThinPool};
+use thinpool::ThinId;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finished {
@@ -48,13 +49,13 @@ pub fn outcome(pool: &ThinPool, txn: u64) -> Result<Option<Finished>, WaitError>
 /// freed its id; a committed delete freed it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
-    Create(u32),
-    Delete(u32),
+    Create(ThinId),
+    Delete(ThinId),
     Unknown,
 }
 
-fn freed(pool: &ThinPool, device: u32) -> bool {
-    device >= pool.spec.next_device_id || pool.spec.free_device_ids.iter().any(|d| d.0 == device)
+fn freed(pool: &ThinPool, device: ThinId) -> bool {
+    device.get() >= pool.spec.next_device_id || pool.spec.free_device_ids.contains(&device)
 }
 
 fn lost(txn: u64, why: &str) -> Finished {

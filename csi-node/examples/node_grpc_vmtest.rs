@@ -296,7 +296,7 @@ async fn run(t: &T, s: &mut Suite) {
     .await;
     s.check("GetPluginCapabilities: the plugin's, as csi-controller reports them", async {
         let r = t.ident.clone().get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.map_err(st)?.into_inner();
-        ensure!(r.capabilities == csi_proto::plugin::capabilities(), "{r:?}");
+        ensure!(r.capabilities == csi_contract::plugin::capabilities(), "{r:?}");
         Ok(())
     })
     .await;

@@ -14,7 +14,7 @@ use thinpool::Kernel;
 use thinpool_dm::DmPool;
 use tonic::{Request, Response, Status};
 
-pub use csi_proto::plugin::DRIVER_NAME;
+pub use csi_contract::plugin::DRIVER_NAME;
 
 #[derive(Clone)]
 pub struct IdentityService {
@@ -50,7 +50,7 @@ impl IdentityService {
     }
 }
 
-pub use csi_proto::plugin::capabilities;
+pub use csi_contract::plugin::capabilities;
 
 #[tonic::async_trait]
 impl Identity for IdentityService {

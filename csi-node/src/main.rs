@@ -2,84 +2,83 @@
 //! transaction executor for one pool and, with `--csi-endpoint`, serves
 //! CSI Identity and Node on the same pool.
 //!
-//! usage: csi-node --node-name NODE --pool-device DEVICE [--pool-name NAME] [--kubeconfig FILE] [--test-hooks true]
-//!                 [--csi-endpoint unix:///PATH[,tcp://HOST:PORT]] [--max-volumes N]
-//!        csi-node --list-devices DEVICE   (prints `DEVICES <id>...` for the pool on DEVICE)
+//! usage (`csi-node --help`): csi-node --node-name NODE --pool-device DEVICE [--pool-name NAME]
+//!   [--kubeconfig FILE] [--test-hooks true] [--csi-endpoint unix:///PATH[,tcp://HOST:PORT]] [--max-volumes N]
+//! or csi-node --list-devices DEVICE   (prints `DEVICES <id>...` for the pool on DEVICE)
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::Parser;
+use csi_contract::process::{init_logging, run_main, CommonArgs};
 use csi_node::identity::IdentityService;
 use csi_node::node::{NodeConfig, NodeService};
 use csi_node::pool_executor::PoolExecutor;
 use csi_node::serve::{serve, Endpoint};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use thinpool::layout::Contents;
 use thinpool::{PoolName, Sectors};
 use thinpool_dm::DmPool;
-use tracing::{error, info};
+use tracing::info;
 
-fn parse(args: &[String]) -> Result<BTreeMap<String, String>, String> {
-    let mut map = BTreeMap::new();
-    let mut it = args.iter();
-    while let Some(key) = it.next() {
-        let key = key.strip_prefix("--").ok_or_else(|| format!("expected --option, got {key:?}"))?;
-        let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
-        map.insert(key.to_string(), value.clone());
-    }
-    Ok(map)
+#[derive(Parser, Debug)]
+#[command(name = "csi-node", version, about = "thin-csi node plugin: runs the pool's transactions and serves CSI Identity and Node")]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// This node's name (its Node object).
+    #[arg(long, required_unless_present = "list_devices")]
+    node_name: Option<String>,
+    /// The block device holding the pool (laid out on first use if blank).
+    #[arg(long, value_name = "DEVICE", required_unless_present = "list_devices")]
+    pool_device: Option<PathBuf>,
+    /// The pool's name on this node (device-mapper name part).
+    #[arg(long, default_value = "pool0", value_parser = |s: &str| PoolName::new(s).map_err(|e| e.to_string()))]
+    pool_name: PoolName,
+    /// Where to serve CSI: unix:///PATH and/or tcp://HOST:PORT, comma-separated.
+    #[arg(long, value_name = "ENDPOINTS")]
+    csi_endpoint: Option<String>,
+    /// The most volumes this node reports it can publish (NodeGetInfo).
+    #[arg(long, default_value_t = 1000)]
+    max_volumes: i64,
+    /// Honour the fault-injection annotations on the pool object (test clusters only).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    test_hooks: bool,
+    /// Print `DEVICES <id>...` for the pool on DEVICE and exit.
+    #[arg(long, value_name = "DEVICE", exclusive = true)]
+    list_devices: Option<PathBuf>,
 }
 
-/// A new pool's UUID: random bytes from the kernel.
-fn new_uuid() -> Result<[u8; 16], String> {
-    let bytes = std::fs::read("/proc/sys/kernel/random/uuid").map_err(|e| format!("reading a random uuid: {e}"))?;
-    let hex: String = String::from_utf8_lossy(&bytes).chars().filter(char::is_ascii_hexdigit).collect();
-    let mut uuid = [0u8; 16];
-    for (i, b) in uuid.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    Ok(uuid)
+/// A new pool's UUID.
+fn new_uuid() -> [u8; 16] {
+    uuid::Uuid::new_v4().into_bytes()
 }
 
 /// Finds the pool on its device by header, or lays a new one out on a blank
 /// device; a device holding anything else is refused. Sends no message.
-fn open_pool(device: &PathBuf, name: &PoolName) -> Result<DmPool, String> {
+fn open_pool(device: &Path, name: &PoolName) -> Result<DmPool, String> {
     match thinpool_dm::probe(device).map_err(|e| e.to_string())? {
         Contents::Pool(_) => DmPool::open_on_device(device).map_err(|e| e.to_string()),
-        Contents::Zeros => DmPool::create_on_device(device, name, new_uuid()?, Sectors(128)).map_err(|e| e.to_string()),
+        Contents::Zeros => DmPool::create_on_device(device, name, new_uuid(), Sectors(128)).map_err(|e| e.to_string()),
         Contents::Foreign(what) => Err(format!("{} holds {what}; refusing to use it for a pool", device.display())),
     }
 }
 
-async fn client(kubeconfig: Option<&String>) -> Result<Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| format!("reading {path}: {e}"))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| e.to_string())?
-        }
-        None => Config::infer().await.map_err(|e| e.to_string())?,
-    };
-    thin_csi_api::client::connect(config).map_err(|e| e.to_string())
-}
-
-async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
-    if let Some(device) = args.get("list-devices") {
-        let mut pool = DmPool::open_on_device(std::path::Path::new(device)).map_err(|e| e.to_string())?;
+async fn run(args: Args) -> Result<(), String> {
+    if let Some(device) = &args.list_devices {
+        let mut pool = DmPool::open_on_device(device).map_err(|e| e.to_string())?;
         let ids = pool.list_thin_ids().map_err(|e| e.to_string())?;
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         println!("DEVICES {}", ids.join(" "));
         return Ok(());
     }
-    let node = args.get("node-name").ok_or("--node-name is required")?;
-    let device = PathBuf::from(args.get("pool-device").ok_or("--pool-device is required")?);
-    let name = PoolName::new(args.get("pool-name").map_or("pool0", String::as_str)).map_err(|e| e.to_string())?;
-    let pool = open_pool(&device, &name)?;
-    let endpoints = args.get("csi-endpoint").map(|e| Endpoint::parse_list(e)).transpose()?.unwrap_or_default();
-    let max_volumes: i64 = args.get("max-volumes").map_or(Ok(1000), |v| v.parse()).map_err(|e| format!("--max-volumes: {e}"))?;
-    let client = client(args.get("kubeconfig")).await?;
-    let test_hooks = args.get("test-hooks").is_some_and(|v| v == "true");
+    let (Some(node), Some(device)) = (&args.node_name, &args.pool_device) else {
+        return Err("--node-name and --pool-device are required".into());
+    };
+    let pool = open_pool(device, &args.pool_name)?;
+    let endpoints = args.csi_endpoint.as_deref().map(Endpoint::parse_list).transpose()?.unwrap_or_default();
+    let max_volumes = args.max_volumes;
+    let client = args.common.client().await?;
+    let test_hooks = args.test_hooks;
     let executor = PoolExecutor::register(client.clone(), node, pool).await.map_err(|e| e.to_string())?.with_test_hooks(test_hooks);
     info!(node = %node, pool = %executor.object_name(), device = %device.display(), "csi-node serving its pool");
     let mut servers = tokio::task::JoinSet::new();
@@ -104,22 +103,24 @@ async fn run(args: BTreeMap<String, String>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))).with_writer(std::io::stderr).with_ansi(false).init();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args = match parse(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("csi-node: {e}\nusage: csi-node --node-name NODE --pool-device DEVICE [--pool-name NAME] [--kubeconfig FILE] [--csi-endpoint unix:///PATH[,tcp://HOST:PORT]] [--max-volumes N]");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %e, "csi-node stopped");
-            eprintln!("csi-node: {e}");
-            ExitCode::FAILURE
-        }
+    init_logging();
+    let args = Args::parse();
+    run_main("csi-node", run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["csi-node", "--node-name", "n1", "--pool-device", "/dev/vdb", "--test-hooks", "true", "--csi-endpoint", "tcp://0.0.0.0:1"]).unwrap();
+        assert_eq!((a.node_name.as_deref(), a.test_hooks, a.max_volumes, a.pool_name.as_str()), (Some("n1"), true, 1000, "pool0"));
+        assert!(Args::try_parse_from(["csi-node", "--node-name", "n1"]).is_err(), "--pool-device is required");
+        assert!(Args::try_parse_from(["csi-node", "--list-devices", "/dev/vdb"]).is_ok());
+        assert!(Args::try_parse_from(["csi-node", "--list-devices", "/dev/vdb", "--node-name", "n"]).is_err());
+        assert!(Args::try_parse_from(["csi-node", "--node-name", "n", "--pool-device", "/d", "--pool-name", "Bad_Name"]).is_err());
     }
 }

@@ -13,11 +13,12 @@
 //! without it, in blocking tasks. One operation per volume at a time: a
 //! second concurrent call for the same volume is ABORTED.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use csi_contract::busy::{Busy, InFlight};
 use csi_proto::v1::node_server::Node;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::{AccessType, MountVolume};
@@ -33,30 +34,8 @@ use tonic::{Request, Response, Status};
 use crate::fs::{self, FsType};
 use crate::status::{reply, Error, Result};
 
-pub const TOPOLOGY_KEY: &str = "topology.thin.csi.io/node";
-pub const CTX_VOLUME: &str = "thin.csi.io/volume";
-pub const CTX_FS_TYPE: &str = "thin.csi.io/fs-type";
-pub use thin_csi_api::{LABEL_DEVICE, LABEL_POOL};
-
-/// A volume id, `<ThinPool object name>:<thin id>` (docs/csi.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VolumeRef {
-    pub pool: String,
-    pub id: ThinId,
-}
-
-/// Parses a volume id. Empty: INVALID_ARGUMENT. Anything this driver never
-/// issued is an unknown volume: NOT_FOUND.
-pub fn parse_volume_id(s: &str) -> Result<VolumeRef> {
-    if s.is_empty() {
-        return Err(Error::invalid("volume_id", "missing"));
-    }
-    let parsed = s.rsplit_once(':').and_then(|(pool, id)| {
-        let id = id.parse::<ThinId>().ok()?;
-        (!pool.is_empty()).then(|| VolumeRef { pool: pool.to_string(), id })
-    });
-    parsed.ok_or_else(|| Error::NotFound(format!("volume {s:?} does not exist: not a volume id of this driver (<pool>:<thin id>)")))
-}
+use csi_contract::keys::{node_topology, CTX_FS_TYPE, CTX_VOLUME};
+use csi_contract::DeviceRef;
 
 /// Where the node's settings come from (command line).
 #[derive(Clone, Debug)]
@@ -76,19 +55,7 @@ struct Inner {
     config: NodeConfig,
     pool: Arc<Mutex<DmPool>>,
     volumes: Api<ThinVolume>,
-    busy: Mutex<HashSet<String>>,
-}
-
-/// Marks a volume busy until dropped.
-struct Busy<'a> {
-    set: &'a Mutex<HashSet<String>>,
-    key: String,
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
-    }
+    busy: InFlight,
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str> {
@@ -152,13 +119,13 @@ fn canonical(path: &Path) -> Result<PathBuf> {
 impl NodeService {
     pub fn new(client: Client, pool: Arc<Mutex<DmPool>>, config: NodeConfig) -> Self {
         NodeService {
-            inner: Arc::new(Inner { config, pool, volumes: Api::all(client), busy: Mutex::new(HashSet::new()) }),
+            inner: Arc::new(Inner { config, pool, volumes: Api::all(client), busy: InFlight::default() }),
         }
     }
 
     /// Parses the volume id and checks it is on this node's pool.
-    fn ours(&self, volume_id: &str) -> Result<VolumeRef> {
-        let r = parse_volume_id(volume_id)?;
+    fn ours(&self, volume_id: &str) -> Result<DeviceRef> {
+        let r = DeviceRef::parse(volume_id).map_err(Error::volume_id)?;
         if r.pool != self.inner.config.pool_object {
             return Err(Error::NotFound(format!(
                 "volume {volume_id} is on pool {}, not on this node's pool {}",
@@ -169,11 +136,7 @@ impl NodeService {
     }
 
     fn busy(&self, volume_id: &str) -> Result<Busy<'_>> {
-        let mut set = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !set.insert(volume_id.to_string()) {
-            return Err(Error::Aborted(format!("an operation on volume {volume_id} is in progress")));
-        }
-        Ok(Busy { set: &self.inner.busy, key: volume_id.to_string() })
+        self.inner.busy.enter(volume_id).ok_or_else(|| Error::Aborted(format!("an operation on volume {volume_id} is in progress")))
     }
 
     /// Runs `f` on the pool (device-mapper ioctls) under the shared lock.
@@ -198,19 +161,19 @@ impl NodeService {
 
     /// The volume's object: by the volume context's name, else by pool and
     /// device id (labels, then the specs).
-    async fn find_volume(&self, r: &VolumeRef, volume_id: &str, context: &HashMap<String, String>) -> Result<ThinVolume> {
-        let matches = |v: &ThinVolume| v.spec.pool == r.pool && v.spec.device_id.0 == r.id.get();
+    async fn find_volume(&self, r: &DeviceRef, volume_id: &str, context: &HashMap<String, String>) -> Result<ThinVolume> {
+        let matches = |v: &ThinVolume| v.spec.pool == r.pool && v.spec.device_id == r.device;
         if let Some(name) = context.get(CTX_VOLUME).filter(|s| !s.is_empty()) {
             return match self.inner.volumes.get_opt(name).await? {
                 Some(v) if matches(&v) => Ok(v),
                 Some(v) => Err(Error::NotFound(format!(
                     "volume {volume_id} does not exist: ThinVolume {name} holds {}:{}",
-                    v.spec.pool, v.spec.device_id.0
+                    v.spec.pool, v.spec.device_id
                 ))),
                 None => Err(Error::NotFound(format!("volume {volume_id} does not exist: no ThinVolume {name}"))),
             };
         }
-        let selector = format!("{LABEL_POOL}={},{LABEL_DEVICE}={}", r.pool, r.id.get());
+        let selector = r.selector();
         let labelled = self.inner.volumes.list(&ListParams::default().labels(&selector)).await?;
         if let Some(v) = labelled.items.into_iter().find(matches) {
             return Ok(v);
@@ -252,7 +215,7 @@ impl NodeService {
         let _busy = self.busy(&req.volume_id)?;
         let volume = self.find_volume(&r, &req.volume_id, &req.volume_context).await?;
         let size = Sectors::from_bytes_ceil(volume.spec.size_bytes);
-        let (device, activated) = self.ensure_active(r.id, size).await?;
+        let (device, activated) = self.ensure_active(r.device, size).await?;
         let Some((fs, flags)) = fs_and_flags else {
             return Ok(()); // raw block: published from the device node
         };
@@ -267,7 +230,7 @@ impl NodeService {
         .await;
         if staged.is_err() && activated {
             // A failed stage leaves nothing behind that it made.
-            let id = r.id;
+            let id = r.device;
             if let Err(e) = self.kernel(move |p| Ok(p.deactivate_thin(id)?)).await {
                 tracing::warn!(thin = %id, error = %e, "could not deactivate after a failed stage");
             }
@@ -280,8 +243,8 @@ impl NodeService {
         let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
         let r = self.ours(&req.volume_id)?;
         let _busy = self.busy(&req.volume_id)?;
-        if let Some(device) = self.active_device(r.id).await? {
-            let thin_name = self.kernel(move |p| Ok(p.names().thin(r.id))).await?;
+        if let Some(device) = self.active_device(r.device).await? {
+            let thin_name = self.kernel(move |p| Ok(p.names().thin(r.device))).await?;
             let staging_c = staging.clone();
             blocking(move || {
                 let staging_c = std::fs::canonicalize(&staging_c).ok();
@@ -308,7 +271,7 @@ impl NodeService {
             Ok(())
         })
         .await?;
-        self.kernel(move |p| match p.deactivate_thin(r.id) {
+        self.kernel(move |p| match p.deactivate_thin(r.device) {
             Ok(()) | Err(KernelError::NotActive(_)) => Ok(()),
             Err(KernelError::Busy(why)) => Err(Error::FailedPrecondition(format!("cannot deactivate the volume's device: {why}"))),
             Err(e) => Err(e.into()),
@@ -332,7 +295,7 @@ impl NodeService {
         }
         let _busy = self.busy(&req.volume_id)?;
         let device = self
-            .active_device(r.id)
+            .active_device(r.device)
             .await?
             .ok_or_else(|| Error::FailedPrecondition(format!("volume {} is not staged on this node", req.volume_id)))?;
         let volume_id = req.volume_id.clone();
@@ -380,7 +343,7 @@ impl NodeService {
         let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
         let r = self.ours(&req.volume_id)?;
         let device = self
-            .active_device(r.id)
+            .active_device(r.device)
             .await?
             .ok_or_else(|| Error::NotFound(format!("volume {} is not staged on this node", req.volume_id)))?;
         let volume_id = req.volume_id.clone();
@@ -435,10 +398,10 @@ impl NodeService {
                 return Err(Error::OutOfRange(format!("capacity_range.limit_bytes {} is less than the volume's {size} bytes", range.limit_bytes)));
             }
         }
-        if self.active_device(r.id).await?.is_none() {
+        if self.active_device(r.device).await?.is_none() {
             return Err(Error::NotFound(format!("volume {} is not staged on this node", req.volume_id)));
         }
-        let id = r.id;
+        let id = r.device;
         let sectors = Sectors::from_bytes_ceil(size);
         let device = self
             .kernel(move |p| {
@@ -474,7 +437,7 @@ impl NodeService {
         NodeGetInfoResponse {
             node_id: c.node.clone(),
             max_volumes_per_node: c.max_volumes,
-            accessible_topology: Some(Topology { segments: BTreeMap::from([(TOPOLOGY_KEY.to_string(), c.node.clone())]).into_iter().collect() }),
+            accessible_topology: Some(node_topology(&c.node)),
         }
     }
 }
@@ -539,13 +502,11 @@ mod tests {
 
     #[test]
     fn volume_ids() {
-        let r = parse_volume_id("3945ce1997034a5a9238173c2f13176b:17").unwrap();
-        assert_eq!(r.pool, "3945ce1997034a5a9238173c2f13176b");
-        assert_eq!(r.id.get(), 17);
-        assert_eq!(parse_volume_id("").unwrap_err().code(), Code::InvalidArgument);
-        for bad in ["some-vol-id", "pool:", ":3", "pool:x", "pool:16777216"] {
-            assert_eq!(parse_volume_id(bad).unwrap_err().code(), Code::NotFound, "{bad}");
-        }
+        // The rules are csi-contract's; here, which code each answer gets.
+        assert_eq!(Error::volume_id(csi_contract::IdError::Missing).code(), Code::InvalidArgument);
+        let e = Error::volume_id(DeviceRef::parse("pool:16777216").unwrap_err());
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(e.to_string().contains("\"pool:16777216\" is not an id of this driver"), "{e}");
     }
 
     fn cap(access: AccessType, mode: Mode) -> VolumeCapability {

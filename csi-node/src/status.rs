@@ -5,6 +5,7 @@
 //! errors ([`FsError`], [`KernelError`], `kube::Error`) are mapped to codes
 //! here and nowhere else.
 
+use csi_contract::IdError;
 use thinpool::KernelError;
 use tonic::{Code, Status};
 
@@ -49,6 +50,15 @@ impl Error {
         Error::InvalidArgument { field: field.into(), why: why.into() }
     }
 
+    /// A volume id the node cannot use: none at all is INVALID_ARGUMENT;
+    /// one this driver never issued names nothing here, NOT_FOUND.
+    pub fn volume_id(e: IdError) -> Self {
+        match e {
+            IdError::Missing => Error::invalid("volume_id", "missing"),
+            IdError::NotOurs(_) => Error::NotFound(format!("volume {e}")),
+        }
+    }
+
     /// The gRPC code of this error.
     pub fn code(&self) -> Code {
         match self {
@@ -70,15 +80,7 @@ impl Error {
                 KernelError::Invalid(_) => Code::FailedPrecondition,
                 KernelError::AlreadyExists(_) | KernelError::AlreadyActive(_) | KernelError::Other { .. } => Code::Internal,
             },
-            Error::Api(e) => match e {
-                kube::Error::Api(s) => match s.code {
-                    404 => Code::NotFound,
-                    409 => Code::Aborted,
-                    429 | 500..=599 => Code::Unavailable,
-                    _ => Code::Internal,
-                },
-                _ => Code::Unavailable,
-            },
+            Error::Api(e) => csi_contract::codes::api_error_code(e),
         }
     }
 }

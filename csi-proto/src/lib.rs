@@ -1,13 +1,10 @@
 //! The CSI v1 gRPC API (spec v1.12), generated from the spec's csi.proto at
-//! build time. Messages and service traits, and the plugin's name and
-//! capabilities (`plugin`), shared by both binaries.
+//! build time: messages and service traits, nothing else. What the two
+//! binaries agree on beyond the wire format is in `csi-contract`.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("csi.v1");
 }
-
-pub mod endpoint;
-pub mod plugin;
 
 pub use v1::*;

@@ -3,9 +3,48 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A thin device id inside one pool. The kernel keeps 24 bits of it.
+/// A thin device id inside one pool. The kernel keeps 24 bits of it. The
+/// one device-id type of every layer: on the wire (feature `schema`) it is
+/// a plain integer whose schema carries the bounds, and deserializing an
+/// out-of-range number fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "schema", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", serde(try_from = "u64", into = "u32"))]
 pub struct ThinId(u32);
+
+impl TryFrom<u64> for ThinId {
+    type Error = IdError;
+    fn try_from(raw: u64) -> Result<Self, IdError> {
+        ThinId::new(raw)
+    }
+}
+
+impl From<ThinId> for u32 {
+    fn from(id: ThinId) -> u32 {
+        id.0
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for ThinId {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ThinId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "integer",
+            "format": "int64",
+            "minimum": 0,
+            "maximum": ThinId::LIMIT - 1,
+            "description": "A thin device id: 0..=16777215 (24 bits)."
+        })
+    }
+}
 
 impl ThinId {
     /// One past the largest id the kernel accepts (`2^24`).
@@ -20,7 +59,7 @@ impl ThinId {
         }
     }
 
-    pub fn get(self) -> u32 {
+    pub const fn get(self) -> u32 {
         self.0
     }
 }

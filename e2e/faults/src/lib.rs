@@ -577,7 +577,7 @@ impl World {
                     out.push((label("waits: pool object gone"), w));
                     return out;
                 };
-                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Create(device)) {
+                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Create(thin(device))) {
                     Ok(None) => {} // blocked until the status changes
                     Err(err) => {
                         if matches!(err, csi_controller::wait::WaitError::TransactionUnknown { .. }) {
@@ -602,7 +602,7 @@ impl World {
             Step::GiveBack { txn, device, code } => {
                 let done = match &self.pool {
                     None => Some(false),
-                    Some(p) => match csi_controller::wait::outcome_in(p, txn, None, csi_controller::wait::Subject::Create(device)) {
+                    Some(p) => match csi_controller::wait::outcome_in(p, txn, None, csi_controller::wait::Subject::Create(thin(device))) {
                         Ok(None) => None,
                         Ok(Some(Finished::Committed)) => Some(true),
                         Ok(Some(Finished::Aborted(_))) | Err(_) => Some(false),
@@ -655,7 +655,7 @@ impl World {
                     return out;
                 };
                 let device = self.objects.get(&self.target(i)).map_or(u32::MAX, |o| o.device);
-                match csi_controller::wait::outcome_in(pool, txn, None, csi_controller::wait::Subject::Create(device)) {
+                match csi_controller::wait::outcome_in(pool, txn, None, csi_controller::wait::Subject::Create(thin(device))) {
                     Ok(None) => {}
                     Err(_) => {
                         w.reply(i, e, Reply::Err(Code::Unavailable));
@@ -715,7 +715,7 @@ impl World {
                     out.push((label("delete waits: pool object gone"), w));
                     return out;
                 };
-                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Delete(self.objects.get(&self.target(i)).map_or(u32::MAX, |o| o.device))) {
+                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Delete(thin(self.objects.get(&self.target(i)).map_or(ThinId::MAX.get(), |o| o.device)))) {
                     Ok(None) => {}
                     Err(_) => {
                         w.reply(i, e, Reply::Err(Code::Unavailable));
@@ -989,8 +989,8 @@ impl World {
         }
         if let Some(p) = &self.pool {
             for id in &p.spec.free_device_ids {
-                if devices.contains(&id.0) {
-                    v.push(format!("device id {} is on the free list but the pool holds it", id.0));
+                if devices.contains(&id.get()) {
+                    v.push(format!("device id {} is on the free list but the pool holds it", id));
                 }
             }
             // A record marked as not knowing the pool's devices hands out nothing.

@@ -4,8 +4,8 @@
 //! too (csi-sanity and the sidecars read it from whichever endpoint they
 //! talk to); what each process serves is in its own *GetCapabilities.
 
-use crate::v1::plugin_capability::{self, service, volume_expansion};
-use crate::v1::PluginCapability;
+use csi_proto::v1::plugin_capability::{self, service, volume_expansion};
+use csi_proto::v1::PluginCapability;
 
 pub const DRIVER_NAME: &str = "thin.csi.io";
 
