@@ -29,7 +29,7 @@ pub use pool::{
     AbortReason, AbortedTransaction, OperationKind, PendingTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus,
     TransactionOperation,
 };
-pub use volume::{ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, ObjectStatus, VolumeSource, VolumeSourceKind};
+pub use volume::{AccessKind, FsType, ObjectStatus, ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, VolumeSource, VolumeSourceKind};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(num(&spec["properties"]["sizeBytes"]["minimum"]), 1.0);
         assert_eq!(num(&spec["properties"]["deviceId"]["maximum"]), 16777215.0);
         let required: Vec<&str> = spec["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        for f in ["csiName", "pool", "deviceId", "sizeBytes"] {
+        assert_eq!(num(&spec["properties"]["createTransaction"]["minimum"]), 1.0);
+        assert_eq!(spec["properties"]["fsType"]["enum"], serde_json::json!(["ext4", "xfs"]));
+        assert_eq!(spec["properties"]["access"]["enum"], serde_json::json!(["mount", "block"]));
+        for f in ["csiName", "pool", "deviceId", "createTransaction", "sizeBytes", "fsType", "access"] {
             assert!(required.contains(&f), "{f} is required: {required:?}");
         }
     }

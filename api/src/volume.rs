@@ -43,8 +43,15 @@ pub struct ThinVolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_uid: Option<String>,
     pub device_id: ThinId,
+    /// The pool transaction that creates the device (assigned with it).
+    #[schemars(range(min = 1))]
+    pub create_transaction: u64,
     #[schemars(range(min = 1))]
     pub size_bytes: u64,
+    /// The filesystem the node makes on first stage (and idempotency compares).
+    pub fs_type: FsType,
+    /// Mounted filesystem or raw block device.
+    pub access: AccessKind,
     /// What the volume was made from: nothing (empty), a snapshot or a volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<VolumeSource>,
@@ -81,6 +88,9 @@ pub struct ThinSnapshotSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_uid: Option<String>,
     pub device_id: ThinId,
+    /// The pool transaction that creates the device (assigned with it).
+    #[schemars(range(min = 1))]
+    pub create_transaction: u64,
     /// The source volume's size.
     #[schemars(range(min = 1))]
     pub size_bytes: u64,
@@ -97,6 +107,42 @@ pub struct VolumeSource {
     pub name: String,
 }
 
+/// The filesystems the node makes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+}
+
+impl std::str::FromStr for FsType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ext4" => Ok(FsType::Ext4),
+            "xfs" => Ok(FsType::Xfs),
+            other => Err(format!("filesystem {other:?} is not supported (ext4 or xfs)")),
+        }
+    }
+}
+
+/// How a volume is consumed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessKind {
+    Mount,
+    Block,
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum VolumeSourceKind {
     Volume,
@@ -104,13 +150,10 @@ pub enum VolumeSourceKind {
 }
 
 /// Status of a volume or snapshot: ready once the transaction that created
-/// its device has committed.
+/// its device (`spec.createTransaction`) has committed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStatus {
     #[serde(default)]
     pub ready: bool,
-    /// The transaction that creates the device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction: Option<u64>,
 }

@@ -296,7 +296,7 @@ async fn expect_invalid(client: &Client, ar: &ApiResource, name: &str, data: ser
 async fn reject(client: Client, report: &mut Report) {
     let vol = ApiResource::erase::<ThinVolume>(&());
     let pool = ApiResource::erase::<ThinPool>(&());
-    let good = json!({"spec": {"csiName": "v", "pool": "p", "deviceId": 1, "sizeBytes": 1048576}});
+    let good = json!({"spec": {"csiName": "v", "pool": "p", "deviceId": 1, "createTransaction": 1, "sizeBytes": 1048576, "fsType": "ext4", "access": "mount"}});
     let with = |path: &str, value: serde_json::Value| {
         let mut v = good.clone();
         v["spec"][path] = value;
@@ -311,6 +311,8 @@ async fn reject(client: Client, report: &mut Report) {
         ("device id 16777216", &vol, "bad-id", with("deviceId", json!(16_777_216)), vec!["spec.deviceId", "less than or equal to 16777215"]),
         ("negative device id", &vol, "neg-id", with("deviceId", json!(-1)), vec!["spec.deviceId", "greater than or equal to 0"]),
         ("missing pool", &vol, "no-pool", missing_pool, vec!["spec.pool", "Required value"]),
+        ("filesystem btrfs", &vol, "bad-fs", with("fsType", json!("btrfs")), vec!["spec.fsType", "Unsupported value"]),
+        ("create transaction 0", &vol, "txn-0", with("createTransaction", json!(0)), vec!["spec.createTransaction", "greater than or equal to 1"]),
         (
             "ThinPool free id 16777216",
             &pool,

@@ -1,31 +1,15 @@
-//! The CSI Controller service (docs/csi.md).
+//! The CSI Controller service (docs/csi.md): the gRPC handlers. They check
+//! the request, then act through [`Devices`] (`objects.rs`: the device
+//! objects and the order of writes, the same for volumes and snapshots) and
+//! its placement (`placement.rs`).
 //!
 //! Volumes and snapshots are `ThinVolume` / `ThinSnapshot` objects named by
 //! `object_name(<CSI name>)` (idempotency by name) and labelled with their
 //! pool and device id (lookup by CSI id). Every thin-device change is one
-//! pool transaction: recorded with [`Allocator::allocate`], then awaited
-//! with [`wait::wait_finished`] until the node reports it.
-//!
-//! Order of writes: the transaction is recorded first, then the object is
-//! created carrying the transaction id (annotation) and marked ready once
-//! the node committed it. A retry of a request whose object exists waits on
-//! that transaction again. A delete removes the device first, the object
-//! after; an object left behind by a crash in between is removed when the
-//! allocator hands its id out again ([`Inner::clear_stale`]).
-//!
-//! Known gaps: a crash between the allocation and the object's creation
-//! leaves a device no object names (for a garbage collector to find: the
-//! pool's devices minus the objects' ids). Ids are reused once freed, so a
-//! DeleteVolume retried by the CO after its device delete committed *and*
-//! the id was handed to a new volume would find the new volume; closing that
-//! needs a generation in the CSI id (docs/csi.md fixes `<pool>:<device>`).
-//!
-//! Placement: a new empty volume goes to a usable pool on the first node of
-//! the request's preferred, then requisite topology, or, with no
-//! accessibility requirements at all (csi-sanity), to the usable pool with
-//! the most room on any node. A restore or clone lives on its source's pool.
+//! pool transaction: recorded with the allocator, then awaited until the
+//! node reports it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,25 +19,21 @@ use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::rpc::Type as RpcType;
 use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource as CsiVolumeSource};
 use csi_proto::v1::*;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
 use serde_json::json;
-use thin_csi_api::{object_name, ThinPool, ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, VolumeSource, VolumeSourceKind};
-use thinpool::ThinId;
+use thin_csi_api::{object_name, AccessKind, ThinPool, ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, VolumeSource, VolumeSourceKind};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::alloc::{AllocError, Allocator, Request as Op};
+use crate::alloc::{Allocator, Request as Op};
+use crate::objects::{object_meta, Devices};
 use crate::params::*;
 use crate::status::Error;
-use crate::wait::{self, Finished};
+
+pub use crate::objects::aborted_create;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
-
-const ANN_TRANSACTION: &str = "thin.csi.io/transaction";
-const ANN_FS_TYPE: &str = "thin.csi.io/fs-type";
-const ANN_ACCESS: &str = "thin.csi.io/access-type";
 
 /// The Controller service. Clones share state.
 #[derive(Clone)]
@@ -62,11 +42,7 @@ pub struct ControllerService {
 }
 
 struct Inner {
-    pools: Api<ThinPool>,
-    volumes: Api<ThinVolume>,
-    snapshots: Api<ThinSnapshot>,
-    alloc: Allocator,
-    wait_timeout: Duration,
+    devices: Devices,
     leading: watch::Receiver<bool>,
     inflight: InFlight,
 }
@@ -74,15 +50,7 @@ struct Inner {
 impl ControllerService {
     pub fn new(client: Client, alloc: Allocator, leading: watch::Receiver<bool>, wait_timeout: Duration) -> Self {
         ControllerService {
-            inner: Arc::new(Inner {
-                pools: Api::all(client.clone()),
-                volumes: Api::all(client.clone()),
-                snapshots: Api::all(client),
-                alloc,
-                wait_timeout,
-                leading,
-                inflight: InFlight::default(),
-            }),
+            inner: Arc::new(Inner { devices: Devices::new(client, alloc, wait_timeout), leading, inflight: InFlight::default() }),
         }
     }
 }
@@ -101,200 +69,13 @@ impl Inner {
         }
     }
 
-    async fn find_volume(&self, r: &DeviceRef) -> Result<Option<ThinVolume>> {
-        let list = self.volumes.list(&ListParams::default().labels(&r.selector())).await?;
-        Ok(list.items.into_iter().find(|v| v.spec.pool == r.pool && v.spec.device_id == r.device))
-    }
-
-    async fn find_snapshot(&self, r: &DeviceRef) -> Result<Option<ThinSnapshot>> {
-        let list = self.snapshots.list(&ListParams::default().labels(&r.selector())).await?;
-        Ok(list.items.into_iter().find(|v| v.spec.pool == r.pool && v.spec.device_id == r.device))
-    }
-
-    async fn pool_map(&self) -> Result<BTreeMap<String, ThinPool>> {
-        let list = self.pools.list(&ListParams::default()).await?;
-        Ok(list.items.into_iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect())
-    }
-
-    /// Σ sizes of the volumes on each pool.
-    async fn provisioned(&self) -> Result<HashMap<String, u64>> {
-        let mut out = HashMap::new();
-        for v in self.volumes.list(&ListParams::default()).await?.items {
-            *out.entry(v.spec.pool.clone()).or_insert(0) += v.spec.size_bytes;
-        }
-        Ok(out)
-    }
-
-    /// Waits for the node to finish `txn` on `pool`.
-    async fn wait(&self, pool: &str, txn: u64, uid: Option<&str>, subject: wait::Subject) -> Result<Finished> {
-        Ok(wait::wait_finished_in(&self.pools, pool, txn, uid, subject, self.wait_timeout).await?)
-    }
-
-    /// Makes sure the device of a volume object exists: waits on its create
-    /// transaction and marks it ready; an aborted create deletes the object.
-    async fn settle_volume(&self, v: ThinVolume) -> Result<ThinVolume> {
-        self.try_settle_volume(v).await?.ready()
-    }
-
-    async fn settle_snapshot(&self, s: ThinSnapshot) -> Result<ThinSnapshot> {
-        self.try_settle_snapshot(s).await?.ready()
-    }
-
-    async fn try_settle_volume(&self, v: ThinVolume) -> Result<Settled<ThinVolume>> {
-        if v.status.as_ref().is_some_and(|s| s.ready) {
-            return Ok(Settled::Ready(v));
-        }
-        let name = v.metadata.name.clone().unwrap_or_default();
-        let txn = transaction_of(&v.metadata)?;
-        let finished = match self.wait(&v.spec.pool, txn, v.spec.pool_uid.as_deref(), wait::Subject::Create(v.spec.device_id)).await {
-            // Its record is gone (the pool object was re-created): nothing
-            // was promised for this object; remove it so a retry starts over.
-            Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
-                let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
-                return Err(e);
-            }
-            r => r?,
-        };
-        crate::failpoint::hit("volume-waited");
-        match finished {
-            Finished::Committed => {
-                let status = json!({"status": {"ready": true, "transaction": txn}});
-                let ready = self.volumes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-                crate::failpoint::hit("volume-ready");
-                Ok(Settled::Ready(ready))
-            }
-            Finished::Aborted(aborted) => {
-                let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
-                Ok(Settled::Aborted(aborted_create(&v.spec.pool, aborted)))
-            }
-        }
-    }
-
-    async fn try_settle_snapshot(&self, s: ThinSnapshot) -> Result<Settled<ThinSnapshot>> {
-        if s.status.as_ref().is_some_and(|s| s.ready) {
-            return Ok(Settled::Ready(s));
-        }
-        let name = s.metadata.name.clone().unwrap_or_default();
-        let txn = transaction_of(&s.metadata)?;
-        let finished = match self.wait(&s.spec.pool, txn, s.spec.pool_uid.as_deref(), wait::Subject::Create(s.spec.device_id)).await {
-            // Its record is gone (the pool object was re-created): nothing
-            // was promised for this object; remove it so a retry starts over.
-            Err(e @ Error::Wait(wait::WaitError::TransactionUnknown { .. })) => {
-                let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
-                return Err(e);
-            }
-            r => r?,
-        };
-        crate::failpoint::hit("snapshot-waited");
-        match finished {
-            Finished::Committed => {
-                let status = json!({"status": {"ready": true, "transaction": txn}});
-                let ready = self.snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-                crate::failpoint::hit("snapshot-ready");
-                Ok(Settled::Ready(ready))
-            }
-            Finished::Aborted(aborted) => {
-                let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
-                Ok(Settled::Aborted(aborted_create(&s.spec.pool, aborted)))
-            }
-        }
-    }
-
-    /// Deletes thin device `device` of `pool` through a transaction; Ok once
-    /// the device is gone (also when it already was).
-    async fn delete_device(&self, pool: &str, device: ThinId) -> Result<()> {
-        let (txn, uid) = match self.alloc.allocate(pool, &[Op::Delete { id: device }]).await {
-            Ok(a) => (a.transaction.id().get(), a.pool_uid),
-            // Gone already (a retry after the delete committed).
-            Err(AllocError::NotAllocated { .. }) => return Ok(()),
-            // The pool's record is gone (its object deleted): the device may
-            // still be there; deleting the object would leak it silently.
-            Err(e @ AllocError::PoolNotFound { .. }) => {
-                return Err(Error::Unavailable(format!("cannot delete thin device {device}: {e}; the node re-creates the pool object when it restarts")))
-            }
-            // A retry while our earlier delete is still pending: wait for it.
-            Err(AllocError::BeingDeleted { txn, .. }) => (txn, None),
-            Err(e) => return Err(e.into()),
-        };
-        crate::failpoint::hit("delete-recorded");
-        // The uid: an outcome read from a re-created record would be another's.
-        match self.wait(pool, txn, uid.as_deref(), wait::Subject::Delete(device)).await? {
-            Finished::Committed => {
-                crate::failpoint::hit("delete-finished");
-                Ok(())
-            }
-            Finished::Aborted(a) => {
-                let message = format!("thin device {device}: {}", a.message);
-                Err(transaction_aborted(pool, "delete", thin_csi_api::AbortedTransaction { message, ..a }))
-            }
-        }
-    }
-
-    /// Picks the pool for a new empty volume of `size` bytes.
-    async fn place(&self, params: &Params, topo: Option<&TopologyRequirement>, size: u64) -> Result<ThinPool> {
-        let pools = self.pool_map().await?;
-        let provisioned = self.provisioned().await?;
-        let nodes_of = |ts: &[Topology]| -> Vec<String> { ts.iter().filter_map(|t| t.segments.get(TOPOLOGY_KEY).cloned()).collect() };
-        // Candidate nodes in order of preference; empty = anywhere.
-        let mut nodes: Vec<String> = Vec::new();
-        let mut restricted = false;
-        if let Some(t) = topo {
-            for n in nodes_of(&t.preferred).into_iter().chain(nodes_of(&t.requisite)) {
-                if !nodes.contains(&n) {
-                    nodes.push(n);
-                }
-            }
-            restricted = !t.requisite.is_empty() || !t.preferred.is_empty();
-            if restricted && nodes.is_empty() {
-                return Err(Error::invalid("accessibility_requirements", format!("no topology segment has the key {TOPOLOGY_KEY}")));
-            }
-        }
-        let mut why: Vec<String> = Vec::new();
-        let mut best: Option<(usize, u64, ThinPool)> = None;
-        for (name, p) in pools {
-            let rank = if restricted {
-                match nodes.iter().position(|n| *n == p.spec.node) {
-                    Some(i) => i,
-                    None => continue,
-                }
-            } else {
-                0
-            };
-            if params.pool.as_ref().is_some_and(|want| *want != p.spec.pool_name) {
-                continue;
-            }
-            if let Some(reason) = pool_unusable(&p) {
-                why.push(format!("{} on {}: {reason}", p.spec.pool_name, p.spec.node));
-                continue;
-            }
-            let room = available(&p, params.overprovisioning, provisioned.get(&name).copied().unwrap_or(0));
-            if room < size {
-                why.push(format!("{} on {}: {room} bytes available", p.spec.pool_name, p.spec.node));
-                continue;
-            }
-            if best.as_ref().is_none_or(|(r, b, _)| rank < *r || (rank == *r && room > *b)) {
-                best = Some((rank, room, p));
-            }
-        }
-        match best {
-            Some((_, _, p)) => Ok(p),
-            None => Err(Error::ResourceExhausted(format!(
-                "no pool{}{} can hold {size} bytes{}",
-                params.pool.as_ref().map(|p| format!(" named {p}")).unwrap_or_default(),
-                if restricted { format!(" on node(s) {}", nodes.join(", ")) } else { String::new() },
-                if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
-            ))),
-        }
-    }
-
     fn volume_message(&self, v: &ThinVolume, pool: Option<&ThinPool>) -> Volume {
         let id = DeviceRef::new(&v.spec.pool, v.spec.device_id);
-        let ann = v.metadata.annotations.clone().unwrap_or_default();
         let mut ctx = HashMap::new();
         ctx.insert(CTX_POOL.to_string(), v.spec.pool.clone());
         ctx.insert(CTX_DEVICE.to_string(), v.spec.device_id.to_string());
         ctx.insert(CTX_VOLUME.to_string(), v.metadata.name.clone().unwrap_or_default());
-        ctx.insert(CTX_FS_TYPE.to_string(), ann.get(ANN_FS_TYPE).cloned().unwrap_or_else(|| FsType::Ext4.as_str().into()));
+        ctx.insert(CTX_FS_TYPE.to_string(), v.spec.fs_type.as_str().to_string());
         let content_source = v.spec.source.as_ref().map(|s| VolumeContentSource {
             r#type: Some(match s.kind {
                 VolumeSourceKind::Snapshot => SourceType::Snapshot(SnapshotSource { snapshot_id: s.name.clone() }),
@@ -333,26 +114,18 @@ impl Inner {
                 if s.snapshot_id.is_empty() {
                     return Err(Error::invalid("volume_content_source.snapshot.snapshot_id", "missing"));
                 }
-                let r = DeviceRef::parse(&s.snapshot_id).ok();
-                let snap = match &r {
-                    Some(r) => self.find_snapshot(r).await?,
-                    None => None,
-                };
+                let snap = self.devices.find_id::<ThinSnapshot>(&s.snapshot_id).await?;
                 let snap = snap.ok_or_else(|| Error::NotFound(format!("source snapshot {} does not exist", s.snapshot_id)))?;
-                let snap = self.settle_snapshot(snap).await?;
+                let snap = self.devices.settle(snap).await?;
                 Some((VolumeSource { kind: VolumeSourceKind::Snapshot, name: s.snapshot_id.clone() }, snap.spec.pool, snap.spec.device_id, snap.spec.size_bytes))
             }
             Some(Some(SourceType::Volume(s))) => {
                 if s.volume_id.is_empty() {
                     return Err(Error::invalid("volume_content_source.volume.volume_id", "missing"));
                 }
-                let r = DeviceRef::parse(&s.volume_id).ok();
-                let vol = match &r {
-                    Some(r) => self.find_volume(r).await?,
-                    None => None,
-                };
+                let vol = self.devices.find_id::<ThinVolume>(&s.volume_id).await?;
                 let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", s.volume_id)))?;
-                let vol = self.settle_volume(vol).await?;
+                let vol = self.devices.settle(vol).await?;
                 Some((VolumeSource { kind: VolumeSourceKind::Volume, name: s.volume_id.clone() }, vol.spec.pool, vol.spec.device_id, vol.spec.size_bytes))
             }
         };
@@ -369,31 +142,31 @@ impl Inner {
 
         // Idempotency: the same name again.
         let obj_name = object_name(&req.name);
-        if let Some(existing) = self.volumes.get_opt(&obj_name).await? {
-            let ann = existing.metadata.annotations.clone().unwrap_or_default();
+        if let Some(existing) = self.devices.volumes.get_opt(&obj_name).await? {
             let same = existing.spec.csi_name == req.name
                 && size_fits(existing.spec.size_bytes, req.capacity_range.as_ref())
                 && existing.spec.source == source.as_ref().map(|s| s.0.clone())
-                && ann.get(ANN_FS_TYPE).map(String::as_str) == Some(fs_type.as_str());
+                && existing.spec.fs_type == fs_type;
             if !same {
                 return Err(Error::AlreadyExists(format!(
-                    "volume {:?} exists with other parameters (size {}, source {:?}, fs {:?})",
+                    "volume {:?} exists with other parameters (size {}, source {:?}, fs {})",
                     req.name,
                     existing.spec.size_bytes,
                     existing.spec.source.as_ref().map(|s| &s.name),
-                    ann.get(ANN_FS_TYPE)
+                    existing.spec.fs_type.as_str()
                 )));
             }
-            let v = self.settle_volume(existing).await?;
-            let pool = self.pools.get_opt(&v.spec.pool).await?;
+            let v = self.devices.settle(existing).await?;
+            let pool = self.devices.pools.get_opt(&v.spec.pool).await?;
             return Ok(self.volume_message(&v, pool.as_ref()));
         }
 
         // Placement and the transaction.
         let (pool, op) = match &source {
-            None => (self.place(&params, req.accessibility_requirements.as_ref(), size).await?, Op::CreateThin),
+            None => (self.devices.place(&params, req.accessibility_requirements.as_ref(), size).await?, Op::CreateThin),
             Some((src, pool_name, device, _)) => {
                 let pool = self
+                    .devices
                     .pools
                     .get_opt(pool_name)
                     .await?
@@ -418,94 +191,37 @@ impl Inner {
                 if let Some(reason) = pool_unusable(&pool) {
                     return Err(Error::ResourceExhausted(format!("pool {} of source {}: {reason}", pool.spec.pool_name, src.name)));
                 }
-                let provisioned = self.provisioned().await?.get(pool_name).copied().unwrap_or(0);
-                let room = available(&pool, params.overprovisioning, provisioned);
+                let room = self.devices.room(&pool, params.overprovisioning).await?;
                 if room < size {
                     return Err(Error::ResourceExhausted(format!("pool {} on {}: {room} bytes available, {size} wanted", pool.spec.pool_name, pool.spec.node)));
                 }
                 (pool, Op::CreateSnapshot { origin: *device })
             }
         };
-        let pool_name = pool.metadata.name.clone().unwrap_or_default();
-        let a = self.alloc.allocate(&pool_name, &[op]).await?;
-        crate::failpoint::hit("volume-allocated");
-        let device = a.created[0];
-        let txn = a.transaction.id().get();
-        if let Err(e) = self.clear_stale(&pool_name, device, a.pool_uid.as_deref()).await {
-            self.give_back(&pool_name, device, txn).await;
-            return Err(e);
-        }
-        let mut v = ThinVolume::new(
-            &obj_name,
-            ThinVolumeSpec {
-                csi_name: req.name.clone(),
-                pool: pool_name.clone(),
-                pool_uid: a.pool_uid.clone(),
-                device_id: device,
-                size_bytes: size,
-                source: source.as_ref().map(|s| s.0.clone()),
-            },
-        );
-        v.metadata = object_meta(&obj_name, &pool_name, device, txn, &[
-            (ANN_FS_TYPE, fs_type.as_str()),
-            (ANN_ACCESS, if access == Access::Block { "block" } else { "mount" }),
-        ]);
-        let created = match self.volumes.create(&PostParams::default(), &v).await {
-            Ok(c) => c,
-            // The create may have taken effect with its reply lost: ours
-            // (same device and transaction) is used, not given back.
-            Err(e) => match self.volumes.get_opt(&obj_name).await {
-                Ok(Some(c)) if c.spec.device_id == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
-                _ => {
-                    self.give_back(&pool_name, device, txn).await;
-                    return Err(e.into());
-                }
-            },
-        };
-        crate::failpoint::hit("volume-object");
-        let v = self.settle_volume(created).await?;
-        tracing::info!(name = %req.name, id = %DeviceRef::new(&pool_name, device), size, txn, "volume created");
+        let pool_name = pool.name_any();
+        let access = if access == Access::Block { AccessKind::Block } else { AccessKind::Mount };
+        let v = self
+            .devices
+            .create(&pool_name, op, |a| {
+                let mut v = ThinVolume::new(
+                    &obj_name,
+                    ThinVolumeSpec {
+                        csi_name: req.name.clone(),
+                        pool: pool_name.clone(),
+                        pool_uid: a.pool_uid.clone(),
+                        device_id: a.device,
+                        create_transaction: a.transaction,
+                        size_bytes: size,
+                        fs_type,
+                        access,
+                        source: source.as_ref().map(|s| s.0.clone()),
+                    },
+                );
+                v.metadata = object_meta(&obj_name, &pool_name, a.device);
+                v
+            })
+            .await?;
         Ok(self.volume_message(&v, Some(&pool)))
-    }
-
-    /// Removes objects that still name `device` of `pool`, which the
-    /// allocator just handed out again: it only hands out ids whose delete
-    /// committed (or whose create aborted), so such an object is left over
-    /// from a controller that stopped between the device delete and the
-    /// object delete. Without this, a lookup by id could find it.
-    async fn clear_stale(&self, pool: &str, device: ThinId, pool_uid: Option<&str>) -> Result<()> {
-        let lp = ListParams::default().labels(&DeviceRef::new(pool, device).selector());
-        // Only objects of the record that handed the id out again: another
-        // record's (a re-created pool object) are not ours to judge.
-        let same_record = |uid: &Option<String>| uid.is_none() || pool_uid.is_none() || uid.as_deref() == pool_uid;
-        for v in self.volumes.list(&lp).await?.items.into_iter().filter(|v| same_record(&v.spec.pool_uid)) {
-            let name = v.metadata.name.clone().unwrap_or_default();
-            tracing::warn!(object = %name, pool, device = %device, "removing a stale ThinVolume: its device was deleted and the id reused");
-            let _ = self.volumes.delete(&name, &DeleteParams::default()).await;
-        }
-        for s in self.snapshots.list(&lp).await?.items.into_iter().filter(|s| same_record(&s.spec.pool_uid)) {
-            let name = s.metadata.name.clone().unwrap_or_default();
-            tracing::warn!(object = %name, pool, device = %device, "removing a stale ThinSnapshot: its device was deleted and the id reused");
-            let _ = self.snapshots.delete(&name, &DeleteParams::default()).await;
-        }
-        Ok(())
-    }
-
-    /// Best effort: deletes a device whose object could not be written, once
-    /// its create transaction `txn` has finished (a device is never deleted
-    /// while its create is pending). What this misses, the leak collector finds.
-    async fn give_back(&self, pool: &str, device: ThinId, txn: u64) {
-        match self.wait(pool, txn, None, wait::Subject::Create(device)).await {
-            Ok(Finished::Committed) => {}
-            Ok(Finished::Aborted(_)) => return, // no device was made
-            Err(e) => {
-                tracing::warn!(pool, device = %device, txn, error = %e, "could not give back a device whose object was not written");
-                return;
-            }
-        }
-        if let Err(e) = self.alloc.allocate(pool, &[Op::Delete { id: device }]).await {
-            tracing::warn!(pool, device = %device, error = %e, "could not give back a device whose object was not written");
-        }
     }
 
     async fn delete_volume(&self, req: DeleteVolumeRequest) -> Result<()> {
@@ -513,22 +229,10 @@ impl Inner {
             return Err(Error::invalid("volume_id", "missing"));
         }
         self.check_leading()?;
-        let Some(r) = DeviceRef::parse(&req.volume_id).ok() else { return Ok(()) };
+        // An id this driver never issued names nothing: deleted already.
+        let Ok(r) = DeviceRef::parse(&req.volume_id) else { return Ok(()) };
         let _busy = self.busy(format!("volume {}", req.volume_id))?;
-        let Some(v) = self.find_volume(&r).await? else { return Ok(()) };
-        let name = v.metadata.name.clone().unwrap_or_default();
-        // Its create aborted: there is no device, and the object is gone.
-        if let Settled::Aborted(_) = self.try_settle_volume(v).await? {
-            return Ok(());
-        }
-        self.delete_device(&r.pool, r.device).await?;
-        match self.volumes.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(id = %r, "volume deleted");
-        Ok(())
+        self.devices.delete::<ThinVolume>(&r).await
     }
 
     async fn create_snapshot(&self, req: CreateSnapshotRequest) -> Result<Snapshot> {
@@ -542,59 +246,39 @@ impl Inner {
         self.check_leading()?;
         let _busy = self.busy(format!("snapshot name {:?}", req.name))?;
         let obj_name = object_name(&req.name);
-        if let Some(existing) = self.snapshots.get_opt(&obj_name).await? {
+        if let Some(existing) = self.devices.snapshots.get_opt(&obj_name).await? {
             if existing.spec.csi_name != req.name || existing.spec.source.name != req.source_volume_id {
                 return Err(Error::AlreadyExists(format!(
                     "snapshot {:?} exists for source volume {}, not {}",
                     req.name, existing.spec.source.name, req.source_volume_id
                 )));
             }
-            let s = self.settle_snapshot(existing).await?;
+            let s = self.devices.settle(existing).await?;
             return Ok(snapshot_message(&s));
         }
-        let r = DeviceRef::parse(&req.source_volume_id).ok();
-        let vol = match &r {
-            Some(r) => self.find_volume(r).await?,
-            None => None,
-        };
+        let vol = self.devices.find_id::<ThinVolume>(&req.source_volume_id).await?;
         let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", req.source_volume_id)))?;
-        let vol = self.settle_volume(vol).await?;
+        let vol = self.devices.settle(vol).await?;
         let pool = vol.spec.pool.clone();
-        let a = self.alloc.allocate(&pool, &[Op::CreateSnapshot { origin: vol.spec.device_id }]).await?;
-        crate::failpoint::hit("snapshot-allocated");
-        let device = a.created[0];
-        let txn = a.transaction.id().get();
-        if let Err(e) = self.clear_stale(&pool, device, a.pool_uid.as_deref()).await {
-            self.give_back(&pool, device, txn).await;
-            return Err(e);
-        }
-        let mut s = ThinSnapshot::new(
-            &obj_name,
-            ThinSnapshotSpec {
-                csi_name: req.name.clone(),
-                pool: pool.clone(),
-                pool_uid: a.pool_uid.clone(),
-                device_id: device,
-                size_bytes: vol.spec.size_bytes,
-                source: VolumeSource { kind: VolumeSourceKind::Volume, name: req.source_volume_id.clone() },
-            },
-        );
-        s.metadata = object_meta(&obj_name, &pool, device, txn, &[]);
-        let created = match self.snapshots.create(&PostParams::default(), &s).await {
-            Ok(c) => c,
-            // The create may have taken effect with its reply lost: ours
-            // (same device and transaction) is used, not given back.
-            Err(e) => match self.snapshots.get_opt(&obj_name).await {
-                Ok(Some(c)) if c.spec.device_id == device && transaction_of(&c.metadata).ok() == Some(txn) => c,
-                _ => {
-                    self.give_back(&pool, device, txn).await;
-                    return Err(e.into());
-                }
-            },
-        };
-        crate::failpoint::hit("snapshot-object");
-        let s = self.settle_snapshot(created).await?;
-        tracing::info!(name = %req.name, id = %DeviceRef::new(&pool, device), source = %req.source_volume_id, txn, "snapshot created");
+        let s = self
+            .devices
+            .create(&pool, Op::CreateSnapshot { origin: vol.spec.device_id }, |a| {
+                let mut s = ThinSnapshot::new(
+                    &obj_name,
+                    ThinSnapshotSpec {
+                        csi_name: req.name.clone(),
+                        pool: pool.clone(),
+                        pool_uid: a.pool_uid.clone(),
+                        device_id: a.device,
+                        create_transaction: a.transaction,
+                        size_bytes: vol.spec.size_bytes,
+                        source: VolumeSource { kind: VolumeSourceKind::Volume, name: req.source_volume_id.clone() },
+                    },
+                );
+                s.metadata = object_meta(&obj_name, &pool, a.device);
+                s
+            })
+            .await?;
         Ok(snapshot_message(&s))
     }
 
@@ -603,27 +287,16 @@ impl Inner {
             return Err(Error::invalid("snapshot_id", "missing"));
         }
         self.check_leading()?;
-        let Some(r) = DeviceRef::parse(&req.snapshot_id).ok() else { return Ok(()) };
+        let Ok(r) = DeviceRef::parse(&req.snapshot_id) else { return Ok(()) };
         let _busy = self.busy(format!("snapshot {}", req.snapshot_id))?;
-        let Some(s) = self.find_snapshot(&r).await? else { return Ok(()) };
-        let name = s.metadata.name.clone().unwrap_or_default();
-        if let Settled::Aborted(_) = self.try_settle_snapshot(s).await? {
-            return Ok(());
-        }
-        self.delete_device(&r.pool, r.device).await?;
-        match self.snapshots.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(id = %r, "snapshot deleted");
-        Ok(())
+        self.devices.delete::<ThinSnapshot>(&r).await
     }
 
     async fn list_volumes(&self, req: ListVolumesRequest) -> Result<ListVolumesResponse> {
         self.check_leading()?;
-        let pools = self.pool_map().await?;
+        let pools = self.devices.pool_map().await?;
         let items: Vec<(DeviceRef, ThinVolume)> = self
+            .devices
             .volumes
             .list(&ListParams::default())
             .await?
@@ -655,13 +328,13 @@ impl Inner {
         let mut items: Vec<(DeviceRef, ThinSnapshot)> = Vec::new();
         if !req.snapshot_id.is_empty() {
             // One snapshot by id: an id that names nothing is an empty list.
-            if let Some(r) = DeviceRef::parse(&req.snapshot_id).ok() {
-                if let Some(s) = self.find_snapshot(&r).await? {
+            if let Ok(r) = DeviceRef::parse(&req.snapshot_id) {
+                if let Some(s) = self.devices.find::<ThinSnapshot>(&r).await? {
                     items.push((r, s));
                 }
             }
         } else {
-            items = self.snapshots.list(&ListParams::default()).await?.items.into_iter().map(|s| (DeviceRef::new(&s.spec.pool, s.spec.device_id), s)).collect();
+            items = self.devices.snapshots.list(&ListParams::default()).await?.items.into_iter().map(|s| (DeviceRef::new(&s.spec.pool, s.spec.device_id), s)).collect();
         }
         items.retain(|(_, s)| s.status.as_ref().is_some_and(|st| st.ready));
         if !req.source_volume_id.is_empty() {
@@ -690,16 +363,7 @@ impl Inner {
                 None => return Ok(GetCapacityResponse { available_capacity: 0, maximum_volume_size: Some(0), minimum_volume_size: None }),
             },
         };
-        let provisioned = self.provisioned().await?;
-        let best = self
-            .pool_map()
-            .await?
-            .into_iter()
-            .filter(|(_, p)| node.as_ref().is_none_or(|n| *n == p.spec.node))
-            .filter(|(_, p)| params.pool.as_ref().is_none_or(|want| *want == p.spec.pool_name))
-            .map(|(name, p)| available(&p, params.overprovisioning, provisioned.get(&name).copied().unwrap_or(0)))
-            .max()
-            .unwrap_or(0);
+        let best = self.devices.largest_room(node.as_deref(), &params).await?;
         // A volume lives in one pool: the largest room is both the capacity
         // and the largest volume that fits.
         let best = best.min(i64::MAX as u64) as i64;
@@ -715,16 +379,16 @@ impl Inner {
             check_capability(cap).map_err(|why| Error::invalid("volume_capability", why))?;
         }
         self.check_leading()?;
-        let r = DeviceRef::parse(&req.volume_id).ok().ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let r = DeviceRef::parse(&req.volume_id).map_err(|_| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let _busy = self.busy(format!("volume {}", req.volume_id))?;
-        let v = self.find_volume(&r).await?.ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
-        let v = self.settle_volume(v).await?;
+        let v = self.devices.find::<ThinVolume>(&r).await?.ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let v = self.devices.settle(v).await?;
         let current = v.spec.size_bytes;
         let wanted = size_for(Some(range), current)?;
         let block = match &req.volume_capability {
             Some(VolumeCapability { access_type: Some(volume_capability::AccessType::Block(_)), .. }) => true,
             Some(_) => false,
-            None => v.metadata.annotations.as_ref().and_then(|a| a.get(ANN_ACCESS)).is_some_and(|a| a == "block"),
+            None => v.spec.access == AccessKind::Block,
         };
         if wanted <= current {
             // Never shrinks; a limit below the current size cannot be met.
@@ -733,18 +397,17 @@ impl Inner {
             }
             return Ok(ControllerExpandVolumeResponse { capacity_bytes: current as i64, node_expansion_required: !block });
         }
-        let pool = self.pools.get_opt(&r.pool).await?.ok_or_else(|| Error::NotFound(format!("the pool {} of volume {} is gone", r.pool, req.volume_id)))?;
+        let pool = self.devices.pools.get_opt(&r.pool).await?.ok_or_else(|| Error::NotFound(format!("the pool {} of volume {} is gone", r.pool, req.volume_id)))?;
         if let Some(reason) = pool_unusable(&pool) {
             return Err(Error::ResourceExhausted(format!("pool {} on {}: {reason}", pool.spec.pool_name, pool.spec.node)));
         }
-        let provisioned = self.provisioned().await?.get(&r.pool).copied().unwrap_or(0);
-        let room = available(&pool, DEFAULT_OVERPROVISIONING, provisioned);
+        let room = self.devices.room(&pool, DEFAULT_OVERPROVISIONING).await?;
         if wanted - current > room {
             return Err(Error::ResourceExhausted(format!("pool {} on {}: {room} bytes available, {} more wanted", pool.spec.pool_name, pool.spec.node, wanted - current)));
         }
         let name = v.metadata.name.clone().unwrap_or_default();
         let patch = json!({"spec": {"sizeBytes": wanted}});
-        self.volumes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.devices.volumes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         tracing::info!(id = %r, from = current, to = wanted, "volume expanded");
         Ok(ControllerExpandVolumeResponse { capacity_bytes: wanted as i64, node_expansion_required: !block })
     }
@@ -758,13 +421,9 @@ impl Inner {
         }
         Params::parse(&req.parameters)?;
         self.check_leading()?;
-        let r = DeviceRef::parse(&req.volume_id).ok();
-        let v = match &r {
-            Some(r) => self.find_volume(r).await?,
-            None => None,
-        };
+        let v = self.devices.find_id::<ThinVolume>(&req.volume_id).await?;
         let v = v.ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
-        let fs = v.metadata.annotations.as_ref().and_then(|a| a.get(ANN_FS_TYPE)).cloned().unwrap_or_else(|| "ext4".into());
+        let fs = v.spec.fs_type.as_str();
         for cap in &req.volume_capabilities {
             match check_capability(cap) {
                 Err(why) => return Ok(ValidateVolumeCapabilitiesResponse { confirmed: None, message: why }),
@@ -793,13 +452,9 @@ impl Inner {
             return Err(Error::invalid("volume_id", "missing"));
         }
         self.check_leading()?;
-        let r = DeviceRef::parse(&req.volume_id).ok();
-        let v = match &r {
-            Some(r) => self.find_volume(r).await?,
-            None => None,
-        };
+        let v = self.devices.find_id::<ThinVolume>(&req.volume_id).await?;
         let v = v.filter(|v| v.status.as_ref().is_some_and(|s| s.ready)).ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
-        let pool = self.pools.get_opt(&v.spec.pool).await?;
+        let pool = self.devices.pools.get_opt(&v.spec.pool).await?;
         let (abnormal, message) = condition(pool.as_ref());
         Ok(ControllerGetVolumeResponse {
             volume: Some(self.volume_message(&v, pool.as_ref())),
@@ -809,51 +464,6 @@ impl Inner {
             }),
         })
     }
-}
-
-/// An object's device after waiting on its create transaction.
-enum Settled<T> {
-    Ready(T),
-    /// The node aborted the create; the object was removed. The error says why.
-    Aborted(Error),
-}
-
-impl<T> Settled<T> {
-    fn ready(self) -> Result<T> {
-        match self {
-            Settled::Ready(t) => Ok(t),
-            Settled::Aborted(e) => Err(e),
-        }
-    }
-}
-
-fn transaction_of(meta: &ObjectMeta) -> Result<u64> {
-    let name = meta.name.clone().unwrap_or_default();
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(ANN_TRANSACTION))
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| Error::Internal(format!("object {name} is not ready and names no transaction ({ANN_TRANSACTION})")))
-}
-
-/// The error a CSI create returns when the node aborted its transaction.
-pub fn aborted_create(pool: &str, aborted: thin_csi_api::AbortedTransaction) -> Error {
-    transaction_aborted(pool, "create", aborted)
-}
-
-/// The error a CSI call returns when the node aborted the transaction of
-/// its `what` (create or delete); `status.rs` maps the reason to a code.
-fn transaction_aborted(pool: &str, what: &'static str, a: thin_csi_api::AbortedTransaction) -> Error {
-    Error::TransactionAborted { pool: pool.to_string(), what, txn: a.id, reason: a.reason, message: a.message }
-}
-
-fn object_meta(name: &str, pool: &str, device: ThinId, txn: u64, extra: &[(&str, &str)]) -> ObjectMeta {
-    let labels = BTreeMap::from([(LABEL_POOL.to_string(), pool.to_string()), (LABEL_DEVICE.to_string(), device.to_string())]);
-    let mut annotations = BTreeMap::from([(ANN_TRANSACTION.to_string(), txn.to_string())]);
-    for (k, v) in extra {
-        annotations.insert(k.to_string(), v.to_string());
-    }
-    ObjectMeta { name: Some(name.to_string()), labels: Some(labels), annotations: Some(annotations), ..Default::default() }
 }
 
 fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
@@ -947,19 +557,7 @@ impl Controller for ControllerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
-
-    #[test]
-    fn objects_carry_their_lookup_labels_and_transaction() {
-        let m = object_meta("vol-a", "pool1", ThinId::new(17).unwrap(), 42, &[(ANN_FS_TYPE, "xfs")]);
-        let labels = m.labels.clone().unwrap();
-        assert_eq!(labels[LABEL_POOL], "pool1");
-        assert_eq!(labels[LABEL_DEVICE], "17");
-        assert_eq!(transaction_of(&m).unwrap(), 42);
-        assert_eq!(m.annotations.unwrap()[ANN_FS_TYPE], "xfs");
-        let bare = ObjectMeta { name: Some("x".into()), ..Default::default() };
-        assert_eq!(transaction_of(&bare).unwrap_err().code(), Code::Internal);
-    }
+    use thinpool::ThinId;
 
     #[test]
     fn snapshots_and_volumes_speak_csi_ids() {
@@ -970,6 +568,7 @@ mod tests {
                 pool: "pool1".into(),
                 pool_uid: None,
                 device_id: ThinId::new(5).unwrap(),
+                create_transaction: 9,
                 size_bytes: 1 << 30,
                 source: VolumeSource { kind: VolumeSourceKind::Volume, name: "pool1:3".into() },
             },
@@ -977,16 +576,6 @@ mod tests {
         let m = snapshot_message(&s);
         assert_eq!((m.snapshot_id.as_str(), m.source_volume_id.as_str(), m.size_bytes, m.ready_to_use), ("pool1:5", "pool1:3", 1 << 30, false));
         assert_eq!(node_topology("n1").segments[TOPOLOGY_KEY], "n1");
-    }
-
-    #[test]
-    fn aborted_creates_say_why() {
-        let a = |reason| thin_csi_api::AbortedTransaction { id: 4, reason, message: "create_thin 3: no space left in pool metadata (ENOSPC)".into() };
-        let e = aborted_create("p", a(thin_csi_api::AbortReason::NoSpace));
-        assert_eq!(e.code(), Code::ResourceExhausted);
-        assert!(e.to_string().contains("ENOSPC"), "{e}");
-        assert_eq!(aborted_create("p", a(thin_csi_api::AbortReason::OriginMissing)).code(), Code::NotFound);
-        assert!(matches!(Settled::<()>::Aborted(Error::Internal("x".into())).ready(), Err(Error::Internal(_))));
     }
 
     #[test]

@@ -36,3 +36,12 @@ pub fn hit(step: &str) {
     #[cfg(not(feature = "failpoints"))]
     let _ = step;
 }
+
+/// [`hit`] for step `<what>-<step>` (`volume-allocated`, `snapshot-ready`, ...).
+#[inline]
+pub fn hit_for(what: &str, step: &str) {
+    #[cfg(feature = "failpoints")]
+    hit(&format!("{what}-{step}"));
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (what, step);
+}

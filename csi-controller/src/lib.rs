@@ -6,6 +6,8 @@
 
 pub mod alloc;
 pub mod controller;
+pub mod objects;
+pub mod placement;
 pub mod crds;
 pub mod failpoint;
 pub mod identity;

@@ -22,27 +22,11 @@ pub const DEFAULT_OVERPROVISIONING: f64 = 10.0;
 /// Above this share of metadata used, a pool takes no new volume.
 pub const METADATA_LIMIT: f64 = 0.9;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FsType {
-    Ext4,
-    Xfs,
-}
+pub use thin_csi_api::FsType;
 
-impl FsType {
-    pub fn parse(s: &str, field: &str) -> Result<Self, Error> {
-        match s {
-            "ext4" => Ok(FsType::Ext4),
-            "xfs" => Ok(FsType::Xfs),
-            other => Err(Error::invalid(field, format!("filesystem {other:?} is not supported (ext4 or xfs)"))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsType::Ext4 => "ext4",
-            FsType::Xfs => "xfs",
-        }
-    }
+/// A filesystem named in a request field.
+fn fs_type(s: &str, field: &str) -> Result<FsType, Error> {
+    s.parse().map_err(|why: String| Error::invalid(field, why))
 }
 
 /// StorageClass parameters (docs/csi.md).
@@ -80,7 +64,7 @@ impl Params {
                 }
                 "fsType" | "csi.storage.k8s.io/fstype" => {
                     if !value.is_empty() {
-                        let fs = FsType::parse(value, &field)?;
+                        let fs = fs_type(value, &field)?;
                         if p.fs_type.is_some_and(|f| f != fs) {
                             return Err(Error::invalid(field, "fsType and csi.storage.k8s.io/fstype disagree"));
                         }
@@ -167,7 +151,7 @@ pub fn check_capability(cap: &VolumeCapability) -> Result<(Access, Option<FsType
         None => return Err("access_type is missing (mount or block)".into()),
         Some(AccessType::Block(_)) => (Access::Block, None),
         Some(AccessType::Mount(m)) if m.fs_type.is_empty() => (Access::Mount, None),
-        Some(AccessType::Mount(m)) => (Access::Mount, Some(FsType::parse(&m.fs_type, "mount.fs_type").map_err(|e| e.to_string())?)),
+        Some(AccessType::Mount(m)) => (Access::Mount, Some(fs_type(&m.fs_type, "mount.fs_type").map_err(|e| e.to_string())?)),
     };
     let Some(mode) = cap.access_mode.as_ref() else { return Err("access_mode is missing".into()) };
     match Mode::try_from(mode.mode) {
