@@ -52,6 +52,10 @@ pub struct ThinVolumeSpec {
     pub fs_type: FsType,
     /// Mounted filesystem or raw block device.
     pub access: AccessKind,
+    /// The StorageClass's overprovisioning ratio at creation: an expand
+    /// counts room with the same ratio the create did.
+    #[schemars(range(min = 1.0))]
+    pub overprovisioning: f64,
     /// What the volume was made from: nothing (empty), a snapshot or a volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<VolumeSource>,

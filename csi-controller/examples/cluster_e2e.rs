@@ -296,7 +296,7 @@ async fn expect_invalid(client: &Client, ar: &ApiResource, name: &str, data: ser
 async fn reject(client: Client, report: &mut Report) {
     let vol = ApiResource::erase::<ThinVolume>(&());
     let pool = ApiResource::erase::<ThinPool>(&());
-    let good = json!({"spec": {"csiName": "v", "pool": "p", "deviceId": 1, "createTransaction": 1, "sizeBytes": 1048576, "fsType": "ext4", "access": "mount"}});
+    let good = json!({"spec": {"csiName": "v", "pool": "p", "deviceId": 1, "createTransaction": 1, "sizeBytes": 1048576, "fsType": "ext4", "access": "mount", "overprovisioning": 10.0}});
     let with = |path: &str, value: serde_json::Value| {
         let mut v = good.clone();
         v["spec"][path] = value;

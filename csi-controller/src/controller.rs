@@ -214,6 +214,7 @@ impl Inner {
                         size_bytes: size,
                         fs_type,
                         access,
+                        overprovisioning: params.overprovisioning,
                         source: source.as_ref().map(|s| s.0.clone()),
                     },
                 );
@@ -345,6 +346,18 @@ impl Inner {
         Ok(ListSnapshotsResponse { entries, next_token })
     }
 
+    async fn get_snapshot(&self, req: GetSnapshotRequest) -> Result<GetSnapshotResponse> {
+        if req.snapshot_id.is_empty() {
+            return Err(Error::invalid("snapshot_id", "missing"));
+        }
+        self.check_leading()?;
+        // Not ready yet is still the snapshot (ready_to_use false), as the
+        // snapshotter polls it; an id we never issued names nothing.
+        let s = self.devices.find_id::<ThinSnapshot>(&req.snapshot_id).await?;
+        let s = s.ok_or_else(|| Error::NotFound(format!("snapshot {} does not exist", req.snapshot_id)))?;
+        Ok(GetSnapshotResponse { snapshot: Some(snapshot_message(&s)) })
+    }
+
     async fn get_capacity(&self, req: GetCapacityRequest) -> Result<GetCapacityResponse> {
         let params = Params::parse(&req.parameters)?;
         if !req.volume_capabilities.is_empty() {
@@ -401,7 +414,7 @@ impl Inner {
         if let Some(reason) = pool_unusable(&pool) {
             return Err(Error::ResourceExhausted(format!("pool {} on {}: {reason}", pool.spec.pool_name, pool.spec.node)));
         }
-        let room = self.devices.room(&pool, DEFAULT_OVERPROVISIONING).await?;
+        let room = self.devices.room(&pool, v.spec.overprovisioning).await?;
         if wanted - current > room {
             return Err(Error::ResourceExhausted(format!("pool {} on {}: {room} bytes available, {} more wanted", pool.spec.pool_name, pool.spec.node, wanted - current)));
         }
@@ -479,11 +492,12 @@ fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
 }
 
 /// What ControllerGetCapabilities advertises: only what works.
-pub const CAPABILITIES: [RpcType; 9] = [
+pub const CAPABILITIES: [RpcType; 10] = [
     RpcType::CreateDeleteVolume,
     RpcType::CreateDeleteSnapshot,
     RpcType::ListVolumes,
     RpcType::ListSnapshots,
+    RpcType::GetSnapshot,
     RpcType::GetCapacity,
     RpcType::ExpandVolume,
     RpcType::CloneVolume,
@@ -540,8 +554,8 @@ impl Controller for ControllerService {
     async fn list_snapshots(&self, r: Request<ListSnapshotsRequest>) -> Result<Response<ListSnapshotsResponse>, Status> {
         reply(self.inner.list_snapshots(r.into_inner()).await)
     }
-    async fn get_snapshot(&self, _: Request<GetSnapshotRequest>) -> Result<Response<GetSnapshotResponse>, Status> {
-        unimplemented("GetSnapshot")
+    async fn get_snapshot(&self, r: Request<GetSnapshotRequest>) -> Result<Response<GetSnapshotResponse>, Status> {
+        reply(self.inner.get_snapshot(r.into_inner()).await)
     }
     async fn controller_expand_volume(&self, r: Request<ControllerExpandVolumeRequest>) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
         reply(self.inner.expand(r.into_inner()).await)
@@ -582,7 +596,7 @@ mod tests {
     fn advertises_what_works() {
         assert!(CAPABILITIES.contains(&RpcType::CloneVolume));
         assert!(!CAPABILITIES.contains(&RpcType::PublishUnpublishVolume));
-        assert!(!CAPABILITIES.contains(&RpcType::GetSnapshot));
+        assert!(CAPABILITIES.contains(&RpcType::GetSnapshot));
         assert!(!CAPABILITIES.contains(&RpcType::ModifyVolume));
     }
 }
