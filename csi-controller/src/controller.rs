@@ -492,12 +492,15 @@ fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
 }
 
 /// What ControllerGetCapabilities advertises: only what works.
-pub const CAPABILITIES: [RpcType; 10] = [
+/// GetSnapshot is served but not yet advertised: the pinned csi-sanity
+/// (v5.4, spec v1.12) fails a plugin that advertises GET_SNAPSHOT as an
+/// unknown capability; it is advertised with the move to spec v1.13+ and
+/// csi-sanity v5.6 (issue 10).
+pub const CAPABILITIES: [RpcType; 9] = [
     RpcType::CreateDeleteVolume,
     RpcType::CreateDeleteSnapshot,
     RpcType::ListVolumes,
     RpcType::ListSnapshots,
-    RpcType::GetSnapshot,
     RpcType::GetCapacity,
     RpcType::ExpandVolume,
     RpcType::CloneVolume,
@@ -596,7 +599,7 @@ mod tests {
     fn advertises_what_works() {
         assert!(CAPABILITIES.contains(&RpcType::CloneVolume));
         assert!(!CAPABILITIES.contains(&RpcType::PublishUnpublishVolume));
-        assert!(CAPABILITIES.contains(&RpcType::GetSnapshot));
+        assert!(!CAPABILITIES.contains(&RpcType::GetSnapshot), "not until csi-sanity knows it");
         assert!(!CAPABILITIES.contains(&RpcType::ModifyVolume));
     }
 }
