@@ -11,7 +11,8 @@ use crate::keys::{LABEL_DEVICE, LABEL_POOL};
 /// A volume or snapshot: which pool object's record and which thin device.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceRef {
-    /// The ThinPool object's name (the pool's UUID), not the node-local pool name.
+    /// The ThinPool object's name (the pool's UUID). Everywhere in the code,
+    /// `pool` is this name; the node-local name is `pool_name`.
     pub pool: String,
     pub device: ThinId,
 }

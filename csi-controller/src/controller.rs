@@ -171,7 +171,7 @@ impl Inner {
                     .get_opt(pool_name)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("the pool {pool_name} of source {} is gone", src.name)))?;
-                if let Some(want) = &params.pool {
+                if let Some(want) = &params.pool_name {
                     if *want != pool.spec.pool_name {
                         return Err(Error::invalid(
                             "parameters[pool]",

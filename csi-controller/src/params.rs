@@ -33,7 +33,7 @@ fn fs_type(s: &str, field: &str) -> Result<FsType, Error> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
     /// The pool's name on its node (ThinPool spec.poolName).
-    pub pool: Option<String>,
+    pub pool_name: Option<String>,
     /// From `fsType` / `csi.storage.k8s.io/fstype`; `None`: the default (ext4).
     pub fs_type: Option<FsType>,
     pub overprovisioning: f64,
@@ -41,7 +41,7 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { pool: None, fs_type: None, overprovisioning: DEFAULT_OVERPROVISIONING }
+        Params { pool_name: None, fs_type: None, overprovisioning: DEFAULT_OVERPROVISIONING }
     }
 }
 
@@ -60,7 +60,7 @@ impl Params {
                     if value.is_empty() {
                         return Err(Error::invalid(field, "empty pool name"));
                     }
-                    p.pool = Some(value.clone());
+                    p.pool_name = Some(value.clone());
                 }
                 "fsType" | "csi.storage.k8s.io/fstype" => {
                     if !value.is_empty() {
@@ -272,7 +272,7 @@ mod tests {
         let m = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
         assert_eq!(Params::parse(&m(&[])).unwrap(), Params::default());
         let p = Params::parse(&m(&[("pool", "pool0"), ("fsType", "xfs"), ("overprovisioning", "2.5"), ("csi.storage.k8s.io/pv/name", "pv")])).unwrap();
-        assert_eq!(p, Params { pool: Some("pool0".into()), fs_type: Some(FsType::Xfs), overprovisioning: 2.5 });
+        assert_eq!(p, Params { pool_name: Some("pool0".into()), fs_type: Some(FsType::Xfs), overprovisioning: 2.5 });
         assert_eq!(Params::parse(&m(&[("csi.storage.k8s.io/fstype", "ext4")])).unwrap().fs_type, Some(FsType::Ext4));
         let err = |kv: &[(&str, &str)]| Params::parse(&m(kv)).unwrap_err().to_string();
         assert!(err(&[("colour", "red")]).starts_with("parameters[colour]: unknown parameter"));

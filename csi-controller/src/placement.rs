@@ -42,7 +42,7 @@ impl Devices {
     }
 
     /// The largest room of any pool on `node` (any node: `None`) named
-    /// `params.pool` (any: `None`).
+    /// `params.pool_name` (any: `None`).
     pub async fn largest_room(&self, node: Option<&str>, params: &Params) -> Result<u64> {
         let provisioned = self.provisioned().await?;
         Ok(self
@@ -50,7 +50,7 @@ impl Devices {
             .await?
             .into_iter()
             .filter(|(_, p)| node.is_none_or(|n| n == p.spec.node))
-            .filter(|(_, p)| params.pool.as_ref().is_none_or(|want| *want == p.spec.pool_name))
+            .filter(|(_, p)| params.pool_name.as_ref().is_none_or(|want| *want == p.spec.pool_name))
             .map(|(name, p)| available(&p, params.overprovisioning, provisioned.get(&name).copied().unwrap_or(0)))
             .max()
             .unwrap_or(0))
@@ -86,7 +86,7 @@ impl Devices {
             } else {
                 0
             };
-            if params.pool.as_ref().is_some_and(|want| *want != p.spec.pool_name) {
+            if params.pool_name.as_ref().is_some_and(|want| *want != p.spec.pool_name) {
                 continue;
             }
             if let Some(reason) = pool_unusable(&p) {
@@ -106,7 +106,7 @@ impl Devices {
             Some((_, _, p)) => Ok(p),
             None => Err(Error::ResourceExhausted(format!(
                 "no pool{}{} can hold {size} bytes{}",
-                params.pool.as_ref().map(|p| format!(" named {p}")).unwrap_or_default(),
+                params.pool_name.as_ref().map(|p| format!(" named {p}")).unwrap_or_default(),
                 if restricted { format!(" on node(s) {}", nodes.join(", ")) } else { String::new() },
                 if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
             ))),
