@@ -7,6 +7,7 @@ mod fail_on_panic;
 mod bench;
 mod crash;
 mod demo;
+mod faulty;
 mod fixture;
 mod logwrites;
 mod record;
@@ -184,6 +185,84 @@ fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
         pool = fixture.pool;
         tally.report("teardown after reopen", pool.teardown().map(drop).map_err(|e| e.to_string()));
     }
+    Ok(())
+}
+
+/// Defect 6 on the real kernel: `set_transaction_id` failing once, before
+/// and after it reached the kernel (a test-only wrapper over the real pool).
+fn cmd_commit_point(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let pool = DmPool::create_on_device(&args.path("device")?, &pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string())?;
+    let mut session = Session::new(faulty::FlakyCommitPoint::new(DmFixture::new(pool)), 1)?;
+    session.size = THIN_SIZE;
+    for (name, case) in cases::commit_point_cases::<faulty::FlakyCommitPoint<DmFixture>>() {
+        let result = case(&mut session);
+        tally.report(name, result);
+        for t in session.kernel.active_thins().unwrap_or_default() {
+            let _ = session.kernel.resume_thin(t.id);
+            let _ = session.kernel.deactivate_thin(t.id);
+        }
+    }
+    teardown_and_check(session.kernel.inner.pool, tally);
+    Ok(())
+}
+
+/// The pool status line's fields that matter here, for the log.
+fn describe_status(pool: &impl Kernel) -> String {
+    match pool.pool_status() {
+        Ok(thinpool::PoolStatus::Working(w)) => format!(
+            "transaction {}, metadata {}/{} blocks, data {}/{}, mode {:?}, needs_check {}",
+            w.transaction_id, w.metadata.used, w.metadata.total, w.data.used, w.data.total, w.mode, w.needs_check
+        ),
+        Ok(thinpool::PoolStatus::Failed) => "failed".into(),
+        Err(e) => format!("status unreadable: {e}"),
+    }
+}
+
+/// Defect 7 on the real kernel: a pool on a tiny metadata device driven until
+/// its metadata runs out (the shared case), then torn down, checked and
+/// reopened: what the kernel leaves behind.
+fn cmd_exhaust(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let (meta, data) = (args.path("meta")?, args.path("data")?);
+    let pool = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+    println!("--- exhaustion pool at start: {}", describe_status(&pool));
+    let mut session = Session::new(DmFixture::new(pool), 1)?;
+    session.size = THIN_SIZE;
+    let result = cases::metadata_exhaustion_leaves_the_pool_read_only(&mut session);
+    println!("--- exhaustion pool at the end: {}", describe_status(&session.kernel));
+    match &result {
+        Ok(out) => println!(
+            "--- ran out: {}; committed up to transaction {}, {} snapshots; still open: {:?}",
+            out.stop,
+            out.record.finished,
+            out.seeds.len(),
+            out.record.pending.iter().map(|t| t.id().get()).collect::<Vec<_>>()
+        ),
+        Err(_) => {}
+    }
+    tally.report("metadata exhaustion leaves the pool read-only, the transaction open, devices and data intact", result.map(drop));
+    for t in session.kernel.active_thins().unwrap_or_default() {
+        let _ = session.kernel.resume_thin(t.id);
+        let _ = session.kernel.deactivate_thin(t.id);
+    }
+    let pool = session.kernel.pool;
+    tally.report("exhausted pool: teardown", pool.teardown().map(drop).map_err(|e| e.to_string()));
+    // Measured: the abort rolled the metadata back to its last commit, so
+    // thin_check finds it consistent; only the needs_check flag is left.
+    tally.report("exhausted pool: thin_check clean after teardown", run("thin_check", &[meta.to_str().unwrap()]));
+    let ro = |pool: &DmPool, want_ro: bool| match pool.pool_status() {
+        Ok(thinpool::PoolStatus::Working(w)) if want_ro == (w.mode == thinpool::PoolMode::ReadOnly && w.needs_check) => Ok(()),
+        other => Err(format!("expected {}, got {other:?}", if want_ro { "read-only with needs_check" } else { "writable without needs_check" })),
+    };
+    let reopened = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+    println!("--- reopened: {}", describe_status(&reopened));
+    tally.report("exhausted pool reopened stays read-only (needs_check) until repaired", ro(&reopened, true));
+    reopened.teardown().map_err(|e| e.to_string())?;
+    // The repair for metadata thin_check finds clean: clear the flag.
+    run("thin_check", &["--clear-needs-check-flag", meta.to_str().unwrap()])?;
+    let repaired = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+    println!("--- after thin_check --clear-needs-check-flag: {}", describe_status(&repaired));
+    tally.report("exhausted pool writable again after thin_check --clear-needs-check-flag", ro(&repaired, false));
+    tally.report("exhausted pool: teardown after repair", repaired.teardown().map(drop).map_err(|e| e.to_string()));
     Ok(())
 }
 
@@ -437,13 +516,15 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
-        eprintln!("usage: thin-vmtest cases|refuse|crash|recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
+        eprintln!("usage: thin-vmtest cases|refuse|commit-point|exhaust|crash|recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
         return ExitCode::from(2);
     };
     let mut tally = Tally::default();
     let result = Args::parse(rest).and_then(|args| match command.as_str() {
         "cases" => cmd_cases(&args, &mut tally),
         "refuse" => cmd_refuse(&args, &mut tally),
+        "commit-point" => cmd_commit_point(&args, &mut tally),
+        "exhaust" => cmd_exhaust(&args, &mut tally),
         "crash" => cmd_crash(&args),
         "recover" => cmd_recover(&args, &mut tally),
         "powerrun" => cmd_powerrun(&args),
