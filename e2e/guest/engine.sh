@@ -44,6 +44,11 @@ loop 9 /tmp/exhaust-data.img 256
 [ -b /dev/loop8 ] || mknod /dev/loop8 b 7 8
 dd if=/dev/zero of=/tmp/exhaust-meta.img bs=1K count=128 2>/dev/null
 losetup /dev/loop8 /tmp/exhaust-meta.img || fail "setup: losetup /dev/loop8"
+# 64 KiB (16 blocks): a few blocks written in the middle of a transaction
+# exhaust it (commit-rollback).
+[ -b /dev/loop10 ] || mknod /dev/loop10 b 7 10
+dd if=/dev/zero of=/tmp/rollback-meta.img bs=1K count=64 2>/dev/null
+losetup /dev/loop10 /tmp/rollback-meta.img || fail "setup: losetup /dev/loop10"
 
 echo "--- behavioural cases, pool laid out on one device"
 run "cases on one device" $T cases --device /dev/loop0
@@ -55,6 +60,8 @@ echo "--- set_transaction_id failing once (not sent; sent with the reply lost)"
 run "commit point" $T commit-point --device /dev/loop7
 echo "--- pool metadata exhausted: read-only, the transaction left open, then teardown, thin_check, reopen"
 run "metadata exhaustion" $T exhaust --meta /dev/loop8 --data /dev/loop9
+echo "--- metadata exhausted by I/O between the last operation and set_transaction_id (0..3 blocks written)"
+run "commit point under exhaustion" $T commit-rollback --meta /dev/loop10 --data /dev/loop9 --min 0 --step 1 --max 3
 
 echo "--- devices that hold something else are refused and left untouched"
 if mkfs.ext4 -q -F /dev/loop3; then run "refuse ext4" $T refuse --device /dev/loop3 --expect ext4; else fail "setup: mkfs.ext4 on /dev/loop3"; fi

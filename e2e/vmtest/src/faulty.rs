@@ -9,11 +9,13 @@ pub struct FlakyCommitPoint<K> {
     pub inner: K,
     /// Some(after_send) while armed.
     armed: Option<bool>,
+    /// What the kernel answered the last `set_transaction_id` sent to it.
+    pub last_commit_point: Option<Result<(), KernelError>>,
 }
 
 impl<K> FlakyCommitPoint<K> {
     pub fn new(inner: K) -> Self {
-        FlakyCommitPoint { inner, armed: None }
+        FlakyCommitPoint { inner, armed: None, last_commit_point: None }
     }
 }
 
@@ -31,7 +33,9 @@ impl<K: Kernel> Kernel for FlakyCommitPoint<K> {
         if matches!(message, PoolMessage::SetTransactionId { .. }) {
             if let Some(after_send) = self.armed.take() {
                 let detail = if after_send {
-                    self.inner.message(message)?;
+                    let sent = self.inner.message(message);
+                    self.last_commit_point = Some(sent.clone());
+                    sent?;
                     "sent, reply lost (injected)"
                 } else {
                     "not sent (injected)"
@@ -39,7 +43,11 @@ impl<K: Kernel> Kernel for FlakyCommitPoint<K> {
                 return Err(KernelError::Other { context: message.to_string(), detail: detail.into() });
             }
         }
-        self.inner.message(message)
+        let sent = self.inner.message(message);
+        if matches!(message, PoolMessage::SetTransactionId { .. }) {
+            self.last_commit_point = Some(sent.clone());
+        }
+        sent
     }
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
         self.inner.active_thins()
