@@ -197,29 +197,36 @@ fn post(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut 
     Ok(already_done)
 }
 
-/// The commit point, `set_transaction_id n-1 n`, judged by the kernel's id
-/// read afterwards, success or failure: at `n` it took effect. The kernel
-/// acknowledges a message before committing metadata, and when that commit
-/// runs out of space it rolls the message back and drops the pool read-only
-/// (measured, `e2e/run engine`), so an acknowledged message still at `n-1`
-/// on an unusable pool did not commit. Still at `n-1` otherwise: transient
-/// (the transaction stays open and is replayed later). Anywhere else the id
-/// moved behind our back, which is divergence.
+/// The commit point, `set_transaction_id n-1 n`, judged by the pool's
+/// status read afterwards, success or failure. Measured on the real kernel
+/// (`e2e/run engine`, `commit-rollback`): the kernel acknowledges a message
+/// before committing metadata; when that commit runs out of space it aborts
+/// the metadata transaction (the message is undone), sets needs_check and
+/// drops the pool read-only, yet its status keeps the transaction id the
+/// message set until the pool is reloaded. So with needs_check set nothing
+/// can be concluded: the transaction stays open (`PoolUnavailable`) and
+/// recovery decides once the pool is repaired and reopened. Otherwise: at
+/// `n` it took effect (a lost reply is still a commit); still at `n-1`,
+/// transient (replayed later), or not taken if the pool went read-only;
+/// anywhere else the id moved behind our back, which is divergence.
 fn set_transaction_id(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(), CommitError> {
     let n = txn.id();
     let set = PoolMessage::SetTransactionId { current: txn.predecessor(), new: n };
     let sent = kernel.message(&set);
     let status = kernel.pool_status().ok();
     let at = status.as_ref().and_then(|s| s.working().map(|w| w.transaction_id));
+    let aborted = status.as_ref().is_some_and(|s| s.working().is_none_or(|w| w.needs_check));
     let source = match sent {
         _ if at == Some(n) => return Ok(()),
-        Ok(()) => KernelError::Other { context: set.to_string(), detail: format!("acknowledged, but the kernel is at {at:?} afterwards") },
+        Ok(()) => KernelError::Other { context: set.to_string(), detail: format!("acknowledged, but the pool reports transaction {at:?} afterwards") },
         Err(e) => e,
     };
     if let Some(why) = status.as_ref().and_then(unusable) {
-        if at.is_none() || at == Some(txn.predecessor()) {
-            warn!(txn = %n, error = %source, why, "the commit point did not take effect: the pool became unusable");
-            return Err(CommitError::PoolUnavailable(format!("transaction {n}: `{set}` did not take effect ({source}): {why}; the transaction stays open")));
+        if aborted || at == Some(txn.predecessor()) {
+            warn!(txn = %n, error = %source, why, "the commit point is not known to have taken effect: the pool became unusable");
+            return Err(CommitError::PoolUnavailable(format!(
+                "transaction {n}: `{set}` is not known to have taken effect ({source}): {why}; the transaction stays open until the pool is repaired and reopened"
+            )));
         }
     }
     match at {
@@ -614,11 +621,18 @@ mod tests {
         let mut k = ModelKernel::new();
         let one = txn(1, vec![Operation::CreateThin { id: t(1) }]);
         k.out_of_metadata_at_message(2); // the create commits; set_transaction_id runs out
-        let err = commit(&mut k, &one, &mut ()).expect_err("the kernel stayed at 0: not committed");
+        let err = commit(&mut k, &one, &mut ()).expect_err("the metadata stayed at 0: not committed");
         assert!(matches!(err, CommitError::PoolUnavailable(_)), "{err}");
         assert_eq!(k.transaction_id(), TransactionId::ZERO);
-        let err = recover(&mut k, &PoolRecord { finished: TransactionId::ZERO, pending: vec![one] }, &mut ()).unwrap_err();
+        let record = PoolRecord { finished: TransactionId::ZERO, pending: vec![one] };
+        let err = recover(&mut k, &record, &mut ()).unwrap_err();
         assert!(!err.is_divergence(), "{err}");
+        // Reloaded (and repaired), the pool is at 0: recovery replays 1.
+        k.power_cycle();
+        k.set_mode(PoolMode::ReadWrite, false);
+        let report = recover(&mut k, &record, &mut ()).unwrap();
+        assert!(matches!(report.finished, Some((n, Outcome::Committed(_))) if n.get() == 1), "{report:?}");
+        assert_eq!(k.transaction_id(), TransactionId::new(1));
     }
 
     /// A message refused because the pool went read-only is typed as such.

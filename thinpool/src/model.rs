@@ -9,7 +9,9 @@
 //! commit runs out of space is acknowledged (the ioctl succeeds), but the
 //! kernel aborts the metadata transaction, so that message's effect is rolled
 //! back, sets `needs_check` and drops the pool to read-only; from then on
-//! every message is refused (EOPNOTSUPP, not ENOSPC).
+//! every message is refused (EOPNOTSUPP, not ENOSPC). The status line keeps
+//! the transaction id a rolled-back `set_transaction_id` set until the pool
+//! is reloaded ([`ModelKernel::power_cycle`] here).
 //!
 //! Crash injection: [`ModelKernel::crash_after`] makes the "process" die
 //! right after its k-th state-changing call. From then on every call fails
@@ -49,6 +51,9 @@ pub struct ModelKernel {
     refuse_suspend: Option<ThinId>,
     /// The next `set_transaction_id` fails without effect (a transient error).
     fail_next_set_transaction_id: bool,
+    /// What the status reports after a rolled-back `set_transaction_id`:
+    /// the kernel's abort reloads the metadata but not the in-core id.
+    stale_transaction_id: Option<TransactionId>,
     /// Counts down successful messages; the one that reaches 0 runs out of
     /// metadata space when it is committed.
     out_of_metadata_in: Option<u32>,
@@ -79,6 +84,7 @@ impl ModelKernel {
             refuse_suspend: None,
             fail_next_set_transaction_id: false,
             out_of_metadata_in: None,
+            stale_transaction_id: None,
             unsafe_snapshots: 0,
         }
     }
@@ -116,6 +122,7 @@ impl ModelKernel {
         self.restart();
         self.active.clear();
         self.metadata_snapshot_held = false;
+        self.stale_transaction_id = None;
     }
 
     /// Makes every suspend of `id` fail with EBUSY.
@@ -299,7 +306,7 @@ impl Kernel for ModelKernel {
     fn pool_status(&self) -> Result<PoolStatus, KernelError> {
         self.alive("pool status")?;
         Ok(PoolStatus::Working(WorkingStatus {
-            transaction_id: self.transaction_id,
+            transaction_id: self.stale_transaction_id.unwrap_or(self.transaction_id),
             metadata: Usage { used: self.devices.len() as u64, total: self.metadata_capacity as u64 },
             data: Usage { used: 0, total: 1 << 20 },
             held_metadata_root: None,
@@ -324,6 +331,9 @@ impl Kernel for ModelKernel {
             // message is undone) yet still acknowledges the message; the pool
             // is read-only with needs_check set, so not even an abort's
             // deletes are taken after it.
+            if self.transaction_id != transaction_id {
+                self.stale_transaction_id = Some(self.transaction_id);
+            }
             self.devices = devices;
             self.transaction_id = transaction_id;
             self.mode = PoolMode::ReadOnly;
@@ -417,6 +427,10 @@ mod tests {
         k.out_of_metadata_at_message(1);
         k.message(&PoolMessage::SetTransactionId { current: TransactionId::ZERO, new: TransactionId::new(1) }).unwrap();
         assert_eq!(k.transaction_id(), TransactionId::ZERO, "the acknowledged set_transaction_id was rolled back");
+        let stale = k.pool_status().unwrap().working().map(|w| (w.transaction_id, w.needs_check));
+        assert_eq!(stale, Some((TransactionId::new(1), true)), "the status keeps the rolled-back id until a reload");
+        k.power_cycle();
+        assert_eq!(k.pool_status().unwrap().working().map(|w| w.transaction_id), Some(TransactionId::ZERO));
     }
 
     #[test]
