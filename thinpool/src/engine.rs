@@ -217,7 +217,7 @@ fn set_transaction_id(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(),
     let at = status.as_ref().and_then(|s| s.working().map(|w| w.transaction_id));
     let aborted = status.as_ref().is_some_and(|s| s.working().is_none_or(|w| w.needs_check));
     let source = match sent {
-        _ if at == Some(n) => return Ok(()),
+        _ if at == Some(n) && !aborted => return Ok(()),
         Ok(()) => KernelError::Other { context: set.to_string(), detail: format!("acknowledged, but the pool reports transaction {at:?} afterwards") },
         Err(e) => e,
     };
