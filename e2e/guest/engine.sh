@@ -60,7 +60,7 @@ echo "--- set_transaction_id failing once (not sent; sent with the reply lost)"
 run "commit point" $T commit-point --device /dev/loop7
 echo "--- pool metadata exhausted: read-only, the transaction left open, then teardown, thin_check, reopen"
 run "metadata exhaustion" $T exhaust --meta /dev/loop8 --data /dev/loop9
-echo "--- metadata exhausted by I/O between the last operation and set_transaction_id (0..3 blocks written)"
+echo "--- metadata exhausted by I/O between the last operation and set_transaction_id (0..3 blocks written), then repaired"
 run "commit point under exhaustion" $T commit-rollback --meta /dev/loop10 --data /dev/loop9 --min 0 --step 1 --max 3
 
 echo "--- devices that hold something else are refused and left untouched"
