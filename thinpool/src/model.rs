@@ -52,7 +52,8 @@ pub struct ModelKernel {
     /// The next `set_transaction_id` fails without effect (a transient error).
     fail_next_set_transaction_id: bool,
     /// What the status reports after a rolled-back `set_transaction_id`:
-    /// the kernel's abort reloads the metadata but not the in-core id.
+    /// measured, the kernel's status keeps the id the message set after the
+    /// abort, until the pool is reloaded.
     stale_transaction_id: Option<TransactionId>,
     /// Counts down successful messages; the one that reaches 0 runs out of
     /// metadata space when it is committed.
