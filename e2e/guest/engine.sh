@@ -35,12 +35,33 @@ loop 3 /tmp/ext4.img 64
 loop 4 /tmp/lvm.img 64
 loop 5 /tmp/crash.img 512
 loop 6 /tmp/gpt.img 64
+loop 7 /tmp/commit-point.img 512
+loop 9 /tmp/exhaust-data.img 256
+# The exhaustion pool's metadata: 128 KiB (32 blocks). The smallest the
+# kernel accepts for this 4096-block data device is 48 KiB (measured: 32 KiB
+# formats but runs out at resume, 16 KiB ENOSPC, 8 KiB EINVAL); 128 KiB lets
+# a few transactions commit before it runs out.
+[ -b /dev/loop8 ] || mknod /dev/loop8 b 7 8
+dd if=/dev/zero of=/tmp/exhaust-meta.img bs=1K count=128 2>/dev/null
+losetup /dev/loop8 /tmp/exhaust-meta.img || fail "setup: losetup /dev/loop8"
+# 64 KiB (16 blocks): a few blocks written in the middle of a transaction
+# exhaust it (commit-rollback).
+[ -b /dev/loop10 ] || mknod /dev/loop10 b 7 10
+dd if=/dev/zero of=/tmp/rollback-meta.img bs=1K count=64 2>/dev/null
+losetup /dev/loop10 /tmp/rollback-meta.img || fail "setup: losetup /dev/loop10"
 
 echo "--- behavioural cases, pool laid out on one device"
 run "cases on one device" $T cases --device /dev/loop0
 echo "--- behavioural cases, explicit metadata + data devices"
 run "cases on metadata + data devices" $T cases --meta /dev/loop1 --data /dev/loop2
 check "thin_check clean on the adopted metadata device" thin_check /dev/loop1
+
+echo "--- set_transaction_id failing once (not sent; sent with the reply lost)"
+run "commit point" $T commit-point --device /dev/loop7
+echo "--- pool metadata exhausted: read-only, the transaction left open, then teardown, thin_check, reopen"
+run "metadata exhaustion" $T exhaust --meta /dev/loop8 --data /dev/loop9
+echo "--- metadata exhausted by I/O between the last operation and set_transaction_id (0..3 blocks written), then repaired"
+run "commit point under exhaustion" $T commit-rollback --meta /dev/loop10 --data /dev/loop9 --min 0 --step 1 --max 3
 
 echo "--- devices that hold something else are refused and left untouched"
 if mkfs.ext4 -q -F /dev/loop3; then run "refuse ext4" $T refuse --device /dev/loop3 --expect ext4; else fail "setup: mkfs.ext4 on /dev/loop3"; fi

@@ -3,7 +3,10 @@
 //!
 //! Each case returns `Err(why)` naming what differed from what was expected.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::engine::{abort, commit, recover, CommitError, Outcome, PoolRecord, RecoverError};
+use crate::executor::{AbortKind, Ended, Executor, Progress};
 use crate::ids::{Sectors, ThinId, TransactionId};
 use crate::kernel::{Kernel, KernelError};
 use crate::txn::{Operation, PoolMessage, Transaction};
@@ -275,6 +278,243 @@ pub fn failed_create_is_aborted<K: Fixture>(s: &mut Session<K>) -> CaseResult {
     }
 }
 
+/// Which thin ids of `ids` are in the pool: an active device is; an inactive
+/// one is probed by activating it (ENODATA: absent) and deactivating it. Works
+/// on a read-only pool, where listing through a metadata snapshot cannot.
+pub fn present<K: Fixture>(s: &mut Session<K>, ids: impl IntoIterator<Item = ThinId>) -> Result<BTreeSet<ThinId>, String> {
+    let active: BTreeSet<ThinId> = s.kernel.active_thins().map_err(|e| e.to_string())?.iter().map(|a| a.id).collect();
+    let mut found = BTreeSet::new();
+    for id in ids {
+        if active.contains(&id) {
+            found.insert(id);
+            continue;
+        }
+        match s.kernel.activate_thin(id, s.size) {
+            Ok(()) => {
+                s.kernel.deactivate_thin(id).map_err(|e| format!("deactivate {id} after probing it: {e}"))?;
+                found.insert(id);
+            }
+            Err(KernelError::NoData(_)) => {}
+            Err(e) => return Err(format!("probing device {id}: {e}")),
+        }
+    }
+    Ok(found)
+}
+
+/// A refusal because the pool cannot take messages (read-only, needs_check,
+/// failed), as the executor reports it: typed, not divergence.
+fn is_pool_unavailable(stop: &RecoverError) -> bool {
+    matches!(stop, RecoverError::Commit(CommitError::PoolUnavailable(_)) | RecoverError::Blocked { source: CommitError::PoolUnavailable(_), .. })
+}
+
+/// Most transactions [`metadata_exhaustion_leaves_the_pool_read_only`] tries
+/// before it calls the metadata inexhaustible.
+pub const EXHAUSTION_MAX_TRANSACTIONS: u64 = 200;
+
+/// What the exhaustion case leaves for the caller's own checks (the VM
+/// tears the pool down, runs thin_check and reopens it).
+#[derive(Clone, Debug, Default)]
+pub struct Exhausted {
+    /// The record as the node would hold it: finished up to the kernel, the
+    /// transaction that ran out still pending (and the refused one after it).
+    pub record: PoolRecord,
+    /// Devices of committed transactions: all must be in the pool.
+    pub committed: BTreeSet<ThinId>,
+    /// Snapshots and the pattern seed each must hold.
+    pub seeds: BTreeMap<ThinId, u64>,
+    /// How the run that ran out stopped, as text (for the report).
+    pub stop: String,
+}
+
+/// A pool whose metadata runs out, driven through the node's [`Executor`]:
+/// transactions that each snapshot a written origin and create a thin
+/// device, with a write to the origin before each (breaking sharing with the
+/// earlier snapshots, so metadata grows on the I/O path too), until the pool
+/// stops taking them. Expected, as the kernel does it (measured, 6.1): the
+/// message whose metadata commit runs out is acknowledged but rolled back,
+/// the pool drops to read-only with needs_check and refuses every message
+/// after, so the transaction can be neither finished nor aborted. Checks:
+/// that transaction is not reported committed (nor aborted unless the abort
+/// really ran), the stop is typed (pool unavailable, not divergence), a
+/// later transaction is refused the same way and changes nothing, nothing
+/// is left suspended, the kernel's transaction id is the last committed
+/// one, its devices are the committed ones (plus only creates of the open
+/// transaction that committed on their own message), and every snapshot and
+/// an untouched device hold their data.
+pub fn metadata_exhaustion_leaves_the_pool_read_only<K: Fixture>(s: &mut Session<K>) -> Result<Exhausted, String> {
+    let mut node = Executor::fresh_record();
+    let mut out = Exhausted { record: PoolRecord { finished: s.last_txn, pending: vec![] }, ..Exhausted::default() };
+    let origin = s.new_id();
+    let bystander = s.new_id();
+    let first = s.txn(vec![Operation::CreateThin { id: origin }, Operation::CreateThin { id: bystander }]);
+    out.record.pending.push(first.clone());
+    match node.drive(&mut s.kernel, &out.record, &mut ()) {
+        Progress { stopped: None, .. } => {}
+        p => return Err(format!("the first transaction must commit on a fresh pool (make the metadata larger): {p:?}")),
+    }
+    finish(&mut out.record, first.id());
+    out.committed.extend([origin, bystander]);
+    for id in [origin, bystander] {
+        s.kernel.activate_thin(id, s.size).map_err(|e| e.to_string())?;
+    }
+    s.kernel.write_pattern(bystander, 7)?;
+    let mut open: Option<Transaction> = None;
+    for k in 1..=EXHAUSTION_MAX_TRANSACTIONS {
+        let seed = 1000 + k;
+        if let Err(e) = s.kernel.write_pattern(origin, seed) {
+            // A write can be what runs out first (the kernel then fails it
+            // and drops the pool read-only); acceptable only then.
+            if usable(s)? {
+                return Err(format!("write to origin {origin} failed on a usable pool: {e}"));
+            }
+        }
+        let (snap, thin) = (s.new_id(), s.new_id());
+        let txn = s.txn(vec![Operation::CreateSnapshot { id: snap, origin }, Operation::CreateThin { id: thin }]);
+        out.record.pending.push(txn.clone());
+        let p = node.drive(&mut s.kernel, &out.record, &mut ());
+        match (p.ended.as_slice(), &p.stopped) {
+            ([(n, Ended::Committed)], None) if *n == txn.id() => {
+                finish(&mut out.record, txn.id());
+                out.committed.extend([snap, thin]);
+                out.seeds.insert(snap, seed);
+            }
+            // A real ENOSPC on a message of a pool that stays writable is
+            // aborted cleanly: that is right too, and ends the fill.
+            ([(n, Ended::Aborted { kind: AbortKind::NoSpace, .. })], None) if *n == txn.id() => {
+                finish(&mut out.record, txn.id());
+                out.stop = format!("transaction {n} aborted for lack of metadata space");
+                break;
+            }
+            ([], Some(stop)) if is_pool_unavailable(stop) => {
+                out.stop = stop.to_string();
+                open = Some(txn);
+                break;
+            }
+            _ => return Err(format!("transaction {} (fill step {k}): expected committed, aborted for space or refused as pool unavailable, got {p:?}", txn.id())),
+        }
+    }
+    if out.stop.is_empty() {
+        return Err(format!("metadata never ran out in {EXHAUSTION_MAX_TRANSACTIONS} transactions"));
+    }
+    // Nothing more is taken, and the refusal is typed.
+    let later = s.new_id();
+    let refused = s.txn(vec![Operation::CreateThin { id: later }]);
+    out.record.pending.push(refused.clone());
+    let p = node.drive(&mut s.kernel, &out.record, &mut ());
+    match &p.stopped {
+        Some(stop) if open.is_some() && is_pool_unavailable(stop) && p.ended.is_empty() => {}
+        // Aborted for space on a writable pool: later transactions may run.
+        None if open.is_none() && p.ended.iter().all(|(n, _)| *n == refused.id()) => {
+            finish(&mut out.record, refused.id());
+            if matches!(p.ended.as_slice(), [(_, Ended::Committed)]) {
+                out.committed.insert(later);
+            }
+        }
+        _ => return Err(format!("after the pool ran out ({}), a later transaction gave {p:?}", out.stop)),
+    }
+    s.expect_kernel_at(out.record.finished)?;
+    s.expect_none_suspended()?;
+    // Devices: every committed one, and of the rest only creates of the open
+    // transaction (each create commits on its own message).
+    let mut candidates: BTreeSet<ThinId> = out.committed.clone();
+    for t in &out.record.pending {
+        candidates.extend(t.created_ids());
+    }
+    let found = present(s, candidates)?;
+    let may: BTreeSet<ThinId> = open.iter().flat_map(|t| t.created_ids()).collect();
+    let missing: Vec<_> = out.committed.difference(&found).collect();
+    let extra: Vec<_> = found.difference(&out.committed).filter(|id| !may.contains(id)).collect();
+    check(missing.is_empty() && extra.is_empty(), format!("pool devices {found:?}: committed ones missing {missing:?}, unexpected {extra:?}"))?;
+    // Data: the untouched device and every snapshot.
+    s.expect_pattern(bystander, 7, "untouched device")?;
+    for (snap, seed) in out.seeds.clone() {
+        s.kernel.activate_thin(snap, s.size).map_err(|e| format!("activate snapshot {snap}: {e}"))?;
+        let got = s.kernel.read_pattern(snap);
+        s.kernel.deactivate_thin(snap).map_err(|e| e.to_string())?;
+        check(got.as_ref() == Ok(&seed), format!("snapshot {snap}: read {got:?}, its origin held {seed} when it was taken"))?;
+    }
+    Ok(out)
+}
+
+fn finish(record: &mut PoolRecord, n: TransactionId) {
+    record.finished = n;
+    record.pending.retain(|t| t.id() > n);
+}
+
+fn usable<K: Fixture>(s: &Session<K>) -> Result<bool, String> {
+    Ok(s.kernel.pool_status().map_err(|e| e.to_string())?.working().is_some_and(|w| !w.needs_check && w.mode != crate::status::PoolMode::ReadOnly))
+}
+
+/// A kernel whose next `set_transaction_id` can be made to fail once, for
+/// the commit-point cases (test wrappers implement it; no product code does).
+pub trait CommitPointFaults {
+    /// The next `set_transaction_id` returns an error. `after_send`: the
+    /// message reached the kernel (it moved to `n`) and only the reply was
+    /// lost; otherwise it was never sent.
+    fn fail_next_commit_point(&mut self, after_send: bool);
+}
+
+/// Defect 6 of issue 9: a transient `set_transaction_id` failure is not
+/// divergence. Never sent: the run stops (the commit point failed, the
+/// transaction stays open), the next run replays it and reports it
+/// committed. Sent but the reply lost: the kernel's id read afterwards says
+/// it committed, reported at once. Either way: exactly one report, the
+/// kernel at `n`, the device there, nothing suspended.
+fn transient_commit_point_failure<K: Fixture + CommitPointFaults>(s: &mut Session<K>, after_send: bool) -> CaseResult {
+    let origin = s.active_thin()?;
+    s.kernel.write_pattern(origin, 31)?;
+    let mut node = Executor::fresh_record();
+    let (snap, thin) = (s.new_id(), s.new_id());
+    let txn = s.txn(vec![Operation::CreateSnapshot { id: snap, origin }, Operation::CreateThin { id: thin }]);
+    let n = txn.id();
+    let mut record = PoolRecord { finished: txn.predecessor(), pending: vec![txn.clone()] };
+    s.kernel.fail_next_commit_point(after_send);
+    let mut reports = Vec::new();
+    let first = node.drive(&mut s.kernel, &record, &mut ());
+    reports.extend(first.ended.clone());
+    if after_send {
+        check(first.stopped.is_none(), format!("the kernel moved to {n}: expected committed, got {first:?}"))?;
+    } else {
+        match &first.stopped {
+            Some(stop @ RecoverError::Blocked { source: CommitError::CommitPointFailed { .. }, .. }) if !stop.is_divergence() => {}
+            other => return Err(format!("expected the run stopped with the commit point failed (not divergence), got {other:?}")),
+        }
+        s.expect_kernel_at(txn.predecessor())?;
+        s.expect_none_suspended()?;
+        let retry = node.drive(&mut s.kernel, &record, &mut ());
+        check(retry.stopped.is_none(), format!("the retry must finish {n}: {retry:?}"))?;
+        reports.extend(retry.ended);
+    }
+    check(reports == vec![(n, Ended::Committed)], format!("expected {n} reported committed exactly once, got {reports:?}"))?;
+    finish(&mut record, n);
+    let again = node.drive(&mut s.kernel, &record, &mut ());
+    check(again.ended.is_empty() && again.stopped.is_none(), format!("nothing is left to report once {n} is recorded finished, got {again:?}"))?;
+    s.expect_kernel_at(n)?;
+    s.expect_none_suspended()?;
+    let found = present(s, [snap, thin])?;
+    check(found == BTreeSet::from([snap, thin]), format!("devices of {n} in the pool: {found:?}, expected {snap} and {thin}"))?;
+    s.kernel.activate_thin(snap, s.size).map_err(|e| e.to_string())?;
+    s.expect_pattern(snap, 31, "snapshot")?;
+    s.cleanup(&[origin, snap, thin])
+}
+
+pub fn commit_point_not_sent_is_retried<K: Fixture + CommitPointFaults>(s: &mut Session<K>) -> CaseResult {
+    transient_commit_point_failure(s, false)
+}
+
+pub fn commit_point_reply_lost_is_committed<K: Fixture + CommitPointFaults>(s: &mut Session<K>) -> CaseResult {
+    transient_commit_point_failure(s, true)
+}
+
+/// The commit-point cases: they need a kernel wrapped to fail
+/// `set_transaction_id` once ([`CommitPointFaults`]).
+pub fn commit_point_cases<K: Fixture + CommitPointFaults>() -> Vec<Case<K>> {
+    vec![
+        ("commit_point_not_sent_is_retried", commit_point_not_sent_is_retried::<K>),
+        ("commit_point_reply_lost_is_committed", commit_point_reply_lost_is_committed::<K>),
+    ]
+}
+
 pub type Case<K> = (&'static str, fn(&mut Session<K>) -> CaseResult);
 
 /// Every case, in a fixed order; the real-kernel suite and the unit tests run this list.
@@ -317,6 +557,16 @@ impl Fixture for crate::model::ModelKernel {
 mod tests {
     use super::*;
     use crate::model::ModelKernel;
+
+    /// The model with this many devices' worth of metadata runs out a few
+    /// transactions in, as a 128 KiB metadata device does in the VM.
+    #[test]
+    fn metadata_exhaustion_on_the_model() {
+        let mut s = Session::new(ModelKernel::new().with_metadata_capacity(7), 1).unwrap();
+        let out = metadata_exhaustion_leaves_the_pool_read_only(&mut s).unwrap_or_else(|why| panic!("{why}"));
+        assert!(!out.seeds.is_empty(), "some snapshots committed before the pool ran out");
+        assert!(s.kernel.pool_status().unwrap().working().is_some_and(|w| w.needs_check), "as the kernel does");
+    }
 
     #[test]
     fn every_case_passes_on_the_model() {

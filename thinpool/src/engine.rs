@@ -107,13 +107,31 @@ pub fn commit(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl O
 }
 
 fn usable_status(kernel: &impl Kernel) -> Result<TransactionId, CommitError> {
-    match kernel.pool_status()? {
-        PoolStatus::Failed => Err(CommitError::PoolUnavailable("the kernel reports the pool failed".into())),
-        PoolStatus::Working(w) if w.needs_check => Err(CommitError::PoolUnavailable("pool metadata needs_check is set".into())),
-        PoolStatus::Working(w) if w.mode == PoolMode::ReadOnly => Err(CommitError::PoolUnavailable("pool is read-only".into())),
-        // Out of data space still takes metadata changes: deletes free space.
-        PoolStatus::Working(w) => Ok(w.transaction_id),
+    let status = kernel.pool_status()?;
+    match unusable(&status) {
+        Some(why) => Err(CommitError::PoolUnavailable(why.into())),
+        None => Ok(status.working().expect("a failed pool is unusable").transaction_id),
     }
+}
+
+/// Why a pool with this status takes no message, if it takes none.
+fn unusable(status: &PoolStatus) -> Option<&'static str> {
+    match status {
+        PoolStatus::Failed => Some("the kernel reports the pool failed"),
+        PoolStatus::Working(w) if w.needs_check => Some("pool metadata needs_check is set"),
+        PoolStatus::Working(w) if w.mode == PoolMode::ReadOnly => Some("pool is read-only"),
+        // Out of data space still takes metadata changes: deletes free space.
+        PoolStatus::Working(_) => None,
+    }
+}
+
+/// A message failed: if the pool is unusable now, that is the error (an
+/// earlier message's metadata commit may have run out of space, which the
+/// kernel acknowledged and then rolled back, dropping the pool read-only).
+fn pool_went_unusable(kernel: &impl Kernel, txn: TransactionId, what: &str, source: &KernelError) -> Option<CommitError> {
+    let why = unusable(&kernel.pool_status().ok()?)?;
+    warn!(%txn, %what, error = %source, why, "the pool became unusable during the transaction");
+    Some(CommitError::PoolUnavailable(format!("transaction {txn}: `{what}` failed ({source}): {why}; the transaction stays open")))
 }
 
 fn run(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut impl Observer) -> Result<CommitReport, CommitError> {
@@ -168,7 +186,9 @@ fn post(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut 
             (Err(KernelError::AlreadyExists(_)), Mode::Fresh, op) if op.created().is_some() => {
                 return Err(CommitError::IdCollision { txn: n, op: *op, id: op.created().unwrap() });
             }
-            (Err(source), _, op) => return Err(CommitError::Message { txn: n, op: *op, posted: index, source }),
+            (Err(source), _, op) => {
+                return Err(pool_went_unusable(kernel, n, &op.to_string(), &source).unwrap_or(CommitError::Message { txn: n, op: *op, posted: index, source }))
+            }
         }
         observer.reached(n, Boundary::Posted { index });
     }
@@ -177,16 +197,39 @@ fn post(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut 
     Ok(already_done)
 }
 
-/// The commit point, `set_transaction_id n-1 n`. A failure is judged by the
-/// kernel's id read afterwards: at `n` it took effect; still at `n-1` it is
-/// transient (the transaction stays open and is replayed later); anywhere
-/// else the id moved behind our back, which is divergence.
+/// The commit point, `set_transaction_id n-1 n`, judged by the pool's
+/// status read afterwards, success or failure. Measured on the real kernel
+/// (`e2e/run engine`, `commit-rollback`): the kernel acknowledges a message
+/// before committing metadata; when that commit runs out of space it aborts
+/// the metadata transaction (the message is undone), sets needs_check and
+/// drops the pool read-only, yet its status keeps the transaction id the
+/// message set until the pool is reloaded. So with needs_check set nothing
+/// can be concluded: the transaction stays open (`PoolUnavailable`) and
+/// recovery decides once the pool is repaired and reopened. Otherwise: at
+/// `n` it took effect (a lost reply is still a commit); still at `n-1`,
+/// transient (replayed later), or not taken if the pool went read-only;
+/// anywhere else the id moved behind our back, which is divergence.
 fn set_transaction_id(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(), CommitError> {
     let n = txn.id();
     let set = PoolMessage::SetTransactionId { current: txn.predecessor(), new: n };
-    let Err(source) = kernel.message(&set) else { return Ok(()) };
-    match kernel.pool_status().ok().and_then(|s| s.working().map(|w| w.transaction_id)) {
-        Some(at) if at == n => Ok(()),
+    let sent = kernel.message(&set);
+    let status = kernel.pool_status().ok();
+    let at = status.as_ref().and_then(|s| s.working().map(|w| w.transaction_id));
+    let aborted = status.as_ref().is_some_and(|s| s.working().is_none_or(|w| w.needs_check));
+    let source = match sent {
+        _ if at == Some(n) && !aborted => return Ok(()),
+        Ok(()) => KernelError::Other { context: set.to_string(), detail: format!("acknowledged, but the pool reports transaction {at:?} afterwards") },
+        Err(e) => e,
+    };
+    if let Some(why) = status.as_ref().and_then(unusable) {
+        if aborted || at == Some(txn.predecessor()) {
+            warn!(txn = %n, error = %source, why, "the commit point is not known to have taken effect: the pool became unusable");
+            return Err(CommitError::PoolUnavailable(format!(
+                "transaction {n}: `{set}` is not known to have taken effect ({source}): {why}; the transaction stays open until the pool is repaired and reopened"
+            )));
+        }
+    }
+    match at {
         Some(at) if at == txn.predecessor() => Err(CommitError::CommitPointFailed { txn: n, source }),
         None => Err(CommitError::CommitPointFailed { txn: n, source }),
         Some(_) => Err(CommitError::Diverged { txn: n, source }),
@@ -567,6 +610,40 @@ mod tests {
         let err = recover(&mut k, &record(3, vec![Operation::Delete { id: t(1) }, Operation::Delete { id: t(2) }]), &mut ()).unwrap_err();
         assert!(matches!(err, RecoverError::Blocked { .. }), "{err}");
         assert_eq!(k.transaction_id(), TransactionId::new(2));
+    }
+
+    /// Measured on the real kernel: a message is acknowledged before its
+    /// metadata commit, and a commit that runs out of space rolls the message
+    /// back and drops the pool to read-only. An acknowledged
+    /// `set_transaction_id` alone does not prove the transaction committed.
+    #[test]
+    fn an_acknowledged_commit_point_that_the_kernel_rolled_back_is_not_committed() {
+        let mut k = ModelKernel::new();
+        let one = txn(1, vec![Operation::CreateThin { id: t(1) }]);
+        k.out_of_metadata_at_message(2); // the create commits; set_transaction_id runs out
+        let err = commit(&mut k, &one, &mut ()).expect_err("the metadata stayed at 0: not committed");
+        assert!(matches!(err, CommitError::PoolUnavailable(_)), "{err}");
+        assert_eq!(k.transaction_id(), TransactionId::ZERO);
+        let record = PoolRecord { finished: TransactionId::ZERO, pending: vec![one] };
+        let err = recover(&mut k, &record, &mut ()).unwrap_err();
+        assert!(!err.is_divergence(), "{err}");
+        // Reloaded (and repaired), the pool is at 0: recovery replays 1.
+        k.power_cycle();
+        k.set_mode(PoolMode::ReadWrite, false);
+        let report = recover(&mut k, &record, &mut ()).unwrap();
+        assert!(matches!(report.finished, Some((n, Outcome::Committed(_))) if n.get() == 1), "{report:?}");
+        assert_eq!(k.transaction_id(), TransactionId::new(1));
+    }
+
+    /// A message refused because the pool went read-only is typed as such.
+    #[test]
+    fn a_create_the_kernel_rolled_back_leaves_the_transaction_open_on_a_read_only_pool() {
+        let mut k = ModelKernel::new().with_metadata_capacity(1);
+        let two = txn(1, vec![Operation::CreateThin { id: t(1) }, Operation::CreateThin { id: t(2) }]);
+        let err = commit(&mut k, &two, &mut ()).unwrap_err();
+        assert!(matches!(err, CommitError::PoolUnavailable(_)) && !err.abortable(), "{err}");
+        assert_eq!(k.devices().collect::<Vec<_>>(), vec![t(1)], "the first create committed on its own message");
+        assert_eq!(k.transaction_id(), TransactionId::ZERO);
     }
 
     #[test]

@@ -4,9 +4,14 @@
 //! Rules: EEXIST on a create of an id in use; ENODATA on a delete (or
 //! snapshot origin) that is not in the pool; EINVAL on a wrong current
 //! transaction id or an id of 2^24 or more; EBUSY on a delete of an active
-//! device; ENOSPC when metadata is full, after which the pool is read-only
-//! (as the kernel drops a metadata-exhausted pool to read-only). Each
-//! message commits on its own.
+//! device. Each message commits on its own. Metadata exhaustion as measured
+//! on the real kernel (6.1, `e2e/run engine`): the message whose metadata
+//! commit runs out of space is acknowledged (the ioctl succeeds), but the
+//! kernel aborts the metadata transaction, so that message's effect is rolled
+//! back, sets `needs_check` and drops the pool to read-only; from then on
+//! every message is refused (EOPNOTSUPP, not ENOSPC). The status line keeps
+//! the transaction id a rolled-back `set_transaction_id` set until the pool
+//! is reloaded ([`ModelKernel::power_cycle`] here).
 //!
 //! Crash injection: [`ModelKernel::crash_after`] makes the "process" die
 //! right after its k-th state-changing call. From then on every call fails
@@ -46,6 +51,13 @@ pub struct ModelKernel {
     refuse_suspend: Option<ThinId>,
     /// The next `set_transaction_id` fails without effect (a transient error).
     fail_next_set_transaction_id: bool,
+    /// What the status reports after a rolled-back `set_transaction_id`:
+    /// measured, the kernel's status keeps the id the message set after the
+    /// abort, until the pool is reloaded.
+    stale_transaction_id: Option<TransactionId>,
+    /// Counts down successful messages; the one that reaches 0 runs out of
+    /// metadata space when it is committed.
+    out_of_metadata_in: Option<u32>,
     /// Snapshots taken of an active origin that was not suspended: the kernel
     /// allows it, but the snapshot would not be consistent. Tests assert 0.
     pub unsafe_snapshots: u64,
@@ -72,11 +84,14 @@ impl ModelKernel {
             crashed: false,
             refuse_suspend: None,
             fail_next_set_transaction_id: false,
+            out_of_metadata_in: None,
+            stale_transaction_id: None,
             unsafe_snapshots: 0,
         }
     }
 
-    /// Limits how many thin devices metadata can hold (ENOSPC beyond).
+    /// Limits how many thin devices metadata can hold: the create beyond is
+    /// acknowledged, rolled back, and the pool drops to read-only.
     pub fn with_metadata_capacity(mut self, devices: usize) -> Self {
         self.metadata_capacity = devices;
         self
@@ -108,6 +123,7 @@ impl ModelKernel {
         self.restart();
         self.active.clear();
         self.metadata_snapshot_held = false;
+        self.stale_transaction_id = None;
     }
 
     /// Makes every suspend of `id` fail with EBUSY.
@@ -118,6 +134,29 @@ impl ModelKernel {
     /// The next `set_transaction_id` fails with an I/O error and changes nothing.
     pub fn fail_next_set_transaction_id(&mut self) {
         self.fail_next_set_transaction_id = true;
+    }
+
+    /// The `nth` message from now that succeeds (1: the next) runs out of
+    /// metadata when the kernel commits it: it is acknowledged, rolled back,
+    /// and the pool drops to read-only. In the kernel, blocks that I/O
+    /// allocated since the last commit go into that commit too, so any
+    /// message, `set_transaction_id` included, can be the one that runs out.
+    pub fn out_of_metadata_at_message(&mut self, nth: u32) {
+        self.out_of_metadata_in = Some(nth);
+    }
+
+    fn commit_runs_out(&mut self) -> bool {
+        match self.out_of_metadata_in {
+            Some(1) => {
+                self.out_of_metadata_in = None;
+                true
+            }
+            Some(n) => {
+                self.out_of_metadata_in = Some(n - 1);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Someone else moves the transaction id (for divergence tests).
@@ -203,7 +242,11 @@ impl ModelKernel {
 
     fn writable(&self, what: &str) -> Result<(), KernelError> {
         if self.mode == PoolMode::ReadOnly || self.needs_check {
-            return Err(KernelError::Other { context: what.to_string(), detail: "pool is read-only".into() });
+            // The kernel's answer to any message in read-only mode.
+            return Err(KernelError::Other {
+                context: what.to_string(),
+                detail: "unable to service pool target messages in read-only mode (EOPNOTSUPP)".into(),
+            });
         }
         Ok(())
     }
@@ -211,14 +254,10 @@ impl ModelKernel {
     fn apply(&mut self, message: &PoolMessage) -> Result<(), KernelError> {
         let text = message.to_string();
         self.writable(&text)?;
-        let room = self.devices.len() < self.metadata_capacity;
         match *message {
             PoolMessage::CreateThin { id } => {
                 if self.devices.contains_key(&id) {
                     return Err(KernelError::AlreadyExists(text));
-                }
-                if !room {
-                    return Err(KernelError::NoSpace(text));
                 }
                 self.devices.insert(id, 0);
             }
@@ -227,9 +266,6 @@ impl ModelKernel {
                     return Err(KernelError::AlreadyExists(text));
                 }
                 let content = *self.devices.get(&origin).ok_or_else(|| KernelError::NoData(text.clone()))?;
-                if !room {
-                    return Err(KernelError::NoSpace(text));
-                }
                 if self.active.get(&origin).is_some_and(|a| !a.suspended) {
                     self.unsafe_snapshots += 1;
                 }
@@ -271,7 +307,7 @@ impl Kernel for ModelKernel {
     fn pool_status(&self) -> Result<PoolStatus, KernelError> {
         self.alive("pool status")?;
         Ok(PoolStatus::Working(WorkingStatus {
-            transaction_id: self.transaction_id,
+            transaction_id: self.stale_transaction_id.unwrap_or(self.transaction_id),
             metadata: Usage { used: self.devices.len() as u64, total: self.metadata_capacity as u64 },
             data: Usage { used: 0, total: 1 << 20 },
             held_metadata_root: None,
@@ -288,13 +324,21 @@ impl Kernel for ModelKernel {
         if matches!(message, PoolMessage::SetTransactionId { .. }) && std::mem::take(&mut self.fail_next_set_transaction_id) {
             return Err(KernelError::Other { context: message.to_string(), detail: "I/O error (injected)".into() });
         }
-        if let Err(e) = self.apply(message) {
-            // The kernel drops a pool whose metadata ran out to read-only:
-            // no message (not even the abort's deletes) is taken after it.
-            if matches!(e, KernelError::NoSpace(_)) {
-                self.mode = PoolMode::ReadOnly;
+        let (devices, transaction_id) = (self.devices.clone(), self.transaction_id);
+        self.apply(message)?;
+        // The commit that follows every successful message.
+        if self.commit_runs_out() || self.devices.len() > self.metadata_capacity {
+            // Out of metadata: the kernel aborts the metadata transaction (the
+            // message is undone) yet still acknowledges the message; the pool
+            // is read-only with needs_check set, so not even an abort's
+            // deletes are taken after it.
+            if self.transaction_id != transaction_id {
+                self.stale_transaction_id = Some(self.transaction_id);
             }
-            return Err(e);
+            self.devices = devices;
+            self.transaction_id = transaction_id;
+            self.mode = PoolMode::ReadOnly;
+            self.needs_check = true;
         }
         self.step();
         Ok(())
@@ -373,10 +417,21 @@ mod tests {
         assert!(matches!(k.deactivate_thin(t(1)), Err(KernelError::Busy(_))));
         let mut small = ModelKernel::new().with_metadata_capacity(1);
         small.message(&PoolMessage::CreateThin { id: t(1) }).unwrap();
-        assert!(matches!(small.message(&PoolMessage::CreateThin { id: t(2) }), Err(KernelError::NoSpace(_))));
-        // Metadata exhausted: the pool is read-only, even a delete is refused.
-        assert!(small.pool_status().unwrap().working().is_some_and(|w| w.mode == PoolMode::ReadOnly));
+        // As the kernel does: the create that runs out is acknowledged and
+        // rolled back; the pool is read-only with needs_check, and refuses
+        // every message, even a delete.
+        small.message(&PoolMessage::CreateThin { id: t(2) }).unwrap();
+        assert_eq!(small.devices().collect::<Vec<_>>(), vec![t(1)]);
+        assert!(small.pool_status().unwrap().working().is_some_and(|w| w.mode == PoolMode::ReadOnly && w.needs_check));
         assert!(small.message(&PoolMessage::Delete { id: t(1) }).is_err());
+        let mut k = ModelKernel::new();
+        k.out_of_metadata_at_message(1);
+        k.message(&PoolMessage::SetTransactionId { current: TransactionId::ZERO, new: TransactionId::new(1) }).unwrap();
+        assert_eq!(k.transaction_id(), TransactionId::ZERO, "the acknowledged set_transaction_id was rolled back");
+        let stale = k.pool_status().unwrap().working().map(|w| (w.transaction_id, w.needs_check));
+        assert_eq!(stale, Some((TransactionId::new(1), true)), "the status keeps the rolled-back id until a reload");
+        k.power_cycle();
+        assert_eq!(k.pool_status().unwrap().working().map(|w| w.transaction_id), Some(TransactionId::ZERO));
     }
 
     #[test]

@@ -30,20 +30,20 @@ fn pattern(seed: u64) -> Vec<u8> {
 }
 
 /// A 4 KiB-aligned buffer for O_DIRECT reads.
-struct Aligned {
+pub struct Aligned {
     ptr: *mut u8,
     layout: std::alloc::Layout,
 }
 
 impl Aligned {
-    fn new(len: usize) -> Aligned {
+    pub fn new(len: usize) -> Aligned {
         let layout = std::alloc::Layout::from_size_align(len, 4096).expect("valid layout");
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!ptr.is_null(), "allocation failed");
         Aligned { ptr, layout }
     }
-    fn as_mut(&mut self) -> &mut [u8] {
+    pub fn as_mut(&mut self) -> &mut [u8] {
         // SAFETY: ptr is a live allocation of layout.size() bytes owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }

@@ -7,6 +7,7 @@ mod fail_on_panic;
 mod bench;
 mod crash;
 mod demo;
+mod faulty;
 mod fixture;
 mod logwrites;
 mod record;
@@ -17,7 +18,7 @@ use std::process::{Command, ExitCode};
 
 use thinpool::cases::{self, Fixture, Session};
 use thinpool::engine::Outcome;
-use thinpool::{commit, recover, Boundary, Kernel, Operation, PoolName, Sectors, ThinId, Transaction, TransactionId};
+use thinpool::{commit, recover, Boundary, CommitError, Kernel, Operation, PoolName, Sectors, ThinId, Transaction, TransactionId};
 use thinpool_dm::DmPool;
 
 use fixture::DmFixture;
@@ -184,6 +185,182 @@ fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
         pool = fixture.pool;
         tally.report("teardown after reopen", pool.teardown().map(drop).map_err(|e| e.to_string()));
     }
+    Ok(())
+}
+
+/// Defect 6 on the real kernel: `set_transaction_id` failing once, before
+/// and after it reached the kernel (a test-only wrapper over the real pool).
+fn cmd_commit_point(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let pool = DmPool::create_on_device(&args.path("device")?, &pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string())?;
+    let mut session = Session::new(faulty::FlakyCommitPoint::new(DmFixture::new(pool)), 1)?;
+    session.size = THIN_SIZE;
+    for (name, case) in cases::commit_point_cases::<faulty::FlakyCommitPoint<DmFixture>>() {
+        let result = case(&mut session);
+        tally.report(name, result);
+        for t in session.kernel.active_thins().unwrap_or_default() {
+            let _ = session.kernel.resume_thin(t.id);
+            let _ = session.kernel.deactivate_thin(t.id);
+        }
+    }
+    teardown_and_check(session.kernel.inner.pool, tally);
+    Ok(())
+}
+
+/// The pool status line's fields that matter here, for the log.
+fn describe_status(pool: &impl Kernel) -> String {
+    match pool.pool_status() {
+        Ok(thinpool::PoolStatus::Working(w)) => format!(
+            "transaction {}, metadata {}/{} blocks, data {}/{}, mode {:?}, needs_check {}",
+            w.transaction_id, w.metadata.used, w.metadata.total, w.data.used, w.data.total, w.mode, w.needs_check
+        ),
+        Ok(thinpool::PoolStatus::Failed) => "failed".into(),
+        Err(e) => format!("status unreadable: {e}"),
+    }
+}
+
+/// Defect 7 on the real kernel: a pool on a tiny metadata device driven until
+/// its metadata runs out (the shared case), then torn down, checked and
+/// reopened: what the kernel leaves behind.
+fn cmd_exhaust(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let (meta, data) = (args.path("meta")?, args.path("data")?);
+    let pool = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+    println!("--- exhaustion pool at start: {}", describe_status(&pool));
+    let mut session = Session::new(DmFixture::new(pool), 1)?;
+    session.size = THIN_SIZE;
+    let result = cases::metadata_exhaustion_leaves_the_pool_read_only(&mut session);
+    println!("--- exhaustion pool at the end: {}", describe_status(&session.kernel));
+    match &result {
+        Ok(out) => println!(
+            "--- ran out: {}; committed up to transaction {}, {} snapshots; still open: {:?}",
+            out.stop,
+            out.record.finished,
+            out.seeds.len(),
+            out.record.pending.iter().map(|t| t.id().get()).collect::<Vec<_>>()
+        ),
+        Err(_) => {}
+    }
+    tally.report("metadata exhaustion leaves the pool read-only, the transaction open, devices and data intact", result.map(drop));
+    for t in session.kernel.active_thins().unwrap_or_default() {
+        let _ = session.kernel.resume_thin(t.id);
+        let _ = session.kernel.deactivate_thin(t.id);
+    }
+    let pool = session.kernel.pool;
+    tally.report("exhausted pool: teardown", pool.teardown().map(drop).map_err(|e| e.to_string()));
+    // Measured: the abort rolled the metadata back to its last commit, so
+    // thin_check finds it consistent; only the needs_check flag is left.
+    tally.report("exhausted pool: thin_check clean after teardown", run("thin_check", &[meta.to_str().unwrap()]));
+    let ro = |pool: &DmPool, want_ro: bool| match pool.pool_status() {
+        Ok(thinpool::PoolStatus::Working(w)) if want_ro == (w.mode == thinpool::PoolMode::ReadOnly && w.needs_check) => Ok(()),
+        other => Err(format!("expected {}, got {other:?}", if want_ro { "read-only with needs_check" } else { "writable without needs_check" })),
+    };
+    let reopened = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+    println!("--- reopened: {}", describe_status(&reopened));
+    tally.report("exhausted pool reopened stays read-only (needs_check) until repaired", ro(&reopened, true));
+    reopened.teardown().map_err(|e| e.to_string())?;
+    // The repair for metadata thin_check finds clean: clear the flag.
+    run("thin_check", &["--clear-needs-check-flag", meta.to_str().unwrap()])?;
+    let repaired = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+    println!("--- after thin_check --clear-needs-check-flag: {}", describe_status(&repaired));
+    tally.report("exhausted pool writable again after thin_check --clear-needs-check-flag", ro(&repaired, false));
+    tally.report("exhausted pool: teardown after repair", repaired.teardown().map(drop).map_err(|e| e.to_string()));
+    Ok(())
+}
+
+/// Zeroes a whole (small) device: a fresh pool's metadata.
+fn zero_device(path: &Path) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let len = f.seek(SeekFrom::End(0)).and_then(|len| f.seek(SeekFrom::Start(0)).map(|_| len)).map_err(|e| e.to_string())?;
+    f.write_all(&vec![0u8; len as usize]).and_then(|()| f.sync_all()).map_err(|e| format!("zero {}: {e}", path.display()))
+}
+
+/// Metadata exhausted by I/O in the middle of a transaction: `k` blocks
+/// written to an active thin device between the last operation and
+/// `set_transaction_id` (on a fresh pool per attempt), so the commit point's
+/// own metadata commit, or the I/O before it, runs out. The check: reported
+/// committed only if the metadata holds `n`, read from the pool reopened
+/// after teardown (the live status line is not enough: measured, after the
+/// kernel aborts a metadata transaction it keeps reporting the rolled-back
+/// transaction id until the pool is reloaded). Measured (64 KiB metadata): 0
+/// blocks commit; 1 block: `set_transaction_id` acknowledged, its commit runs
+/// out and is rolled back (metadata at n-1, status still n, read-only with
+/// needs_check); 2 or more: the write fails (EIO) and the pool is read-only
+/// before `set_transaction_id` (EOPNOTSUPP).
+fn cmd_commit_rollback(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let (meta, data) = (args.path("meta")?, args.path("data")?);
+    let step = args.num("step", 1)? as usize;
+    let min = args.num("min", 0)? as usize;
+    let max = args.num("max", 3)? as usize;
+    let big = Sectors(4096 * 128);
+    let (one, two_id) = (TransactionId::new(1), TransactionId::new(2));
+    let mut rolled_back = 0;
+    for k in (min..=max).step_by(step.max(1)) {
+        zero_device(&meta)?;
+        let pool = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+        let mut kp = faulty::FlakyCommitPoint::new(DmFixture::new(pool));
+        let (a, b) = (ThinId::new(1).unwrap(), ThinId::new(2).unwrap());
+        commit(&mut kp, &Transaction::new(one, vec![Operation::CreateThin { id: a }]).unwrap(), &mut ()).map_err(|e| e.to_string())?;
+        kp.activate_thin(a, big).map_err(|e| e.to_string())?;
+        let path = kp.inner.pool.thin_device_path(a).map_err(|e| e.to_string())?;
+        let f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&path).map_err(|e| e.to_string())?;
+        let mut buf = fixture::Aligned::new(64 * 1024);
+        buf.as_mut().fill(0x5a);
+        let mut write_error = None;
+        let mut io = |_: TransactionId, b: Boundary| {
+            if b == (Boundary::Posted { index: 0 }) {
+                for block in 0..k {
+                    if let Err(e) = f.write_all_at(buf.as_mut(), (block as u64) << 16) {
+                        write_error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        };
+        let two = Transaction::new(two_id, vec![Operation::CreateThin { id: b }]).unwrap();
+        let result = commit(&mut kp, &two, &mut io);
+        drop(f);
+        let live = describe_status(&kp);
+        let acked = matches!(kp.last_commit_point, Some(Ok(())));
+        let _ = kp.deactivate_thin(a);
+        kp.inner.pool.teardown().map_err(|e| e.to_string())?;
+        let reopened = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+        let durable = kernel_txn(&reopened).ok();
+        reopened.teardown().map_err(|e| e.to_string())?;
+        rolled_back += (acked && durable == Some(one)) as usize;
+        println!(
+            "--- commit point after {k} blocks written: write error {write_error:?}; set_transaction_id answered {:?}; live status: {live}; reopened at {durable:?}; engine: {}",
+            kp.last_commit_point.as_ref().map(|r| r.as_ref().map_err(|e| e.to_string())),
+            match &result { Ok(_) => "committed".to_string(), Err(e) => e.to_string() }
+        );
+        let verdict = match (&result, durable) {
+            (Ok(_), Some(at)) if at == two_id => Ok(()),
+            (Ok(_), at) => Err(format!("reported committed, but the metadata holds transaction {at:?}")),
+            (Err(CommitError::PoolUnavailable(_)), _) => Ok(()),
+            (Err(e), _) => Err(format!("expected committed or pool unavailable, got {e}")),
+        };
+        tally.report(&format!("commit point after {k} blocks written: reported committed only if the metadata holds it"), verdict);
+        if result.is_err() {
+            // The repair: thin_check clean, clear the flag, reopen; a new
+            // process's executor then finishes 2 from the durable state.
+            let finished = (|| {
+                run("thin_check", &["--clear-needs-check-flag", meta.to_str().unwrap()])?;
+                let mut pool = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
+                let record = thinpool::PoolRecord { finished: one, pending: vec![two.clone()] };
+                let p = thinpool::Executor::default().drive(&mut pool, &record, &mut ());
+                let at = kernel_txn(&pool);
+                let devices = pool.list_thin_ids().map_err(|e| e.to_string());
+                pool.teardown().map_err(|e| e.to_string())?;
+                println!("--- repaired and reopened: {p:?}; kernel at {at:?}; devices {devices:?}");
+                match (p.ended.as_slice(), &p.stopped, at, devices) {
+                    ([(n, thinpool::Ended::Committed)], None, Ok(at), Ok(d)) if *n == two_id && at == two_id && d == std::collections::BTreeSet::from([a, b]) => Ok(()),
+                    _ => Err("expected transaction 2 committed once, the kernel at 2 and devices 1 and 2".to_string()),
+                }
+            })();
+            tally.report(&format!("commit point after {k} blocks written: repaired and reopened, recovery commits 2 exactly once"), finished);
+        }
+    }
+    println!("--- acknowledged set_transaction_id rolled back by the kernel in {rolled_back} attempt(s)");
     Ok(())
 }
 
@@ -437,13 +614,16 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
-        eprintln!("usage: thin-vmtest cases|refuse|crash|recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
+        eprintln!("usage: thin-vmtest cases|refuse|commit-point|exhaust|crash|recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
         return ExitCode::from(2);
     };
     let mut tally = Tally::default();
     let result = Args::parse(rest).and_then(|args| match command.as_str() {
         "cases" => cmd_cases(&args, &mut tally),
         "refuse" => cmd_refuse(&args, &mut tally),
+        "commit-point" => cmd_commit_point(&args, &mut tally),
+        "exhaust" => cmd_exhaust(&args, &mut tally),
+        "commit-rollback" => cmd_commit_rollback(&args, &mut tally),
         "crash" => cmd_crash(&args),
         "recover" => cmd_recover(&args, &mut tally),
         "powerrun" => cmd_powerrun(&args),
