@@ -215,8 +215,10 @@ impl Inner {
     }
 
     /// Deletes thin device `device` of `pool` through a transaction; Ok once
-    /// the device is gone (also when it already was).
-    async fn delete_device(&self, pool: &str, device: u32) -> Result<()> {
+    /// the device is gone (also when it already was). `steps`: the crash
+    /// points after the delete is recorded and after the node reported it,
+    /// named for the request (DeleteVolume or DeleteSnapshot).
+    async fn delete_device(&self, pool: &str, device: u32, steps: [&str; 2]) -> Result<()> {
         let id = DeviceRef::new(pool, device).thin_id();
         let (txn, uid) = match self.alloc.allocate(pool, &[Op::Delete { id }]).await {
             Ok(a) => (a.transaction.id().get(), a.pool_uid),
@@ -231,11 +233,11 @@ impl Inner {
             Err(AllocError::BeingDeleted { txn, .. }) => (txn, None),
             Err(e) => return Err(e.into()),
         };
-        crate::failpoint::hit("delete-recorded");
+        crate::failpoint::hit(steps[0]);
         // The uid: an outcome read from a re-created record would be another's.
         match self.wait(pool, txn, uid.as_deref(), wait::Subject::Delete(device)).await? {
             Finished::Committed => {
-                crate::failpoint::hit("delete-finished");
+                crate::failpoint::hit(steps[1]);
                 Ok(())
             }
             Finished::Aborted(a) => {
@@ -537,7 +539,7 @@ impl Inner {
         if let Settled::Aborted(_) = self.try_settle_volume(v).await? {
             return Ok(());
         }
-        self.delete_device(&r.pool, r.device).await?;
+        self.delete_device(&r.pool, r.device, ["delete-volume-recorded", "delete-volume-finished"]).await?;
         match self.volumes.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -627,7 +629,7 @@ impl Inner {
         if let Settled::Aborted(_) = self.try_settle_snapshot(s).await? {
             return Ok(());
         }
-        self.delete_device(&r.pool, r.device).await?;
+        self.delete_device(&r.pool, r.device, ["delete-snapshot-recorded", "delete-snapshot-finished"]).await?;
         match self.snapshots.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -762,6 +764,7 @@ impl Inner {
         let name = v.metadata.name.clone().unwrap_or_default();
         let patch = json!({"spec": {"sizeBytes": wanted}});
         self.volumes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        crate::failpoint::hit("expand-recorded");
         tracing::info!(id = %r, from = current, to = wanted, "volume expanded");
         Ok(ControllerExpandVolumeResponse { capacity_bytes: wanted as i64, node_expansion_required: !block })
     }
