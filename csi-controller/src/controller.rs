@@ -750,7 +750,7 @@ impl Inner {
             if range.limit_bytes > 0 && (range.limit_bytes as u64) < current {
                 return Err(Error::OutOfRange(format!("capacity_range: limit_bytes {} is below the current size {current}; volumes do not shrink", range.limit_bytes)));
             }
-            return Ok(ControllerExpandVolumeResponse { capacity_bytes: current as i64, node_expansion_required: !block });
+            return Ok(expand_reply(current, block));
         }
         let pool = self.pools.get_opt(&r.pool).await?.ok_or_else(|| Error::NotFound(format!("the pool {} of volume {} is gone", r.pool, req.volume_id)))?;
         if let Some(reason) = pool_unusable(&pool) {
@@ -766,7 +766,7 @@ impl Inner {
         self.volumes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         crate::failpoint::hit("expand-recorded");
         tracing::info!(id = %r, from = current, to = wanted, "volume expanded");
-        Ok(ControllerExpandVolumeResponse { capacity_bytes: wanted as i64, node_expansion_required: !block })
+        Ok(expand_reply(wanted, block))
     }
 
     async fn validate(&self, req: ValidateVolumeCapabilitiesRequest) -> Result<ValidateVolumeCapabilitiesResponse> {
@@ -845,6 +845,11 @@ impl<T> Settled<T> {
             Settled::Aborted(e) => Err(e),
         }
     }
+}
+
+/// The answer to a ControllerExpandVolume that leaves the volume at `capacity` bytes.
+fn expand_reply(capacity: u64, block: bool) -> ControllerExpandVolumeResponse {
+    ControllerExpandVolumeResponse { capacity_bytes: capacity as i64, node_expansion_required: !block }
 }
 
 fn node_topology(node: &str) -> Topology {
@@ -1011,6 +1016,16 @@ mod tests {
         assert!(e.to_string().contains("ENOSPC"), "{e}");
         assert_eq!(aborted_create("p", a(thin_csi_api::AbortReason::OriginMissing)).code(), Code::NotFound);
         assert!(matches!(Settled::<()>::Aborted(Error::Internal("x".into())).ready(), Err(Error::Internal(_))));
+    }
+
+    #[test]
+    fn an_expanded_volume_needs_the_node_block_too() {
+        // The thin device's length is its table on the node: a staged raw
+        // block volume grows only through NodeExpandVolume, which a CO
+        // calls only when the answer asks for it.
+        assert!(expand_reply(2 << 30, false).node_expansion_required);
+        assert!(expand_reply(2 << 30, true).node_expansion_required, "block");
+        assert_eq!(expand_reply(2 << 30, true).capacity_bytes, 2 << 30);
     }
 
     #[test]
