@@ -740,17 +740,12 @@ impl Inner {
         let v = self.settle_volume(v).await?;
         let current = v.spec.size_bytes;
         let wanted = size_for(Some(range), current)?;
-        let block = match &req.volume_capability {
-            Some(VolumeCapability { access_type: Some(volume_capability::AccessType::Block(_)), .. }) => true,
-            Some(_) => false,
-            None => v.metadata.annotations.as_ref().and_then(|a| a.get(ANN_ACCESS)).is_some_and(|a| a == "block"),
-        };
         if wanted <= current {
             // Never shrinks; a limit below the current size cannot be met.
             if range.limit_bytes > 0 && (range.limit_bytes as u64) < current {
                 return Err(Error::OutOfRange(format!("capacity_range: limit_bytes {} is below the current size {current}; volumes do not shrink", range.limit_bytes)));
             }
-            return Ok(expand_reply(current, block));
+            return Ok(expand_reply(current));
         }
         let pool = self.pools.get_opt(&r.pool).await?.ok_or_else(|| Error::NotFound(format!("the pool {} of volume {} is gone", r.pool, req.volume_id)))?;
         if let Some(reason) = pool_unusable(&pool) {
@@ -766,7 +761,7 @@ impl Inner {
         self.volumes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         crate::failpoint::hit("expand-recorded");
         tracing::info!(id = %r, from = current, to = wanted, "volume expanded");
-        Ok(expand_reply(wanted, block))
+        Ok(expand_reply(wanted))
     }
 
     async fn validate(&self, req: ValidateVolumeCapabilitiesRequest) -> Result<ValidateVolumeCapabilitiesResponse> {
@@ -847,9 +842,13 @@ impl<T> Settled<T> {
     }
 }
 
-/// The answer to a ControllerExpandVolume that leaves the volume at `capacity` bytes.
-fn expand_reply(capacity: u64, block: bool) -> ControllerExpandVolumeResponse {
-    ControllerExpandVolumeResponse { capacity_bytes: capacity as i64, node_expansion_required: !block }
+/// The answer to a ControllerExpandVolume that leaves the volume at
+/// `capacity` bytes. Node expansion is required for raw block volumes too:
+/// the thin device's length is its table on the node, so a staged device
+/// keeps its old length until NodeExpandVolume grows it (an unstaged one
+/// is activated at the new size; NodeExpandVolume is then not called).
+fn expand_reply(capacity: u64) -> ControllerExpandVolumeResponse {
+    ControllerExpandVolumeResponse { capacity_bytes: capacity as i64, node_expansion_required: true }
 }
 
 fn node_topology(node: &str) -> Topology {
@@ -1023,9 +1022,9 @@ mod tests {
         // The thin device's length is its table on the node: a staged raw
         // block volume grows only through NodeExpandVolume, which a CO
         // calls only when the answer asks for it.
-        assert!(expand_reply(2 << 30, false).node_expansion_required);
-        assert!(expand_reply(2 << 30, true).node_expansion_required, "block");
-        assert_eq!(expand_reply(2 << 30, true).capacity_bytes, 2 << 30);
+        let r = expand_reply(2 << 30);
+        assert!(r.node_expansion_required);
+        assert_eq!(r.capacity_bytes, 2 << 30);
     }
 
     #[test]
