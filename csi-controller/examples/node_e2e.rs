@@ -23,6 +23,9 @@
 //!                                          the same request to the restarted controller: succeeds with the same device
 //!                                          (expand: the new size answered, in the API and, after what the CO does
 //!                                          next, in the kernel's active device)
+//!   node_e2e node-expand-crash PORT NODE_PORT NAME NODE IDS
+//!                                          csi-node killed in NodeExpandVolume of a mounted volume between the
+//!                                          device resize and the filesystem grow; the retry grows the filesystem
 //!   node_e2e ctl-cleanup PORT POOL IDS     delete what the runs made; no device in two objects
 //!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
 //!   node_e2e unstop POOL                   remove the stop hook, for a node booted again on the same object
@@ -623,36 +626,40 @@ mod ctl {
         Ok(v.ok_or_else(|| format!("no ThinVolume {obj}"))?.spec.size_bytes)
     }
 
-    /// csi-node's Node service in the node VM (forwarded to the host's loopback).
+    /// csi-node's Node service in the node VM (forwarded to the host's
+    /// loopback), for one volume staged as raw block or as a mount.
     struct Node {
         c: NodeClient<Channel>,
+        block: bool,
         staging: String,
         target: String,
     }
 
     impl Node {
-        async fn connect(port: &str, name: &str) -> Result<Node> {
+        async fn connect(port: &str, name: &str, block: bool) -> Result<Node> {
             let c = NodeClient::connect(format!("http://127.0.0.1:{port}")).await.map_err(|e| format!("csi-node at port {port}: {e}"))?;
-            Ok(Node { c, staging: format!("/run/e2e/{name}/staging"), target: format!("/run/e2e/{name}/dev") })
+            let target = format!("/run/e2e/{name}/{}", if block { "dev" } else { "mnt" });
+            Ok(Node { c, block, staging: format!("/run/e2e/{name}/staging"), target })
         }
 
-        /// NodeStage + NodePublish as raw block: the thin device is active
-        /// at the ThinVolume's size.
+        /// NodeStage + NodePublish: the thin device is active at the
+        /// ThinVolume's size (a mount: with a filesystem, mounted).
         async fn stage_publish(&mut self, id: &str) -> Result<()> {
-            let stage = NodeStageVolumeRequest { volume_id: id.into(), staging_target_path: self.staging.clone(), volume_capability: Some(capability(true)), ..Default::default() };
+            let stage = NodeStageVolumeRequest { volume_id: id.into(), staging_target_path: self.staging.clone(), volume_capability: Some(capability(self.block)), ..Default::default() };
             self.c.node_stage_volume(stage).await.map_err(|e| format!("NodeStageVolume: {e}"))?;
             let publish = NodePublishVolumeRequest {
                 volume_id: id.into(),
                 staging_target_path: self.staging.clone(),
                 target_path: self.target.clone(),
-                volume_capability: Some(capability(true)),
+                volume_capability: Some(capability(self.block)),
                 ..Default::default()
             };
             self.c.node_publish_volume(publish).await.map_err(|e| format!("NodePublishVolume: {e}"))?;
             Ok(())
         }
 
-        /// The length of the active thin device, as the kernel has it.
+        /// Raw block: the length of the active thin device, as the kernel
+        /// has it; a mount: the size of its filesystem.
         async fn kernel_size(&mut self, id: &str) -> Result<i64> {
             let req = NodeGetVolumeStatsRequest { volume_id: id.into(), volume_path: self.target.clone(), ..Default::default() };
             let usage = self.c.node_get_volume_stats(req).await.map_err(|e| format!("NodeGetVolumeStats: {e}"))?.into_inner().usage;
@@ -660,14 +667,18 @@ mod ctl {
         }
 
         async fn expand(&mut self, id: &str, bytes: i64) -> Result<i64> {
+            self.try_expand(id, bytes).await.map_err(|e| format!("NodeExpandVolume: {e}"))
+        }
+
+        async fn try_expand(&mut self, id: &str, bytes: i64) -> std::result::Result<i64, tonic::Status> {
             let req = NodeExpandVolumeRequest {
                 volume_id: id.into(),
                 volume_path: self.target.clone(),
                 capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
-                volume_capability: Some(capability(true)),
+                volume_capability: Some(capability(self.block)),
                 ..Default::default()
             };
-            Ok(self.c.node_expand_volume(req).await.map_err(|e| format!("NodeExpandVolume: {e}"))?.into_inner().capacity_bytes)
+            Ok(self.c.node_expand_volume(req).await?.into_inner().capacity_bytes)
         }
 
         async fn unpublish_unstage(&mut self, id: &str) -> Result<()> {
@@ -729,7 +740,7 @@ mod ctl {
             let v = c.create_volume(volume_req(name, node, true)).await.map_err(|e| format!("volume to expand: {e}"))?.into_inner().volume.ok_or("no volume")?;
             remember(ids, "volume", &v.volume_id)?;
             keep(&v.volume_id)?;
-            let mut n = Node::connect(node_port, name).await?;
+            let mut n = Node::connect(node_port, name, true).await?;
             n.stage_publish(&v.volume_id).await?;
             let k = n.kernel_size(&v.volume_id).await?;
             if k != SMALL {
@@ -798,7 +809,7 @@ mod ctl {
     /// is unpublished and unstaged for the cleanup to delete.
     async fn expand_retry(ctx: &Ctx, c: &mut ControllerClient<Channel>, node_port: &str, name: &str, ids: &str) -> Result<String> {
         let id = killed_id(ids, name)?;
-        let mut n = Node::connect(node_port, name).await?;
+        let mut n = Node::connect(node_port, name, true).await?;
         let checked = expand_checks(ctx, c, &mut n, &id, name).await;
         // Unstaged on every path: the cleanup cannot delete an active device.
         let unstaged = n.unpublish_unstage(&id).await;
@@ -836,6 +847,69 @@ mod ctl {
             ));
         }
         Ok(format!("{id}: {api_before} bytes recorded before the retry, {LARGE} answered, in the API and in the kernel's active device"))
+    }
+
+    /// csi-node SIGKILLed in NodeExpandVolume of a mounted volume after its
+    /// thin device grew and before its filesystem did (the ThinVolume's
+    /// kill hook, `hooks::EXPAND_RESIZED`), restarted by its supervisor: the
+    /// filesystem is still the old size, and the CO's retried
+    /// NodeExpandVolume grows it past the old device's size.
+    pub async fn node_expand_crash(ctx: &Ctx, port: &str, node_port: &str, name: &str, node: &str, ids: &str) -> Result<String> {
+        let mut c = client(port).await?;
+        let v = create_volume(&mut c, name, node).await.map_err(|e| format!("volume to expand: {e}"))?;
+        let id = v.volume_id;
+        remember(ids, "volume", &id)?;
+        let mut n = Node::connect(node_port, name, false).await?;
+        n.stage_publish(&id).await?;
+        let checked = node_expand_checks(ctx, &mut c, &mut n, node_port, &id, name).await;
+        // A new channel: the old one's node died.
+        let unstaged = match Node::connect(node_port, name, false).await {
+            Ok(mut n) => n.unpublish_unstage(&id).await,
+            Err(e) => Err(e),
+        };
+        let detail = checked?;
+        unstaged?;
+        Ok(detail)
+    }
+
+    async fn node_expand_checks(ctx: &Ctx, c: &mut ControllerClient<Channel>, n: &mut Node, node_port: &str, id: &str, name: &str) -> Result<String> {
+        let fs_before = n.kernel_size(id).await?;
+        let mut req = expand_req(id);
+        req.volume_capability = Some(capability(false));
+        let r = c.controller_expand_volume(req).await.map_err(|e| format!("ControllerExpandVolume: {e}"))?.into_inner();
+        if r.capacity_bytes != LARGE || !r.node_expansion_required {
+            return Err(format!("ControllerExpandVolume of a mount volume answered {r:?}"));
+        }
+        let patch = json!({ "metadata": { "annotations": { hooks::KILL_AT: hooks::EXPAND_RESIZED } } });
+        let volumes = Api::<ThinVolume>::all(ctx.client.clone());
+        volumes.patch(&thin_csi_api::object_name(name), &PatchParams::default(), &Patch::Merge(patch)).await.map_err(|e| e.to_string())?;
+        if let Ok(b) = n.try_expand(id, LARGE).await {
+            return Err(format!("NodeExpandVolume answered {b} bytes: the node did not die between the resize and the filesystem grow"));
+        }
+        println!("--- {name}: NodeExpandVolume cut by the node's kill");
+        // Back once its supervisor restarted it (the filesystem stays mounted: the kernel holds it).
+        let start = Instant::now();
+        let mut n = loop {
+            if let Ok(mut n) = Node::connect(node_port, name, false).await {
+                if n.c.node_get_capabilities(NodeGetCapabilitiesRequest {}).await.is_ok() {
+                    break n;
+                }
+            }
+            if start.elapsed() > WAIT {
+                return Err(format!("csi-node did not come back within {WAIT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let fs_mid = n.kernel_size(id).await?;
+        if fs_mid != fs_before {
+            return Err(format!("the filesystem is {fs_mid} bytes after the kill, {fs_before} before: the node did not die between the resize and the grow"));
+        }
+        let grown = n.expand(id, LARGE).await?;
+        let fs_after = n.kernel_size(id).await?;
+        if grown != LARGE || fs_after <= SMALL || fs_after > LARGE {
+            return Err(format!("retried NodeExpandVolume answered {grown} bytes; the filesystem is {fs_after} bytes (before {fs_before}; the device {LARGE})"));
+        }
+        Ok(format!("{id}: filesystem {fs_before} bytes before, still {fs_mid} after the kill, {fs_after} after the retried NodeExpandVolume ({LARGE}-byte device)"))
     }
 
     /// Deletes what the runs made (snapshots first); no object names a device twice.
@@ -928,6 +1002,9 @@ async fn main() -> ExitCode {
         ["ctl-request", port, node_port, step, name, node, ids] => (format!("controller killed at {step}"), ctl::request(port, node_port, step, name, node, ids).await),
         ["ctl-retry", port, node_port, step, name, node, pool, ids] => {
             (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, node_port, step, name, node, pool, ids).await)
+        }
+        ["node-expand-crash", port, node_port, name, node, ids] => {
+            ("node killed at expand-resized".into(), ctl::node_expand_crash(&ctx, port, node_port, name, node, ids).await)
         }
         ["ctl-cleanup", port, pool, ids] => ("controller crash runs cleaned up".into(), ctl::cleanup(&ctx, port, pool, ids).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),

@@ -65,16 +65,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # The node kill points, in the order a transaction meets them (unreported:
 # after the kernel work, here a commit, before the status write); each runs
-# NODE_CRASH_ROUNDS times, and so does crash-abort (an abort, then killed
-# before the status write).
+# NODE_CRASH_ROUNDS times, and so do crash-abort (an abort, then killed
+# before the status write) and, on vm-b with the controller matrix,
+# expand-resized (NodeExpandVolume between the device resize and the
+# filesystem grow).
 NODE_BOUNDARIES="start suspended posted-0 posted-1 txn-set resumed unreported"
 
 # usage: node_tests MODE   (MODE: test | bench)
 node_tests() {
 	local mode=$1 a b ledger=$RUN/ledger-a boundary r
 	local node_rounds=${NODE_CRASH_ROUNDS:-1} ctl_rounds=${CTL_CRASH_ROUNDS:-1} node_port
-	# vm-a dies twice per node round (a boundary, or crash-abort) besides
-	# the fixed tests; the VMs live through every round of both matrices.
+	# vm-a's csi-node dies 8 times per node round (7 boundaries, crash-abort),
+	# vm-b's once (expand-resized), besides the fixed tests; the VMs live
+	# through every round of both matrices.
 	NODE_VM_RESTARTS=$((30 + 8 * node_rounds))
 	NODE_VM_TIMEOUT=$((1800 + 120 * (node_rounds + ctl_rounds - 2)))
 	echo "building csi-node (release, for the VM) and node_e2e" >&2
@@ -239,6 +242,12 @@ controller_crash_tests() {
 	done
 	echo "$budget" >"$RUN/ctl-leak-budget"
 	ctl_start "$RUN/logs/ctl-cleanup.log"
+	# A node kill point that needs the Node service, so on this node: csi-node
+	# killed in NodeExpandVolume between the device resize and the
+	# filesystem grow, NODE_CRASH_ROUNDS times.
+	for r in $(seq "${NODE_CRASH_ROUNDS:-1}"); do
+		node_e2e_step node-expand-crash "$port" "$node_port" "ne-$r" "$node" "$ids"
+	done
 	node_e2e_step ctl-cleanup "$port" "$pool" "$ids"
 	kill "$cpid" 2>/dev/null || true
 	wait "$cpid" 2>/dev/null || true
@@ -310,6 +319,7 @@ cluster_crash_report() {
 		echo "| \`$step\` | $(count "PASS node killed at $step (") | $(count "FAIL node killed at $step (") |"
 	done
 	echo "| \`crash-abort\` (an abort, then killed before its status) | $(count "PASS node killed after an abort") | $(count "FAIL node killed after an abort") |"
+	echo "| \`expand-resized\` (NodeExpandVolume of a mounted volume: the device grown, the filesystem not yet) | $(count "PASS node killed at expand-resized (") | $(count "FAIL node killed at expand-resized (") |"
 	echo
 	echo "Leaks (devices left on vm-b's pool after every object was deleted through the controller): ${leaks:-not counted} of a budget of $budget (one per kill at a \`*-allocated\` step: the transaction is recorded, no object names its device yet)."
 	echo

@@ -115,7 +115,7 @@ node_tests "${CLUSTER_MODE:-test}"
 # rounds add one check per controller step and per node kill point each.
 ctl_rounds=${CTL_CRASH_ROUNDS:-1} node_rounds=${NODE_CRASH_ROUNDS:-1}
 ctl_steps=$(wc -w <<<"$("${NODE_E2E:-false}" ctl-steps 2>/dev/null || true)")
-node_points=$(($(wc -w <<<"$NODE_BOUNDARIES") + 1)) # + crash-abort
+node_points=$(($(wc -w <<<"$NODE_BOUNDARIES") + 2)) # + crash-abort, expand-resized
 extra=$(((ctl_rounds - 1) * ctl_steps + (node_rounds - 1) * node_points))
 if ((extra > 0)); then
 	want=$(($(expected_checks cluster) + extra))
