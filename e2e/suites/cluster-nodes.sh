@@ -251,7 +251,7 @@ controller_crash_tests() {
 	node_e2e_step ctl-cleanup "$port" "$pool" "$ids"
 	kill "$cpid" 2>/dev/null || true
 	wait "$cpid" 2>/dev/null || true
-	echo "--- controller matrix: $rounds round(s) of $(wc -w <<<"$steps") steps in $((SECONDS - started)) s" | tee -a "$log"
+	echo "--- controller matrix: $rounds round(s) of $(wc -w <<<"$steps") steps and ${NODE_CRASH_ROUNDS:-1} expand-resized node kill(s) in $((SECONDS - started)) s" | tee -a "$log"
 }
 
 # The pool object deleted by hand on a pool with data (vm-a's, stopped, its
@@ -299,7 +299,7 @@ cluster_crash_report() {
 	echo "# Cluster crash matrix (e2e/run cluster-full)"
 	echo
 	echo "Command: \`CTL_CRASH_ROUNDS=$ctl_rounds NODE_CRASH_ROUNDS=$node_rounds e2e/run cluster-full\`"
-	echo "($(date -u +%Y-%m-%dT%H:%MZ), $(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet HEAD || echo '+changes'); real etcd + kube-apiserver on loopback, two qemu TCG node VMs; 2 host cores shared with other work)"
+	echo "($(date -u +%Y-%m-%dT%H:%MZ), $(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet HEAD -- . ':!bench/results' || echo '+changes'); real etcd + kube-apiserver on loopback, two qemu TCG node VMs; 2 host cores shared with other work)"
 	echo
 	echo "## csi-controller SIGKILLed at each failpoint, restarted, the request retried"
 	echo
