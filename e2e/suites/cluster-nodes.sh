@@ -97,8 +97,9 @@ node_tests() {
 	fi
 	NODE_E2E=$CARGO_TARGET_DIR/debug/examples/node_e2e
 	NODE_VM_PIDS=() NODE_VM_NAMES=()
-	# cleanup keeps the run dir when the exit status is not 0: hand it on.
-	trap 'nodes_rc=$?; stop_node_vms; if ((nodes_rc)); then (exit "$nodes_rc") || cleanup; else cleanup; fi' EXIT
+	# cleanup keeps the run dir when the exit status is not 0: hand it on
+	# (as an argument: $? inside the trap is no longer the script's).
+	trap 'nodes_rc=$?; stop_node_vms; cleanup "$nodes_rc"' EXIT
 	node_port=$(free_port)
 	start_node_vm vm-a
 	start_node_vm vm-b vm-b "$node_port" # the controller matrix stages expanded volumes there

@@ -16,8 +16,8 @@ ensure_build_deps
 
 log=$(mktemp)
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-cluster-suite.XXXXXX")
-cleanup() {
-	local rc=$?
+cleanup() { # [RC]: the exit status, when called from another trap
+	local rc=${1:-$?}
 	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
 	if [[ $rc -eq 0 ]]; then rm -rf "$RUN"; else echo "cluster: run dir kept for its logs: $RUN" >&2; fi
 	rm -f "$log"
