@@ -14,3 +14,7 @@ pub const TAMPER: &str = "test.thin.csi.io/tamper-transaction-id";
 pub const STOP: &str = "test.thin.csi.io/stop";
 /// The [`KILL_AT`] boundary after the kernel work and before the status write.
 pub const UNREPORTED: &str = "unreported";
+/// [`KILL_AT`] on a `ThinVolume` with this value: NodeExpandVolume of that
+/// volume SIGKILLs the node once its thin device has grown and before its
+/// filesystem does. Fires once per node boot and volume.
+pub const EXPAND_RESIZED: &str = "expand-resized";

@@ -13,13 +13,20 @@
 //!   node_e2e diverge POOL                  kernel id moved behind our back → Unhealthy, an Event, no more transactions
 //!   node_e2e bench POOL N                  BENCH snapshot-api (record → node → kernel → status → watch)
 //!   node_e2e cross-node PORT A B           restore/clone placement with two node VMs, through csi-controller's gRPC
-//!   node_e2e ctl-request PORT STEP NAME NODE IDS
-//!                                          a CreateVolume / CreateSnapshot / DeleteVolume (by STEP's prefix) to a
-//!                                          csi-controller that SIGKILLs itself at STEP (failpoints build); the call must fail
-//!   node_e2e ctl-retry PORT STEP NAME NODE POOL IDS
+//!   node_e2e ctl-steps                     print csi-controller's failpoint steps (failpoint::STEPS), one line
+//!   node_e2e ctl-request PORT NODE_PORT STEP NAME NODE IDS
+//!                                          a CreateVolume / CreateSnapshot / DeleteVolume / DeleteSnapshot /
+//!                                          ControllerExpandVolume (by STEP's prefix) to a csi-controller that SIGKILLs
+//!                                          itself at STEP (failpoints build); the call must fail. NODE_PORT: NODE's
+//!                                          csi-node gRPC (an expanded volume is staged there as raw block)
+//!   node_e2e ctl-retry PORT NODE_PORT STEP NAME NODE POOL IDS
 //!                                          the same request to the restarted controller: succeeds with the same device
-//!   node_e2e ctl-cleanup PORT POOL IDS LEAK_BUDGET
-//!                                          delete what the runs made; no device in two objects
+//!                                          (expand: the new size answered, in the API and, after what the CO does
+//!                                          next, in the kernel's active device)
+//!   node_e2e node-expand-crash PORT NODE_PORT NAME NODE IDS
+//!                                          csi-node killed in NodeExpandVolume of a mounted volume between the
+//!                                          device resize and the filesystem grow; the retry grows the filesystem
+//!   node_e2e ctl-cleanup PORT POOL IDS     delete what the runs made; no device in two objects
 //!   node_e2e stop POOL...                  ask the nodes to exit (test hook)
 //!   node_e2e unstop POOL                   remove the stop hook, for a node booted again on the same object
 //!   node_e2e compare LEDGER DEVICES_LINE   the kernel's devices equal the ledger's
@@ -542,22 +549,30 @@ async fn adopt(ctx: &Ctx, pool: &str, file: &str, ledger: &str, devices: &str) -
 mod ctl {
     use super::*;
     use csi_proto::v1::controller_client::ControllerClient;
-    use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+    use csi_proto::v1::node_client::NodeClient;
+    use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume};
     use csi_proto::v1::*;
     use thin_csi_api::{ThinSnapshot, ThinVolume};
     use tonic::transport::Channel;
 
     const KEY: &str = "topology.thin.csi.io/node";
+    /// An expand step's volume: created at SMALL, expanded to LARGE.
+    const SMALL: i64 = 16 << 20;
+    const LARGE: i64 = 32 << 20;
 
-    fn volume_req(name: &str, node: &str) -> CreateVolumeRequest {
+    fn capability(block: bool) -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(if block { AccessType::Block(BlockVolume {}) } else { AccessType::Mount(MountVolume::default()) }),
+            access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        }
+    }
+
+    fn volume_req(name: &str, node: &str, block: bool) -> CreateVolumeRequest {
         let topo = Topology { segments: [(KEY.to_string(), node.to_string())].into() };
         CreateVolumeRequest {
             name: name.into(),
-            capacity_range: Some(CapacityRange { required_bytes: 16 << 20, limit_bytes: 0 }),
-            volume_capabilities: vec![VolumeCapability {
-                access_type: Some(AccessType::Mount(MountVolume::default())),
-                access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
-            }],
+            capacity_range: Some(CapacityRange { required_bytes: SMALL, limit_bytes: 0 }),
+            volume_capabilities: vec![capability(block)],
             accessibility_requirements: Some(TopologyRequirement { requisite: vec![topo.clone()], preferred: vec![topo] }),
             ..Default::default()
         }
@@ -568,7 +583,7 @@ mod ctl {
     }
 
     async fn create_volume(c: &mut ControllerClient<Channel>, name: &str, node: &str) -> std::result::Result<Volume, tonic::Status> {
-        c.create_volume(volume_req(name, node)).await?.into_inner().volume.ok_or_else(|| tonic::Status::internal("no volume"))
+        c.create_volume(volume_req(name, node, false)).await?.into_inner().volume.ok_or_else(|| tonic::Status::internal("no volume"))
     }
 
     async fn create_snapshot(c: &mut ControllerClient<Channel>, name: &str, source: &str) -> std::result::Result<Snapshot, tonic::Status> {
@@ -576,9 +591,23 @@ mod ctl {
         c.create_snapshot(req).await?.into_inner().snapshot.ok_or_else(|| tonic::Status::internal("no snapshot"))
     }
 
+    fn expand_req(id: &str) -> ControllerExpandVolumeRequest {
+        ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: Some(CapacityRange { required_bytes: LARGE, limit_bytes: 0 }),
+            volume_capability: Some(capability(true)),
+            ..Default::default()
+        }
+    }
+
     fn remember(ids: &str, kind: &str, id: &str) -> Result<()> {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(ids).map_err(|e| e.to_string())?;
         writeln!(f, "{kind} {id}").map_err(|e| e.to_string())
+    }
+
+    /// The CSI id the killed call of run `name` worked on.
+    fn killed_id(ids: &str, name: &str) -> Result<String> {
+        std::fs::read_to_string(format!("{ids}.{name}")).map_err(|e| format!("the killed call's id: {e}"))
     }
 
     /// The device the API's object for CSI name `name` holds, if any.
@@ -589,6 +618,76 @@ mod ctl {
         } else {
             Api::<ThinVolume>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?.map(|v| v.spec.device_id.get())
         })
+    }
+
+    async fn api_size(ctx: &Ctx, name: &str) -> Result<u64> {
+        let obj = thin_csi_api::object_name(name);
+        let v = Api::<ThinVolume>::all(ctx.client.clone()).get_opt(&obj).await.map_err(|e| e.to_string())?;
+        Ok(v.ok_or_else(|| format!("no ThinVolume {obj}"))?.spec.size_bytes)
+    }
+
+    /// csi-node's Node service in the node VM (forwarded to the host's
+    /// loopback), for one volume staged as raw block or as a mount.
+    struct Node {
+        c: NodeClient<Channel>,
+        block: bool,
+        staging: String,
+        target: String,
+    }
+
+    impl Node {
+        async fn connect(port: &str, name: &str, block: bool) -> Result<Node> {
+            let c = NodeClient::connect(format!("http://127.0.0.1:{port}")).await.map_err(|e| format!("csi-node at port {port}: {e}"))?;
+            let target = format!("/run/e2e/{name}/{}", if block { "dev" } else { "mnt" });
+            Ok(Node { c, block, staging: format!("/run/e2e/{name}/staging"), target })
+        }
+
+        /// NodeStage + NodePublish: the thin device is active at the
+        /// ThinVolume's size (a mount: with a filesystem, mounted).
+        async fn stage_publish(&mut self, id: &str) -> Result<()> {
+            let stage = NodeStageVolumeRequest { volume_id: id.into(), staging_target_path: self.staging.clone(), volume_capability: Some(capability(self.block)), ..Default::default() };
+            self.c.node_stage_volume(stage).await.map_err(|e| format!("NodeStageVolume: {e}"))?;
+            let publish = NodePublishVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: self.staging.clone(),
+                target_path: self.target.clone(),
+                volume_capability: Some(capability(self.block)),
+                ..Default::default()
+            };
+            self.c.node_publish_volume(publish).await.map_err(|e| format!("NodePublishVolume: {e}"))?;
+            Ok(())
+        }
+
+        /// Raw block: the length of the active thin device, as the kernel
+        /// has it; a mount: the size of its filesystem.
+        async fn kernel_size(&mut self, id: &str) -> Result<i64> {
+            let req = NodeGetVolumeStatsRequest { volume_id: id.into(), volume_path: self.target.clone(), ..Default::default() };
+            let usage = self.c.node_get_volume_stats(req).await.map_err(|e| format!("NodeGetVolumeStats: {e}"))?.into_inner().usage;
+            usage.first().map(|u| u.total).ok_or_else(|| "NodeGetVolumeStats: no usage".to_string())
+        }
+
+        async fn expand(&mut self, id: &str, bytes: i64) -> Result<i64> {
+            self.try_expand(id, bytes).await.map_err(|e| format!("NodeExpandVolume: {e}"))
+        }
+
+        async fn try_expand(&mut self, id: &str, bytes: i64) -> std::result::Result<i64, tonic::Status> {
+            let req = NodeExpandVolumeRequest {
+                volume_id: id.into(),
+                volume_path: self.target.clone(),
+                capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+                volume_capability: Some(capability(self.block)),
+                ..Default::default()
+            };
+            Ok(self.c.node_expand_volume(req).await?.into_inner().capacity_bytes)
+        }
+
+        async fn unpublish_unstage(&mut self, id: &str) -> Result<()> {
+            let unpublish = NodeUnpublishVolumeRequest { volume_id: id.into(), target_path: self.target.clone() };
+            self.c.node_unpublish_volume(unpublish).await.map_err(|e| format!("NodeUnpublishVolume: {e}"))?;
+            let unstage = NodeUnstageVolumeRequest { volume_id: id.into(), staging_target_path: self.staging.clone() };
+            self.c.node_unstage_volume(unstage).await.map_err(|e| format!("NodeUnstageVolume: {e}"))?;
+            Ok(())
+        }
     }
 
     /// Every device named by an object of `pool`; Err if one is named twice.
@@ -611,20 +710,45 @@ mod ctl {
         Ok(set)
     }
 
-    /// The request for `step`, sent to a controller that dies at `step`.
-    pub async fn request(port: &str, step: &str, name: &str, node: &str, ids: &str) -> Result<String> {
+    /// The request for `step` (by its prefix), sent to a controller that
+    /// dies at `step`; what it needs first (a source volume, the volume to
+    /// delete or expand) is made by the same controller before.
+    pub async fn request(port: &str, node_port: &str, step: &str, name: &str, node: &str, ids: &str) -> Result<String> {
         let mut c = client(port).await?;
+        let keep = |id: &str| std::fs::write(format!("{ids}.{name}"), id).map_err(|e| e.to_string());
         let cut = if step.starts_with("volume-") {
             create_volume(&mut c, name, node).await.map(|v| v.volume_id)
         } else if step.starts_with("snapshot-") {
             let src = create_volume(&mut c, &format!("{name}-src"), node).await.map_err(|e| format!("source volume: {e}"))?;
             remember(ids, "volume", &src.volume_id)?;
             create_snapshot(&mut c, name, &src.volume_id).await.map(|s| s.snapshot_id)
-        } else {
+        } else if step.starts_with("delete-volume-") {
             let v = create_volume(&mut c, name, node).await.map_err(|e| format!("volume to delete: {e}"))?;
             remember(ids, "volume", &v.volume_id)?;
-            std::fs::write(format!("{ids}.{name}"), &v.volume_id).map_err(|e| e.to_string())?;
+            keep(&v.volume_id)?;
             c.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.map(|_| v.volume_id)
+        } else if step.starts_with("delete-snapshot-") {
+            let src = create_volume(&mut c, &format!("{name}-src"), node).await.map_err(|e| format!("source volume: {e}"))?;
+            remember(ids, "volume", &src.volume_id)?;
+            let s = create_snapshot(&mut c, name, &src.volume_id).await.map_err(|e| format!("snapshot to delete: {e}"))?;
+            remember(ids, "snapshot", &s.snapshot_id)?;
+            keep(&s.snapshot_id)?;
+            c.delete_snapshot(DeleteSnapshotRequest { snapshot_id: s.snapshot_id.clone(), ..Default::default() }).await.map(|_| s.snapshot_id)
+        } else if step.starts_with("expand-") {
+            // A raw block volume in use on the node: its thin device active
+            // at the old size when the controller dies.
+            let v = c.create_volume(volume_req(name, node, true)).await.map_err(|e| format!("volume to expand: {e}"))?.into_inner().volume.ok_or("no volume")?;
+            remember(ids, "volume", &v.volume_id)?;
+            keep(&v.volume_id)?;
+            let mut n = Node::connect(node_port, name, true).await?;
+            n.stage_publish(&v.volume_id).await?;
+            let k = n.kernel_size(&v.volume_id).await?;
+            if k != SMALL {
+                return Err(format!("staged at {k} bytes, the volume has {SMALL}"));
+            }
+            c.controller_expand_volume(expand_req(&v.volume_id)).await.map(|r| format!("{} ({} bytes)", v.volume_id, r.into_inner().capacity_bytes))
+        } else {
+            return Err(format!("no request for step {step}"));
         };
         match cut {
             Ok(id) => Err(format!("the request at failpoint {step} succeeded ({id}): the controller did not die there")),
@@ -636,17 +760,26 @@ mod ctl {
     }
 
     /// The same request to the restarted controller.
-    pub async fn retry(ctx: &Ctx, port: &str, step: &str, name: &str, node: &str, pool: &str, ids: &str) -> Result<String> {
+    pub async fn retry(ctx: &Ctx, port: &str, node_port: &str, step: &str, name: &str, node: &str, pool: &str, ids: &str) -> Result<String> {
         let mut c = client(port).await?;
         let snapshot = step.starts_with("snapshot-");
-        let detail = if step.starts_with("delete-") {
-            let before = device_of(ctx, false, name).await?;
-            let id = std::fs::read_to_string(format!("{ids}.{name}")).map_err(|e| format!("the killed call's volume id: {e}"))?;
-            c.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.map_err(|e| format!("retried DeleteVolume: {e}"))?;
-            if device_of(ctx, false, name).await?.is_some() {
-                return Err("the ThinVolume is still there after the retried DeleteVolume".into());
+        let detail = if let Some(rest) = step.strip_prefix("delete-") {
+            let of_snapshot = rest.starts_with("snapshot-");
+            let before = device_of(ctx, of_snapshot, name).await?;
+            let id = killed_id(ids, name)?;
+            let what = if of_snapshot {
+                c.delete_snapshot(DeleteSnapshotRequest { snapshot_id: id.clone(), ..Default::default() }).await.map_err(|e| format!("retried DeleteSnapshot: {e}"))?;
+                "DeleteSnapshot"
+            } else {
+                c.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.map_err(|e| format!("retried DeleteVolume: {e}"))?;
+                "DeleteVolume"
+            };
+            if device_of(ctx, of_snapshot, name).await?.is_some() {
+                return Err(format!("the object is still there after the retried {what}"));
             }
-            format!("DeleteVolume {id} (device {before:?}) succeeded on retry; object gone")
+            format!("{what} {id} (device {before:?}) succeeded on retry; object gone")
+        } else if step.starts_with("expand-") {
+            expand_retry(ctx, &mut c, node_port, name, ids).await?
         } else {
             let before = device_of(ctx, snapshot, name).await?;
             let id = if snapshot {
@@ -668,6 +801,115 @@ mod ctl {
         };
         let named = named_devices(ctx, pool).await?;
         Ok(format!("{detail}; {} devices named, none twice", named.len()))
+    }
+
+    /// The retried ControllerExpandVolume answers the new size, the API
+    /// holds it, and after what the CO does next (NodeExpandVolume when the
+    /// answer asks for it) the kernel's device has it too; then the volume
+    /// is unpublished and unstaged for the cleanup to delete.
+    async fn expand_retry(ctx: &Ctx, c: &mut ControllerClient<Channel>, node_port: &str, name: &str, ids: &str) -> Result<String> {
+        let id = killed_id(ids, name)?;
+        let mut n = Node::connect(node_port, name, true).await?;
+        let checked = expand_checks(ctx, c, &mut n, &id, name).await;
+        // Unstaged on every path: the cleanup cannot delete an active device.
+        let unstaged = n.unpublish_unstage(&id).await;
+        let detail = checked?;
+        unstaged?;
+        Ok(detail)
+    }
+
+    async fn expand_checks(ctx: &Ctx, c: &mut ControllerClient<Channel>, n: &mut Node, id: &str, name: &str) -> Result<String> {
+        let api_before = api_size(ctx, name).await?;
+        let kernel_before = n.kernel_size(id).await?;
+        if kernel_before != SMALL {
+            return Err(format!("the device is {kernel_before} bytes before the retry; only the node resizes it, and it was not asked"));
+        }
+        let r = c.controller_expand_volume(expand_req(id)).await.map_err(|e| format!("retried ControllerExpandVolume: {e}"))?.into_inner();
+        if r.capacity_bytes != LARGE {
+            return Err(format!("retried ControllerExpandVolume answered {} bytes, asked for {LARGE}", r.capacity_bytes));
+        }
+        let api = api_size(ctx, name).await?;
+        if api != LARGE as u64 {
+            return Err(format!("the ThinVolume holds {api} bytes after the retry answered {LARGE}"));
+        }
+        // What a CO does next: NodeExpandVolume only when the answer asks.
+        if r.node_expansion_required {
+            let grown = n.expand(id, LARGE).await?;
+            if grown != LARGE {
+                return Err(format!("NodeExpandVolume answered {grown} bytes, the volume has {LARGE}"));
+            }
+        }
+        let kernel = n.kernel_size(id).await?;
+        if kernel != LARGE {
+            return Err(format!(
+                "the API says {api} bytes, the kernel's active device {kernel} (node_expansion_required {}: a CO calls NodeExpandVolume only when asked)",
+                r.node_expansion_required
+            ));
+        }
+        Ok(format!("{id}: {api_before} bytes recorded before the retry, {LARGE} answered, in the API and in the kernel's active device"))
+    }
+
+    /// csi-node SIGKILLed in NodeExpandVolume of a mounted volume after its
+    /// thin device grew and before its filesystem did (the ThinVolume's
+    /// kill hook, `hooks::EXPAND_RESIZED`), restarted by its supervisor: the
+    /// filesystem is still the old size, and the CO's retried
+    /// NodeExpandVolume grows it past the old device's size.
+    pub async fn node_expand_crash(ctx: &Ctx, port: &str, node_port: &str, name: &str, node: &str, ids: &str) -> Result<String> {
+        let mut c = client(port).await?;
+        let v = create_volume(&mut c, name, node).await.map_err(|e| format!("volume to expand: {e}"))?;
+        let id = v.volume_id;
+        remember(ids, "volume", &id)?;
+        let mut n = Node::connect(node_port, name, false).await?;
+        n.stage_publish(&id).await?;
+        let checked = node_expand_checks(ctx, &mut c, &mut n, node_port, &id, name).await;
+        // A new channel: the old one's node died.
+        let unstaged = match Node::connect(node_port, name, false).await {
+            Ok(mut n) => n.unpublish_unstage(&id).await,
+            Err(e) => Err(e),
+        };
+        let detail = checked?;
+        unstaged?;
+        Ok(detail)
+    }
+
+    async fn node_expand_checks(ctx: &Ctx, c: &mut ControllerClient<Channel>, n: &mut Node, node_port: &str, id: &str, name: &str) -> Result<String> {
+        let fs_before = n.kernel_size(id).await?;
+        let mut req = expand_req(id);
+        req.volume_capability = Some(capability(false));
+        let r = c.controller_expand_volume(req).await.map_err(|e| format!("ControllerExpandVolume: {e}"))?.into_inner();
+        if r.capacity_bytes != LARGE || !r.node_expansion_required {
+            return Err(format!("ControllerExpandVolume of a mount volume answered {r:?}"));
+        }
+        let patch = json!({ "metadata": { "annotations": { hooks::KILL_AT: hooks::EXPAND_RESIZED } } });
+        let volumes = Api::<ThinVolume>::all(ctx.client.clone());
+        volumes.patch(&thin_csi_api::object_name(name), &PatchParams::default(), &Patch::Merge(patch)).await.map_err(|e| e.to_string())?;
+        if let Ok(b) = n.try_expand(id, LARGE).await {
+            return Err(format!("NodeExpandVolume answered {b} bytes: the node did not die between the resize and the filesystem grow"));
+        }
+        println!("--- {name}: NodeExpandVolume cut by the node's kill");
+        // Back once its supervisor restarted it (the filesystem stays mounted: the kernel holds it).
+        let start = Instant::now();
+        let mut n = loop {
+            if let Ok(mut n) = Node::connect(node_port, name, false).await {
+                if n.c.node_get_capabilities(NodeGetCapabilitiesRequest {}).await.is_ok() {
+                    break n;
+                }
+            }
+            if start.elapsed() > WAIT {
+                return Err(format!("csi-node did not come back within {WAIT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let fs_mid = n.kernel_size(id).await?;
+        if fs_mid != fs_before {
+            return Err(format!("the filesystem is {fs_mid} bytes after the kill, {fs_before} before: the node did not die between the resize and the grow"));
+        }
+        let grown = n.expand(id, LARGE).await?;
+        let fs_after = n.kernel_size(id).await?;
+        if grown != LARGE || fs_after <= SMALL || fs_after > LARGE {
+            return Err(format!("retried NodeExpandVolume answered {grown} bytes; the filesystem is {fs_after} bytes (before {fs_before}; the device {LARGE})"));
+        }
+        Ok(format!("{id}: filesystem {fs_before} bytes before, still {fs_mid} after the kill, {fs_after} after the retried NodeExpandVolume ({LARGE}-byte device)"))
     }
 
     /// Deletes what the runs made (snapshots first); no object names a device twice.
@@ -732,6 +974,10 @@ async fn main() -> ExitCode {
     if let ["leaks", devices, budget] = argv.as_slice() {
         return finish("the pool holds only what controller kills leaked", leaks(devices, budget.parse().unwrap_or(0)));
     }
+    if let ["ctl-steps"] = argv.as_slice() {
+        println!("{}", csi_controller::failpoint::STEPS.join(" "));
+        return ExitCode::SUCCESS;
+    }
     if let ["compare", ledger, devices] = argv.as_slice() {
         return finish("kernel devices match the API record", compare(ledger, devices));
     }
@@ -753,8 +999,13 @@ async fn main() -> ExitCode {
         ["forget", pool, file] => ("pool object saved and deleted".into(), forget(&ctx, pool, file).await),
         ["unverified", pool, file] => ("re-created record refuses allocations".into(), unverified(&ctx, pool, file).await),
         ["adopt", pool, file, ledger, devices] => ("adopted pool allocates a fresh id".into(), adopt(&ctx, pool, file, ledger, devices).await),
-        ["ctl-request", port, step, name, node, ids] => (format!("controller killed at {step}"), ctl::request(port, step, name, node, ids).await),
-        ["ctl-retry", port, step, name, node, pool, ids] => (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, step, name, node, pool, ids).await),
+        ["ctl-request", port, node_port, step, name, node, ids] => (format!("controller killed at {step}"), ctl::request(port, node_port, step, name, node, ids).await),
+        ["ctl-retry", port, node_port, step, name, node, pool, ids] => {
+            (format!("controller killed at {step}: the retry is idempotent"), ctl::retry(&ctx, port, node_port, step, name, node, pool, ids).await)
+        }
+        ["node-expand-crash", port, node_port, name, node, ids] => {
+            ("node killed at expand-resized".into(), ctl::node_expand_crash(&ctx, port, node_port, name, node, ids).await)
+        }
         ["ctl-cleanup", port, pool, ids] => ("controller crash runs cleaned up".into(), ctl::cleanup(&ctx, port, pool, ids).await),
         ["bench", pool, n] => ("snapshot-api benchmark".into(), bench(&ctx, pool, n.parse().unwrap_or(50)).await),
         ["unstop", pool] => {

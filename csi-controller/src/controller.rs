@@ -398,17 +398,12 @@ impl Inner {
         let v = self.devices.settle(v).await?;
         let current = v.spec.size_bytes;
         let wanted = size_for(Some(range), current)?;
-        let block = match &req.volume_capability {
-            Some(VolumeCapability { access_type: Some(volume_capability::AccessType::Block(_)), .. }) => true,
-            Some(_) => false,
-            None => v.spec.access == AccessKind::Block,
-        };
         if wanted <= current {
             // Never shrinks; a limit below the current size cannot be met.
             if range.limit_bytes > 0 && (range.limit_bytes as u64) < current {
                 return Err(Error::OutOfRange(format!("capacity_range: limit_bytes {} is below the current size {current}; volumes do not shrink", range.limit_bytes)));
             }
-            return Ok(ControllerExpandVolumeResponse { capacity_bytes: current as i64, node_expansion_required: !block });
+            return Ok(expand_reply(current));
         }
         let pool = self.devices.pools.get_opt(&r.pool).await?.ok_or_else(|| Error::NotFound(format!("the pool {} of volume {} is gone", r.pool, req.volume_id)))?;
         if let Some(reason) = pool_unusable(&pool) {
@@ -421,8 +416,9 @@ impl Inner {
         let name = v.metadata.name.clone().unwrap_or_default();
         let patch = json!({"spec": {"sizeBytes": wanted}});
         self.devices.volumes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        crate::failpoint::hit("expand-recorded");
         tracing::info!(id = %r, from = current, to = wanted, "volume expanded");
-        Ok(ControllerExpandVolumeResponse { capacity_bytes: wanted as i64, node_expansion_required: !block })
+        Ok(expand_reply(wanted))
     }
 
     async fn validate(&self, req: ValidateVolumeCapabilitiesRequest) -> Result<ValidateVolumeCapabilitiesResponse> {
@@ -477,6 +473,15 @@ impl Inner {
             }),
         })
     }
+}
+
+/// The answer to a ControllerExpandVolume that leaves the volume at
+/// `capacity` bytes. Node expansion is required for raw block volumes too:
+/// the thin device's length is its table on the node, so a staged device
+/// keeps its old length until NodeExpandVolume grows it (an unstaged one
+/// is activated at the new size; NodeExpandVolume is then not called).
+fn expand_reply(capacity: u64) -> ControllerExpandVolumeResponse {
+    ControllerExpandVolumeResponse { capacity_bytes: capacity as i64, node_expansion_required: true }
 }
 
 fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
@@ -593,6 +598,16 @@ mod tests {
         let m = snapshot_message(&s);
         assert_eq!((m.snapshot_id.as_str(), m.source_volume_id.as_str(), m.size_bytes, m.ready_to_use), ("pool1:5", "pool1:3", 1 << 30, false));
         assert_eq!(node_topology("n1").segments[TOPOLOGY_KEY], "n1");
+    }
+
+    #[test]
+    fn an_expanded_volume_needs_the_node_block_too() {
+        // The thin device's length is its table on the node: a staged raw
+        // block volume grows only through NodeExpandVolume, which a CO
+        // calls only when the answer asks for it.
+        let r = expand_reply(2 << 30);
+        assert!(r.node_expansion_required);
+        assert_eq!(r.capacity_bytes, 2 << 30);
     }
 
     #[test]

@@ -2,13 +2,26 @@
 //! deployment build): with `THIN_CSI_FAILPOINT=<step>` in its environment,
 //! the process SIGKILLs itself when it reaches that step.
 //!
-//! Steps: `volume-allocated`, `volume-object`, `volume-waited`,
-//! `volume-ready` (CreateVolume: after the allocation is recorded, after the
-//! ThinVolume is created, after the node reported the transaction, after
-//! the object is marked ready); the same with `snapshot-` for
-//! CreateSnapshot; `delete-recorded`, `delete-finished` (DeleteVolume and
-//! DeleteSnapshot: after the delete's transaction is recorded, after the
-//! node reported it).
+//! Each step is a place where a kill leaves a different durable state:
+//!
+//! - CreateVolume: `volume-allocated` (the transaction is recorded, no
+//!   object names its device yet: a kill here leaks the id),
+//!   `volume-object` (the ThinVolume exists, not ready), `volume-waited`
+//!   (the node reported the transaction, the object is not marked ready),
+//!   `volume-ready` (marked ready, the reply not sent);
+//! - CreateSnapshot: the same four with `snapshot-`;
+//! - DeleteVolume: `delete-volume-recorded` (the delete's transaction is
+//!   recorded), `delete-volume-finished` (the node reported the device
+//!   gone; the ThinVolume is still there); DeleteSnapshot: the same with
+//!   `delete-snapshot-` (both share the device delete; the names say which
+//!   request reached it);
+//! - ControllerExpandVolume: `expand-recorded` (the ThinVolume's new size
+//!   is written, the reply not sent). Expand's only write is that one
+//!   patch (the node grows the device itself, at NodeExpandVolume or the
+//!   next stage), so a kill anywhere before it leaves what was there.
+//!
+//! `e2e/suites/cluster-nodes.sh` kills the controller at every step in
+//! [`STEPS`] (it reads the list from `node_e2e ctl-steps`).
 
 /// Every step, in the order a request meets them.
 pub const STEPS: &[&str] = &[
@@ -20,8 +33,11 @@ pub const STEPS: &[&str] = &[
     "snapshot-object",
     "snapshot-waited",
     "snapshot-ready",
-    "delete-recorded",
-    "delete-finished",
+    "delete-volume-recorded",
+    "delete-volume-finished",
+    "delete-snapshot-recorded",
+    "delete-snapshot-finished",
+    "expand-recorded",
 ];
 
 /// Dies here if `THIN_CSI_FAILPOINT` names `step` (feature `failpoints` only).
@@ -37,11 +53,48 @@ pub fn hit(step: &str) {
     let _ = step;
 }
 
-/// [`hit`] for step `<what>-<step>` (`volume-allocated`, `snapshot-ready`, ...).
+/// [`hit`] for the step named by `parts` joined with `-` (the generic
+/// object code names its steps by kind: `volume-allocated`,
+/// `delete-snapshot-recorded`); the name is built only in test builds.
 #[inline]
-pub fn hit_for(what: &str, step: &str) {
+pub fn hit_for(parts: &[&str]) {
     #[cfg(feature = "failpoints")]
-    hit(&format!("{what}-{step}"));
+    hit(&parts.join("-"));
     #[cfg(not(feature = "failpoints"))]
-    let _ = (what, step);
+    let _ = parts;
+}
+
+#[cfg(test)]
+mod tests {
+    /// A step the controller no longer reaches would make the suite's kill
+    /// at it fail loudly; a step reached but not listed would never be
+    /// tested. Both directions, against the sources: the generic object
+    /// code reaches `<kind>-<step>` and `delete-<kind>-<step>` for both
+    /// kinds, the expand handler its one step.
+    #[test]
+    fn every_step_is_reached_and_every_reached_step_is_listed() {
+        let objects = include_str!("objects.rs");
+        let controller = include_str!("controller.rs");
+        let create: Vec<&str> = ["allocated", "object", "waited", "ready"].into();
+        let delete: Vec<&str> = ["recorded", "finished"].into();
+        for s in &create {
+            assert_eq!(objects.matches(&format!("hit_for(&[K::WHAT, \"{s}\"])")).count(), 1, "create step {s}");
+        }
+        for s in &delete {
+            assert_eq!(objects.matches(&format!("hit_for(&[\"delete\", what, \"{s}\"])")).count(), 1, "delete step {s}");
+        }
+        assert_eq!(objects.matches("hit_for(").count(), create.len() + delete.len(), "no other object steps");
+        assert_eq!(objects.matches("failpoint::hit(").count(), 0);
+        assert_eq!(controller.matches("failpoint::hit(\"expand-recorded\")").count(), 1);
+        assert_eq!(controller.matches("failpoint::hit").count(), 1, "the handlers' only step");
+        let mut reached = Vec::new();
+        for kind in ["volume", "snapshot"] {
+            reached.extend(create.iter().map(|s| format!("{kind}-{s}")));
+        }
+        for kind in ["volume", "snapshot"] {
+            reached.extend(delete.iter().map(|s| format!("delete-{kind}-{s}")));
+        }
+        reached.push("expand-recorded".into());
+        assert_eq!(super::STEPS, reached.iter().map(String::as_str).collect::<Vec<_>>().as_slice());
+    }
 }

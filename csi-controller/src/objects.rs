@@ -161,11 +161,11 @@ impl Devices {
             }
             r => r?,
         };
-        failpoint::hit_for(K::WHAT, "waited");
+        failpoint::hit_for(&[K::WHAT, "waited"]);
         match finished {
             Finished::Committed => {
                 let ready = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"ready": true}}))).await?;
-                failpoint::hit_for(K::WHAT, "ready");
+                failpoint::hit_for(&[K::WHAT, "ready"]);
                 Ok(Settled::Ready(ready))
             }
             Finished::Aborted(aborted) => {
@@ -180,7 +180,7 @@ impl Devices {
     /// written gives its device back.
     pub async fn create<K: DeviceObject>(&self, pool: &str, op: Op, build: impl FnOnce(&Assigned) -> K) -> Result<K> {
         let a = self.alloc.allocate(pool, &[op]).await?;
-        failpoint::hit_for(K::WHAT, "allocated");
+        failpoint::hit_for(&[K::WHAT, "allocated"]);
         let assigned = Assigned { device: a.created[0], transaction: a.transaction.id().get(), pool_uid: a.pool_uid };
         let (device, txn) = (assigned.device, assigned.transaction);
         if let Err(e) = self.clear_stale(pool, device, assigned.pool_uid.as_deref()).await {
@@ -202,7 +202,7 @@ impl Devices {
                 }
             },
         };
-        failpoint::hit_for(K::WHAT, "object");
+        failpoint::hit_for(&[K::WHAT, "object"]);
         let settled = self.settle(created).await?;
         tracing::info!(object = %name, id = %DeviceRef::new(pool, device), txn, "{} created", K::WHAT);
         Ok(settled)
@@ -217,7 +217,7 @@ impl Devices {
         if let Settled::Aborted(_) = self.try_settle(obj).await? {
             return Ok(());
         }
-        self.delete_device(&r.pool, r.device).await?;
+        self.delete_device(&r.pool, r.device, K::WHAT).await?;
         match K::api(self).delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -228,8 +228,9 @@ impl Devices {
     }
 
     /// Deletes thin device `device` of `pool` through a transaction; Ok once
-    /// the device is gone (also when it already was).
-    async fn delete_device(&self, pool: &str, device: ThinId) -> Result<()> {
+    /// the device is gone (also when it already was). `what`: the kind of
+    /// object being deleted, which names the crash points.
+    async fn delete_device(&self, pool: &str, device: ThinId, what: &str) -> Result<()> {
         let (txn, uid) = match self.alloc.allocate(pool, &[Op::Delete { id: device }]).await {
             Ok(a) => (a.transaction.id().get(), a.pool_uid),
             // Gone already (a retry after the delete committed).
@@ -243,11 +244,11 @@ impl Devices {
             Err(AllocError::BeingDeleted { txn, .. }) => (txn, None),
             Err(e) => return Err(e.into()),
         };
-        failpoint::hit("delete-recorded");
+        failpoint::hit_for(&["delete", what, "recorded"]);
         // The uid: an outcome read from a re-created record would be another's.
         match self.wait(pool, txn, uid.as_deref(), Subject::Delete(device)).await? {
             Finished::Committed => {
-                failpoint::hit("delete-finished");
+                failpoint::hit_for(&["delete", what, "finished"]);
                 Ok(())
             }
             Finished::Aborted(a) => {

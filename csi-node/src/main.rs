@@ -84,7 +84,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut servers = tokio::task::JoinSet::new();
     if !endpoints.is_empty() {
         let identity = IdentityService::new(client.clone(), executor.kernel(), executor.object_name());
-        let config = NodeConfig { node: node.clone(), pool_object: executor.object_name().to_string(), max_volumes };
+        let config = NodeConfig { node: node.clone(), pool_object: executor.object_name().to_string(), max_volumes, test_hooks };
         let node_svc = NodeService::new(client, executor.kernel(), config);
         for endpoint in endpoints {
             let (identity, node_svc) = (identity.clone(), node_svc.clone());

@@ -44,6 +44,8 @@ pub struct NodeConfig {
     /// The ThinPool object name (pool identity) this node serves.
     pub pool_object: String,
     pub max_volumes: i64,
+    /// Honour the test-only kill hook in NodeExpandVolume (`--test-hooks true`).
+    pub test_hooks: bool,
 }
 
 #[derive(Clone)]
@@ -413,6 +415,12 @@ impl NodeService {
                 Ok(p.thin_device_path(id)?)
             })
             .await?;
+        // Test hook: die with the device grown and the filesystem not yet.
+        let kill = volume.metadata.annotations.as_ref().and_then(|a| a.get(thin_csi_api::hooks::KILL_AT));
+        if self.inner.config.test_hooks && kill.is_some_and(|k| k == thin_csi_api::hooks::EXPAND_RESIZED) && crate::pool_executor::fire_once(&format!("expand-{}", req.volume_id)) {
+            tracing::error!(volume = %req.volume_id, "test hook: killing the node process between the device resize and the filesystem grow");
+            crate::pool_executor::die();
+        }
         let volume_id = req.volume_id.clone();
         blocking(move || {
             let meta = std::fs::metadata(&path).map_err(|e| io_err("stat", &path, e))?;

@@ -305,7 +305,7 @@ impl PoolExecutor {
 }
 
 /// The test hooks' crash: SIGKILL to ourselves, no cleanup, as in a crash.
-fn die() {
+pub(crate) fn die() {
     // SAFETY: a plain syscall; the process dies here.
     unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
 }
@@ -315,7 +315,7 @@ fn annotation(pool: &ThinPool, key: &str) -> Option<String> {
 }
 
 /// True the first time `what` is asked for in this boot of the machine.
-fn fire_once(what: &str) -> bool {
+pub(crate) fn fire_once(what: &str) -> bool {
     let marker = std::path::Path::new("/run").join(format!("thin-csi-test-hook-{what}"));
     std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok()
 }

@@ -7,14 +7,17 @@
 # deleted id is reused only after the node reports its delete finished; bad
 # objects are refused by the apiserver's schema validation.
 # Then the node side (e2e/suites/cluster-nodes.sh): csi-node in two qemu VMs.
+# CTL_CRASH_ROUNDS / NODE_CRASH_ROUNDS (default 1): runs per controller
+# failpoint / node kill point; CLUSTER_FULL=1 (e2e/run cluster-full, 20 of
+# each) also writes bench/results/cluster-crash-<date>.md.
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 ensure_build_deps
 
 log=$(mktemp)
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-cluster-suite.XXXXXX")
-cleanup() {
-	local rc=$?
+cleanup() { # [RC]: the exit status, when called from another trap
+	local rc=${1:-$?}
 	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
 	if [[ $rc -eq 0 ]]; then rm -rf "$RUN"; else echo "cluster: run dir kept for its logs: $RUN" >&2; fi
 	rm -f "$log"
@@ -29,6 +32,7 @@ if ! (cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2);
 fi
 BIN=$CARGO_TARGET_DIR/debug/examples/cluster_e2e
 
+suite_start=$SECONDS
 t0=$(date +%s)
 if env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up"); then
 	eval "$env_out"
@@ -107,4 +111,23 @@ fi
 source "$E2E/suites/cluster-nodes.sh"
 node_tests "${CLUSTER_MODE:-test}"
 
-summarize cluster "$log"
+# e2e/expected-checks gives the count for one round of each matrix; more
+# rounds add one check per controller step and per node kill point each.
+ctl_rounds=${CTL_CRASH_ROUNDS:-1} node_rounds=${NODE_CRASH_ROUNDS:-1}
+ctl_steps=$(wc -w <<<"$("${NODE_E2E:-false}" ctl-steps 2>/dev/null || true)")
+node_points=$(($(wc -w <<<"$NODE_BOUNDARIES") + 2)) # + crash-abort, expand-resized
+extra=$(((ctl_rounds - 1) * ctl_steps + (node_rounds - 1) * node_points))
+if ((extra > 0)); then
+	want=$(($(expected_checks cluster) + extra))
+	got=$(grep -cE '^(PASS|FAIL) ' "$log" || true)
+	((got >= want)) || echo "FAIL cluster: expected $want checks with CTL_CRASH_ROUNDS=$ctl_rounds NODE_CRASH_ROUNDS=$node_rounds, only $got ran" | tee -a "$log"
+fi
+suite_secs=$((SECONDS - suite_start))
+echo "--- cluster suite: $suite_secs s"
+summary=$(summarize cluster "$log") && ok=1 || ok=0
+if [[ ${CLUSTER_FULL:-0} == 1 ]]; then
+	cluster_crash_report "$log" "$ctl_rounds" "$node_rounds" "$suite_secs" "$summary" >"$REPO/bench/results/cluster-crash-$(date +%Y-%m-%d).md"
+	echo "  wrote bench/results/cluster-crash-$(date +%Y-%m-%d).md"
+fi
+echo "$summary"
+[[ $ok -eq 1 ]]
