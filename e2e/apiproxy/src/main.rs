@@ -15,13 +15,17 @@
 //!   PUT /rules   one rule a line: `VERB PATH_REGEX NTH ACTION`, replacing every
 //!                rule and its counts. VERB is the HTTP method, or WATCH for a
 //!                GET with watch=true (so a GET rule never hits a watch), or `*`.
-//!                NTH: the rule fires on its NTH match, once. ACTION:
+//!                NTH: the rule fires on its NTH match, once. ACTION (a forwarding
+//!                one may end in `@applied`: it then counts only matches the
+//!                apiserver answered 2xx, so a lost reply is one of a write that
+//!                took effect, not of a 409 the client would retry anyway):
 //!                  fail[:CODE]   answer CODE (503) without forwarding
 //!                  lose          forward, read the whole reply, close the connection
 //!                  timeout:MS    forward, hold the reply MS ms, close the connection
 //!                  delay:MS      forward, hold the reply MS ms, then send it
 //!   GET /rules   per rule: its line, matches so far, whether it fired
 //!   GET /log     every injection so far, one line each
+//!   GET /held    how many replies a fault is holding right now
 //! Each injection is also logged on stderr as `INJECT ...`.
 //!
 //! `--ports-file` receives `PROXY_PORT CONTROL_PORT` once both listen.
@@ -63,6 +67,8 @@ struct Rule {
     path: Regex,
     nth: u64,
     action: Action,
+    /// Count only matches the apiserver answered 2xx (forwarding actions).
+    applied: bool,
     matches: u64,
     fired: bool,
 }
@@ -72,16 +78,23 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
     let [verb, path, nth, action] = f.as_slice() else { return Err(format!("{line:?}: want VERB PATH_REGEX NTH ACTION")) };
     let path = Regex::new(path).map_err(|e| format!("{line:?}: {e}"))?;
     let nth: u64 = nth.parse().ok().filter(|n| *n > 0).ok_or_else(|| format!("{line:?}: NTH must be a number >= 1"))?;
+    let (action, applied) = match action.strip_suffix("@applied") {
+        Some(a) => (a, true),
+        None => (*action, false),
+    };
     let ms = |v: &str| v.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("{line:?}: bad milliseconds {v:?}"));
     let action = match action.split_once(':') {
-        None if *action == "fail" => Action::Fail(503),
-        None if *action == "lose" => Action::Lose,
+        None if action == "fail" => Action::Fail(503),
+        None if action == "lose" => Action::Lose,
         Some(("fail", code)) => Action::Fail(code.parse().ok().filter(|c| (400..600).contains(c)).ok_or_else(|| format!("{line:?}: bad code"))?),
         Some(("timeout", v)) => Action::Timeout(ms(v)?),
         Some(("delay", v)) => Action::Delay(ms(v)?),
         _ => return Err(format!("{line:?}: unknown action {action:?}")),
     };
-    Ok(Rule { line: line.trim().to_string(), verb: verb.to_uppercase(), path, nth, action, matches: 0, fired: false })
+    if applied && matches!(action, Action::Fail(_)) {
+        return Err(format!("{line:?}: fail forwards nothing, so @applied means nothing"));
+    }
+    Ok(Rule { line: line.trim().to_string(), verb: verb.to_uppercase(), path, nth, action, applied, matches: 0, fired: false })
 }
 
 #[derive(Default)]
@@ -92,11 +105,17 @@ struct Rules {
 
 impl Rules {
     /// Counts the request against every rule it matches; the first rule
-    /// whose NTH match this is fires (once).
-    fn hit(&mut self, verb: &str, path: &str) -> Option<(usize, Action)> {
+    /// whose NTH match this is fires (once). `status` is the apiserver's
+    /// answer: None before forwarding, when only rules without `@applied`
+    /// count; Some after, when only `@applied` rules count (a 2xx).
+    fn hit(&mut self, verb: &str, path: &str, status: Option<u16>) -> Option<(usize, Action)> {
         let mut fire = None;
         for (i, r) in self.rules.iter_mut().enumerate() {
-            if (r.verb == "*" || r.verb == verb) && r.path.is_match(path) {
+            let counts = match status {
+                None => !r.applied,
+                Some(code) => r.applied && (200..300).contains(&code),
+            };
+            if counts && (r.verb == "*" || r.verb == verb) && r.path.is_match(path) {
                 r.matches += 1;
                 if !r.fired && r.matches == r.nth && fire.is_none() {
                     r.fired = true;
@@ -112,6 +131,8 @@ struct State {
     upstream: Upstream,
     base: String,
     rules: Mutex<Rules>,
+    /// Replies a fault is holding now (the driver waits for 0 between scenarios).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl State {
@@ -150,7 +171,7 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bod
     let verb = verb(&req);
     let path = req.uri().path().to_string();
     let target = format!("{}{}", state.base, req.uri().path_and_query().map_or("/", |p| p.as_str()));
-    let fault = state.rules.lock().unwrap_or_else(|e| e.into_inner()).hit(&verb, &path);
+    let mut fault = state.rules.lock().unwrap_or_else(|e| e.into_inner()).hit(&verb, &path, None);
     let what = |rule: usize, action: &str, outcome: &str| format!("rule={rule} {action} {verb} {path} {outcome}");
     if let Some((rule, Action::Fail(code))) = &fault {
         state.record(what(*rule, &format!("fail:{code}"), "not forwarded"));
@@ -181,6 +202,9 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bod
     for h in HOP_BY_HOP {
         parts.headers.remove(h);
     }
+    if fault.is_none() {
+        fault = state.rules.lock().unwrap_or_else(|e| e.into_inner()).hit(&verb, &path, Some(parts.status.as_u16()));
+    }
     let Some((rule, action)) = fault else {
         return Ok(Response::from_parts(parts, body.boxed())); // streams
     };
@@ -199,17 +223,35 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bod
             state.record(what(rule, "lose", &format!("{upstream}, reply dropped")));
             Err(Dropped)
         }
+        // Logged when the hold starts: a client that gives up closes the
+        // connection, and hyper then drops this future mid-sleep.
         Action::Timeout(d) => {
+            state.record(what(rule, &format!("timeout:{}", d.as_millis()), &format!("{upstream}, reply held, then dropped")));
+            let _held = Held::new(&state.held);
             tokio::time::sleep(d).await;
-            state.record(what(rule, &format!("timeout:{}", d.as_millis()), &format!("{upstream}, reply held then dropped")));
             Err(Dropped)
         }
         Action::Delay(d) => {
+            state.record(what(rule, &format!("delay:{}", d.as_millis()), &format!("{upstream}, reply held, then sent")));
+            let _held = Held::new(&state.held);
             tokio::time::sleep(d).await;
-            state.record(what(rule, &format!("delay:{}", d.as_millis()), &format!("{upstream}, reply sent late")));
             Ok(Response::from_parts(parts, Full::new(bytes).map_err(|never: Infallible| match never {}).boxed()))
         }
         Action::Fail(_) => unreachable!("answered above"),
+    }
+}
+
+/// Counts a held reply for as long as it lives (also when hyper drops it).
+struct Held<'a>(&'a std::sync::atomic::AtomicUsize);
+impl<'a> Held<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Held(n)
+    }
+}
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -242,7 +284,8 @@ async fn control(state: Arc<State>, req: Request<Incoming>) -> Result<Response<B
             let rules = state.rules.lock().unwrap_or_else(|e| e.into_inner());
             full(StatusCode::OK, rules.log.iter().map(|l| format!("{l}\n")).collect::<String>())
         }
-        _ => full(StatusCode::NOT_FOUND, "PUT /rules, GET /rules, GET /log\n"),
+        ("GET", "/held") => full(StatusCode::OK, format!("{}\n", state.held.load(std::sync::atomic::Ordering::SeqCst))),
+        _ => full(StatusCode::NOT_FOUND, "PUT /rules, GET /rules, GET /log, GET /held\n"),
     })
 }
 
@@ -291,7 +334,7 @@ async fn run() -> Result<(), String> {
     let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls).https_only().enable_http1().wrap_connector(http);
     let upstream: Upstream = Client::builder(TokioExecutor::new()).build(https);
     let base = a["upstream"].trim_end_matches('/').to_string();
-    let state = Arc::new(State { upstream, base, rules: Mutex::new(Rules::default()) });
+    let state = Arc::new(State { upstream, base, rules: Mutex::new(Rules::default()), held: Default::default() });
 
     // Downstream: TLS with the serving cert the harness signed; HTTP/1.1 only,
     // so a dropped reply closes exactly one request's connection.
@@ -361,13 +404,20 @@ mod tests {
         let mut rules = Rules::default();
         rules.rules.push(parse_rule("PUT ^/apis/thin.csi.io/v1alpha1/thinpools/[^/]+$ 2 lose").unwrap());
         rules.rules.push(parse_rule("PATCH /status$ 1 timeout:1500").unwrap());
-        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1"), None);
+        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1", None), None);
         // A status subresource does not match the object's rule.
-        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1/status"), None);
-        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1"), Some((0, Action::Lose)));
-        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1"), None);
-        assert_eq!(rules.hit("PATCH", "/apis/thin.csi.io/v1alpha1/thinpools/p1/status"), Some((1, Action::Timeout(Duration::from_millis(1500)))));
+        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1/status", None), None);
+        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1", None), Some((0, Action::Lose)));
+        assert_eq!(rules.hit("PUT", "/apis/thin.csi.io/v1alpha1/thinpools/p1", None), None);
+        assert_eq!(rules.hit("PATCH", "/apis/thin.csi.io/v1alpha1/thinpools/p1/status", None), Some((1, Action::Timeout(Duration::from_millis(1500)))));
         assert_eq!(rules.rules[0].matches, 3);
+        // @applied: only replies the apiserver answered 2xx count.
+        let mut rules = Rules::default();
+        rules.rules.push(parse_rule("PUT /thinpools/ 1 lose@applied").unwrap());
+        assert_eq!(rules.hit("PUT", "/thinpools/p1", None), None);
+        assert_eq!(rules.hit("PUT", "/thinpools/p1", Some(409)), None);
+        assert_eq!(rules.hit("PUT", "/thinpools/p1", Some(200)), Some((0, Action::Lose)));
+        assert!(parse_rule("PUT x 1 fail@applied").is_err());
         assert!(parse_rule("PUT x 0 lose").is_err());
         assert!(parse_rule("PUT x 1 explode").is_err());
         assert_eq!(parse_rule("* x 1 fail:500").unwrap().action, Action::Fail(500));
