@@ -902,6 +902,16 @@ pub const CAPABILITIES: [RpcType; 9] = [
     RpcType::VolumeCondition,
 ];
 
+/// Runs a call that changes thin devices in its own task, to its end even
+/// when the caller gives up (its deadline passes and tonic drops the
+/// handler, or its connection drops). Cut between the pool record write and
+/// the object write, the call would leave a recorded device that no object
+/// names, leaked for good, and the retry would allocate another. A retry
+/// meanwhile is ABORTED (the object is busy) and finds the work done after.
+async fn to_the_end<T: Send + 'static>(work: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(Error::Internal(format!("the operation's task failed: {e}"))))
+}
+
 fn reply<T>(r: Result<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
 }
@@ -913,10 +923,12 @@ fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn create_volume(&self, r: Request<CreateVolumeRequest>) -> Result<Response<CreateVolumeResponse>, Status> {
-        reply(self.inner.create_volume(r.into_inner()).await.map(|v| CreateVolumeResponse { volume: Some(v) }))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.create_volume(r.into_inner()).await }).await.map(|v| CreateVolumeResponse { volume: Some(v) }))
     }
     async fn delete_volume(&self, r: Request<DeleteVolumeRequest>) -> Result<Response<DeleteVolumeResponse>, Status> {
-        reply(self.inner.delete_volume(r.into_inner()).await.map(|()| DeleteVolumeResponse {}))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.delete_volume(r.into_inner()).await }).await.map(|()| DeleteVolumeResponse {}))
     }
     async fn controller_publish_volume(&self, _: Request<ControllerPublishVolumeRequest>) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
         unimplemented("ControllerPublishVolume")
@@ -943,10 +955,12 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
     async fn create_snapshot(&self, r: Request<CreateSnapshotRequest>) -> Result<Response<CreateSnapshotResponse>, Status> {
-        reply(self.inner.create_snapshot(r.into_inner()).await.map(|s| CreateSnapshotResponse { snapshot: Some(s) }))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.create_snapshot(r.into_inner()).await }).await.map(|s| CreateSnapshotResponse { snapshot: Some(s) }))
     }
     async fn delete_snapshot(&self, r: Request<DeleteSnapshotRequest>) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        reply(self.inner.delete_snapshot(r.into_inner()).await.map(|()| DeleteSnapshotResponse {}))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.delete_snapshot(r.into_inner()).await }).await.map(|()| DeleteSnapshotResponse {}))
     }
     async fn list_snapshots(&self, r: Request<ListSnapshotsRequest>) -> Result<Response<ListSnapshotsResponse>, Status> {
         reply(self.inner.list_snapshots(r.into_inner()).await)
