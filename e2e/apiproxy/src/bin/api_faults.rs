@@ -30,7 +30,6 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::*;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::Client;
 use serde_json::json;
 use thin_csi_api::{hooks, object_name, AbortReason, PoolHealth, ThinPool, ThinSnapshot, ThinVolume};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,7 +162,6 @@ async fn retried(port: &str, call: Call, name: &str, node: &str, id: &str) -> (R
 // ---- the truth, read directly --------------------------------------------
 
 struct Ctx {
-    client: Client,
     pools: Api<ThinPool>,
     volumes: Api<ThinVolume>,
     snapshots: Api<ThinSnapshot>,
@@ -235,7 +233,7 @@ enum Kind {
 
 /// Where the fault hits: which write, as a rule's VERB and path.
 #[derive(Clone, Copy, Debug)]
-enum Write_ {
+enum Target {
     /// The allocation: the controller's PUT of the pool record.
     PoolRecord,
     /// The node's status patch after the kernel work.
@@ -250,7 +248,7 @@ enum Write_ {
 
 struct Scenario {
     kind: Kind,
-    write: Write_,
+    write: Target,
     action: &'static str,
     /// Devices the fault may leak for good (the leak collector's, issue 10).
     leak_budget: usize,
@@ -264,38 +262,37 @@ impl Scenario {
         };
         let action = self.action.split(':').next().unwrap_or(self.action);
         format!("{what}: {action} the {}", match self.write {
-            Write_::PoolRecord => "pool record write (allocation)",
-            Write_::NodeStatus => "node's status patch",
-            Write_::ObjectCreate => "object create",
-            Write_::ObjectReady => "object's ready status",
-            Write_::ObjectDelete => "object delete",
+            Target::PoolRecord => "pool record write (allocation)",
+            Target::NodeStatus => "node's status patch",
+            Target::ObjectCreate => "object create",
+            Target::ObjectReady => "object's ready status",
+            Target::ObjectDelete => "object delete",
         })
     }
 
     fn rule(&self, pool: &str, obj: &str) -> String {
-        let (kind, plural) = match self.kind {
-            Kind::Csi(Call::CreateSnapshot | Call::DeleteSnapshot) => ("snapshot", "thinsnapshots"),
-            _ => ("volume", "thinvolumes"),
+        let plural = match self.kind {
+            Kind::Csi(Call::CreateSnapshot | Call::DeleteSnapshot) => "thinsnapshots",
+            _ => "thinvolumes",
         };
-        let _ = kind;
         let (verb, path) = match self.write {
-            Write_::PoolRecord => ("PUT", format!("^{GROUP}/thinpools/{pool}$")),
-            Write_::NodeStatus => ("PATCH", format!("^{GROUP}/thinpools/{pool}/status$")),
-            Write_::ObjectCreate => ("POST", format!("^{GROUP}/{plural}$")),
-            Write_::ObjectReady => ("PATCH", format!("^{GROUP}/{plural}/{obj}/status$")),
-            Write_::ObjectDelete => ("DELETE", format!("^{GROUP}/{plural}/{obj}$")),
+            Target::PoolRecord => ("PUT", format!("^{GROUP}/thinpools/{pool}$")),
+            Target::NodeStatus => ("PATCH", format!("^{GROUP}/thinpools/{pool}/status$")),
+            Target::ObjectCreate => ("POST", format!("^{GROUP}/{plural}$")),
+            Target::ObjectReady => ("PATCH", format!("^{GROUP}/{plural}/{obj}/status$")),
+            Target::ObjectDelete => ("DELETE", format!("^{GROUP}/{plural}/{obj}$")),
         };
         // The allocation's first PUT often loses a 409 race with the node's
         // status (the controller writes from the object it kept): a fault
         // on the pool record lands on the write that took effect.
-        let applied = matches!(self.write, Write_::PoolRecord) && !self.action.starts_with("fail");
+        let applied = matches!(self.write, Target::PoolRecord) && !self.action.starts_with("fail");
         format!("{verb} {path} 1 {}{}", self.action, if applied { "@applied" } else { "" })
     }
 }
 
 fn scenarios() -> Vec<Scenario> {
     use Call::*;
-    use Write_::*;
+    use Target::*;
     let timeout: &'static str = Box::leak(format!("timeout:{HOLD_MS}").into_boxed_str());
     let mut v = Vec::new();
     let s = |kind, write, action, leak_budget| Scenario { kind, write, action, leak_budget };
@@ -514,8 +511,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ctx = Ctx { pools: Api::all(client.clone()), volumes: Api::all(client.clone()), snapshots: Api::all(client.clone()), client };
-    let _ = &ctx.client;
+    let ctx = Ctx { pools: Api::all(client.clone()), volumes: Api::all(client.clone()), snapshots: Api::all(client) };
     let ok = match argv.as_slice() {
         ["pool", node] => report("the node registered its pool through the proxy", &pool_of(&ctx, node).await),
         ["settled", pool] => {
