@@ -20,8 +20,8 @@ VM_PID=
 CTL_PID=
 cleanup() {
 	local rc=$?
-	[[ -n $VM_PID ]] && kill "$VM_PID" 2>/dev/null
-	[[ -n $CTL_PID ]] && kill "$CTL_PID" 2>/dev/null
+	[[ -n $VM_PID ]] && kill "$VM_PID" 2>/dev/null || true
+	[[ -n $CTL_PID ]] && kill "$CTL_PID" 2>/dev/null || true
 	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true # also stops the proxy (its pid file is in $RUN/pids)
 	if [[ $rc -eq 0 ]]; then rm -rf "$RUN"; else echo "api-faults: run dir kept for its logs: $RUN" >&2; fi
 	rm -f "$log"
