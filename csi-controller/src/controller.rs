@@ -513,6 +513,16 @@ pub const CAPABILITIES: [RpcType; 9] = [
     RpcType::VolumeCondition,
 ];
 
+/// Runs a call that changes thin devices in its own task, to its end even
+/// when the caller gives up (its deadline passes and tonic drops the
+/// handler, or its connection drops). Cut between the pool record write and
+/// the object write, the call would leave a recorded device that no object
+/// names, leaked for good, and the retry would allocate another. A retry
+/// meanwhile is ABORTED (the object is busy) and finds the work done after.
+async fn to_the_end<T: Send + 'static>(work: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(Error::Internal(format!("the operation's task failed: {e}"))))
+}
+
 fn reply<T>(r: Result<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
 }
@@ -524,10 +534,12 @@ fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn create_volume(&self, r: Request<CreateVolumeRequest>) -> Result<Response<CreateVolumeResponse>, Status> {
-        reply(self.inner.create_volume(r.into_inner()).await.map(|v| CreateVolumeResponse { volume: Some(v) }))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.create_volume(r.into_inner()).await }).await.map(|v| CreateVolumeResponse { volume: Some(v) }))
     }
     async fn delete_volume(&self, r: Request<DeleteVolumeRequest>) -> Result<Response<DeleteVolumeResponse>, Status> {
-        reply(self.inner.delete_volume(r.into_inner()).await.map(|()| DeleteVolumeResponse {}))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.delete_volume(r.into_inner()).await }).await.map(|()| DeleteVolumeResponse {}))
     }
     async fn controller_publish_volume(&self, _: Request<ControllerPublishVolumeRequest>) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
         unimplemented("ControllerPublishVolume")
@@ -554,10 +566,12 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
     async fn create_snapshot(&self, r: Request<CreateSnapshotRequest>) -> Result<Response<CreateSnapshotResponse>, Status> {
-        reply(self.inner.create_snapshot(r.into_inner()).await.map(|s| CreateSnapshotResponse { snapshot: Some(s) }))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.create_snapshot(r.into_inner()).await }).await.map(|s| CreateSnapshotResponse { snapshot: Some(s) }))
     }
     async fn delete_snapshot(&self, r: Request<DeleteSnapshotRequest>) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        reply(self.inner.delete_snapshot(r.into_inner()).await.map(|()| DeleteSnapshotResponse {}))
+        let inner = self.inner.clone();
+        reply(to_the_end(async move { inner.delete_snapshot(r.into_inner()).await }).await.map(|()| DeleteSnapshotResponse {}))
     }
     async fn list_snapshots(&self, r: Request<ListSnapshotsRequest>) -> Result<Response<ListSnapshotsResponse>, Status> {
         reply(self.inner.list_snapshots(r.into_inner()).await)
@@ -608,6 +622,95 @@ mod tests {
         let r = expand_reply(2 << 30);
         assert!(r.node_expansion_required);
         assert_eq!(r.capacity_bytes, 2 << 30);
+    }
+
+    /// A fake apiserver for one CreateVolume: one healthy pool, no objects;
+    /// the pool record write (PUT) is held until `release` is notified, and
+    /// a POST of a ThinVolume is signalled on `posted`.
+    fn fake_api(put_arrived: Arc<tokio::sync::Notify>, release: Arc<tokio::sync::Notify>, posted: Arc<tokio::sync::Notify>) -> Client {
+        use http_body_util::BodyExt;
+        let mut pool = ThinPool::new("pool1", thin_csi_api::ThinPoolSpec::new("n1", "pool0", "pool1", 0));
+        pool.metadata.resource_version = Some("1".into());
+        pool.metadata.uid = Some("uid-1".into());
+        pool.status = Some(thin_csi_api::ThinPoolStatus {
+            kernel_transaction: Some(0),
+            finished_transaction: Some(0),
+            mode: Some(thin_csi_api::PoolMode::ReadWrite),
+            data_total_bytes: Some(1 << 30),
+            ..Default::default()
+        });
+        let json_reply = |code: u16, v: serde_json::Value| {
+            http::Response::builder().status(code).header("content-type", "application/json").body(kube::client::Body::from(v.to_string().into_bytes())).unwrap()
+        };
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (pool, put_arrived, release, posted) = (pool.clone(), put_arrived.clone(), release.clone(), posted.clone());
+            async move {
+                let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                let list = |kind: &str, items: Vec<serde_json::Value>| json!({"apiVersion": "thin.csi.io/v1alpha1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items});
+                let base = "/apis/thin.csi.io/v1alpha1";
+                let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+                let reply = match (method.as_str(), path.strip_prefix(base).unwrap_or(&path)) {
+                    _ if watch => std::future::pending().await,
+                    ("GET", "/thinpools") => json_reply(200, list("ThinPoolList", vec![serde_json::to_value(&pool).unwrap()])),
+                    ("GET", "/thinpools/pool1") => json_reply(200, serde_json::to_value(&pool).unwrap()),
+                    ("GET", "/thinvolumes") => json_reply(200, list("ThinVolumeList", vec![])),
+                    ("GET", "/thinsnapshots") => json_reply(200, list("ThinSnapshotList", vec![])),
+                    ("GET", p) if p.starts_with("/thinvolumes/") => json_reply(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
+                    ("PUT", "/thinpools/pool1") => {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        put_arrived.notify_one();
+                        release.notified().await;
+                        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        v["metadata"]["resourceVersion"] = json!("2");
+                        json_reply(200, v)
+                    }
+                    ("POST", "/thinvolumes") => {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        posted.notify_one();
+                        json_reply(201, serde_json::from_slice(&body).unwrap())
+                    }
+                    _ => std::future::pending().await,
+                };
+                Ok::<_, std::convert::Infallible>(reply)
+            }
+        });
+        Client::new(svc, "default")
+    }
+
+    /// A caller that gives up (its deadline passes, its connection drops)
+    /// while the pool record write is in flight must not stop the call
+    /// half-way: the write may take effect, and a device recorded with no
+    /// object is leaked for good (the retry allocates another). Seen on the
+    /// real apiserver (e2e/run api-faults, the allocation's reply held past
+    /// the caller's deadline).
+    #[tokio::test]
+    async fn a_caller_giving_up_does_not_cut_a_create_between_record_and_object() {
+        let (put_arrived, release, posted) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let client = fake_api(put_arrived.clone(), release.clone(), posted.clone());
+        let (_leading_tx, leading) = watch::channel(true);
+        let svc = ControllerService::new(client.clone(), Allocator::new(client), leading, Duration::from_secs(5));
+        let topo = Topology { segments: [(TOPOLOGY_KEY.to_string(), "n1".to_string())].into() };
+        let req = CreateVolumeRequest {
+            name: "v1".into(),
+            capacity_range: Some(CapacityRange { required_bytes: 16 << 20, limit_bytes: 0 }),
+            volume_capabilities: vec![VolumeCapability {
+                access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume::default())),
+                access_mode: Some(volume_capability::AccessMode { mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32 }),
+            }],
+            accessibility_requirements: Some(TopologyRequirement { requisite: vec![topo.clone()], preferred: vec![topo] }),
+            ..Default::default()
+        };
+        {
+            let call = Controller::create_volume(&svc, Request::new(req));
+            tokio::select! {
+                r = call => panic!("CreateVolume ended before its pool record write was answered: {r:?}"),
+                _ = put_arrived.notified() => {}
+            }
+            // The caller is gone: `call` is dropped here, as tonic drops it at the deadline.
+        }
+        release.notify_one();
+        let object = tokio::time::timeout(Duration::from_secs(5), posted.notified()).await;
+        assert!(object.is_ok(), "the allocation was recorded but its ThinVolume never written: the device leaks");
     }
 
     #[test]
