@@ -1,10 +1,13 @@
-//! `thin-faults [--len N] [--faults F] [--replicas R] [--replica-len N2] [--only TEXT]`: explores every
-//! scenario of up to N CSI requests with up to F faults per path and prints
-//! `FAULTS: explored N paths, M states, V violations`.
+//! `thin-faults [--len N] [--faults F] [--replicas R] [--replica-len N2] [--only TEXT]
+//! [--max-states S] [--no-reduce] [--mutate NAME]`: explores every scenario of up to N
+//! CSI requests with up to F faults per path and prints
+//! `FAULTS: explored N paths, M states, V violations`. `--no-reduce` turns
+//! the state reductions off (lib.rs docs); `--mutate` puts a known defect
+//! back (`Mutation`), for showing that the search finds it.
 
 use std::process::ExitCode;
 
-use thin_faults::{explore, scenarios, Config};
+use thin_faults::{explore, scenarios, Config, Mutation};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -19,7 +22,15 @@ fn main() -> ExitCode {
     let mut failed = 0usize;
     let started = std::time::Instant::now();
     for replicas in [1u8, 2] {
-        let cfg = Config { max_faults: arg("--faults", 2) as u8, replicas, ..Config::default() };
+        let mutation = args.iter().position(|a| a == "--mutate").and_then(|i| args.get(i + 1)).map(|m| Mutation::parse(m).unwrap_or_else(|| panic!("unknown mutation {m}; one of {:?}", Mutation::ALL)));
+        let cfg = Config {
+            max_faults: arg("--faults", 2) as u8,
+            replicas,
+            max_states: arg("--max-states", Config::default().max_states),
+            reduce: !args.iter().any(|a| a == "--no-reduce"),
+            mutation,
+            ..Config::default()
+        };
         if replicas > arg("--replicas", 2) as u8 {
             continue;
         }
