@@ -69,7 +69,7 @@
 //! Paths are kept as successor indices and replayed for their labels only
 //! when a violation is printed: the same paths, without a string per step.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 
@@ -149,6 +149,8 @@ pub struct Report {
     /// the collector, not violations).
     pub leaked_end_states: u64,
     pub truncated: bool,
+    /// States explored again because they were reached with fewer faults.
+    pub revisits: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -270,6 +272,8 @@ struct Enc {
     uids: Vec<String>,
     /// Write raw resourceVersions and uids (the unreduced search).
     raw: bool,
+    /// Where each part of the state starts (for `FAULTS_DEBUG` statistics).
+    marks: Vec<usize>,
 }
 
 impl Hasher for Enc {
@@ -294,7 +298,7 @@ type Fingerprint = u128;
 
 impl Enc {
     fn new(raw: bool) -> Enc {
-        Enc { buf: Vec::with_capacity(1024), rvs: Vec::new(), uids: Vec::new(), raw }
+        Enc { buf: Vec::with_capacity(1024), rvs: Vec::new(), uids: Vec::new(), raw, marks: Vec::new() }
     }
 
     fn fingerprint(&self) -> Fingerprint {
@@ -409,8 +413,27 @@ impl World {
     /// that can change what happens next, except the faults spent (see
     /// [`explore`]: a state reached with fewer faults covers it).
     fn key(&self, cfg: &Config) -> Fingerprint {
+        self.encode(cfg).fingerprint()
+    }
+
+    /// Fingerprints of the parts of the key: kernel, pool, objects, node,
+    /// requests, ghost state (how many distinct values each takes says
+    /// where a search's states come from).
+    pub fn part_keys(&self, cfg: &Config) -> Vec<u64> {
+        let e = self.encode(cfg);
+        let mut marks = e.marks.clone();
+        marks.push(e.buf.len());
+        marks.windows(2).map(|m| {
+            let mut h = DefaultHasher::new();
+            h.write(&e.buf[m[0]..m[1]]);
+            h.finish()
+        }).collect()
+    }
+
+    fn encode(&self, cfg: &Config) -> Enc {
         use std::fmt::Write as _;
         let mut e = Enc::new(!cfg.reduce);
+        e.marks.push(0);
         let k = &self.kernel;
         (k.transaction_id(), k.crashed()).hash(&mut e);
         for id in k.devices() {
@@ -426,12 +449,15 @@ impl World {
             Some(w) => (1u8, w.mode as u8, w.needs_check).hash(&mut e),
             None => e.write_u8(0),
         }
+        e.marks.push(e.buf.len());
         e.pool(self.pool.as_deref());
+        e.marks.push(e.buf.len());
         self.objects.len().hash(&mut e);
         for (name, o) in &self.objects {
             (name, o.device, o.txn, o.ready).hash(&mut e);
             e.uid(&o.pool_uid);
         }
+        e.marks.push(e.buf.len());
         (self.node.up, self.node.retry).hash(&mut e);
         // A node that is down starts again with no view, a new executor and
         // nothing reconciled (`register`): what the dead one had is not read.
@@ -451,17 +477,45 @@ impl World {
                 }
             }
         }
-        for r in &self.reqs {
+        e.marks.push(e.buf.len());
+        let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.as_ref());
+        for (i, r) in self.reqs.iter().enumerate() {
             (r.started, r.retries_left, r.reply, r.execs.len()).hash(&mut e);
             for s in &r.execs {
-                e.step(s);
+                match s {
+                    // A read that is no longer the object's current version
+                    // never will be again (versions are fresh): its step
+                    // will answer the plan's refusal, or else re-read (409).
+                    // Only which of those it does is left of it.
+                    Step::Plan { read } if cfg.reduce && read.metadata.resource_version.as_ref() != current_rv && matches!(r.op, Op::Create | Op::CreateNoSpace) => {
+                        e.write_u8(10);
+                        match plan(read, &[Alloc::CreateThin]) {
+                            Ok(_) => e.write_u8(0),
+                            Err(err) => (1u8, csi_controller::status::Error::from(err).code()).hash(&mut e),
+                        }
+                    }
+                    // The same for a delete's read; the id it deletes is its
+                    // volume object's, which only ever goes away.
+                    Step::DeletePlan { read } if cfg.reduce && read.metadata.resource_version.as_ref() != current_rv => {
+                        e.write_u8(11);
+                        match self.objects.get(&self.target(i)).map(|o| plan(read, &[Alloc::Delete { id: thin(o.device) }])) {
+                            None => e.write_u8(0),
+                            Some(Ok(_)) => e.write_u8(1),
+                            Some(Err(AllocError::NotAllocated { .. })) => e.write_u8(2),
+                            Some(Err(AllocError::BeingDeleted { txn, .. })) => (3u8, txn).hash(&mut e),
+                            Some(Err(err)) => (4u8, csi_controller::status::Error::from(err).code()).hash(&mut e),
+                        }
+                    }
+                    _ => e.step(s),
+                }
             }
         }
         if !cfg.reduce {
             self.faults.hash(&mut e);
         }
+        e.marks.push(e.buf.len());
         (&self.truth, &self.live, &self.deleting, &self.mounted, &self.node_defects).hash(&mut e);
-        e.fingerprint()
+        e
     }
 }
 
@@ -719,6 +773,11 @@ impl World {
     fn successors(&self, cfg: &Config) -> Vec<(String, World)> {
         let mut out = Vec::new();
         let can_fault = self.faults < cfg.max_faults;
+        if cfg.reduce {
+            if let Some(only) = self.local_step() {
+                return only;
+            }
+        }
         // CO: issue a request, or retry one that failed.
         for i in 0..self.reqs.len() {
             let r = &self.reqs[i];
@@ -773,6 +832,38 @@ impl World {
             out.push(("FAULT a person deletes the ThinPool object".into(), w));
         }
         out
+    }
+
+    /// A step that commutes with every other and that no check can see, if
+    /// one is enabled: then it alone is explored here (a singleton ample
+    /// set). The CO issuing a create or snapshot, or retrying a request
+    /// that has no execution running, writes only that request's own
+    /// `started`/`execs`/`retries_left`, which no other actor's step reads
+    /// or writes (a later request reads `started`, but cannot run before it
+    /// is set; `done()` stays false) and no invariant reads; it disables
+    /// nothing. So any path that runs other steps first reaches, with this
+    /// step moved to the front, the same states up to ones that differ only
+    /// in these fields and carry the same invariants. Each such step
+    /// consumes a finite resource (an unissued request, a retry), so no
+    /// cycle repeats it and nothing is postponed forever. A delete's issue
+    /// is not one: the kubelet's unstage touches the kernel and the ghost
+    /// state the invariants read.
+    fn local_step(&self) -> Option<Vec<(String, World)>> {
+        for (i, r) in self.reqs.iter().enumerate() {
+            let issue = !r.started && self.request_ready(i) && matches!(r.op, Op::Create | Op::CreateNoSpace | Op::Snapshot { .. });
+            let retry = r.started && r.execs.is_empty() && !r.done();
+            if issue || retry {
+                let mut w = self.clone();
+                w.reqs[i].started = true;
+                w.reqs[i].execs.push(Step::Start);
+                if retry {
+                    w.reqs[i].retries_left -= 1;
+                }
+                let label = if retry { format!("retry {}", r.name) } else { format!("issue {} {:?}", r.name, r.op) };
+                return Some(vec![(label, w)]);
+            }
+        }
+        None
     }
 
     fn controller_step(&self, i: usize, e: usize, cfg: &Config) -> Vec<(String, World)> {
@@ -1404,12 +1495,20 @@ pub fn explore(ops: &[Op], cfg: &Config) -> Report {
     // from the start (labels are rebuilt only for a violation's path).
     let mut stack: Vec<(World, Fingerprint, Vec<u16>)> = vec![(start, key, vec![])];
     let covered = |seen: &HashMap<Fingerprint, u8>, key: &Fingerprint, faults: u8| seen.get(key).is_some_and(|f| *f <= faults);
+    let mut parts: Option<Vec<HashSet<u64>>> = std::env::var_os("FAULTS_DEBUG").map(|_| vec![HashSet::new(); 6]);
     while let Some((w, own, path)) = stack.pop() {
         if covered(&seen, &own, w.faults) {
             continue;
         }
-        seen.insert(own, w.faults);
+        if seen.insert(own, w.faults).is_some() {
+            report.revisits += 1;
+        }
         report.states += 1;
+        if let Some(parts) = parts.as_mut() {
+            for (set, k) in parts.iter_mut().zip(w.part_keys(cfg)) {
+                set.insert(k);
+            }
+        }
         if report.states as usize >= cfg.max_states {
             report.truncated = true;
             break;
@@ -1452,6 +1551,9 @@ pub fn explore(ops: &[Op], cfg: &Config) -> Report {
             p.push(i);
             stack.push((nw, k, p));
         }
+    }
+    if let Some(parts) = parts {
+        eprintln!("  distinct kernel, pool, objects, node, requests, ghost: {:?}", parts.iter().map(|p| p.len()).collect::<Vec<_>>());
     }
     report
 }

@@ -48,6 +48,9 @@ fn main() -> ExitCode {
             let name = format!("{ops:?} replicas={replicas} faults<={}", cfg.max_faults);
             if r.violations.is_empty() && !r.truncated {
                 println!("PASS {name}: {} paths, {} states ({secs:.1} s)", r.paths, r.states);
+                if std::env::var_os("FAULTS_DEBUG").is_some() {
+                    eprintln!("  revisits {}", r.revisits);
+                }
             } else {
                 failed += 1;
                 if r.truncated {
