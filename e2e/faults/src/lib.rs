@@ -59,6 +59,33 @@
 //!   the view. So once the budget is spent and no retry is pending, the
 //!   view cannot matter. (The other view is `None`, so such a state also
 //!   merges with one where the node never had a view.)
+//! - **A down node's memory is left out.** A node process that is down
+//!   comes back with no view, a new executor and nothing reconciled
+//!   (`register`); its crash worlds are built from the clean run's kernel
+//!   snapshot after each step (the run is deterministic, so a run that dies
+//!   after step k did exactly the clean run's first k steps; a test compares
+//!   the two constructions in every state of small searches).
+//! - **A read that is no longer current is kept only as what it will do.**
+//!   A create's or delete's step holding a read of the pool object checks
+//!   the plan first and then the version (409). Versions are fresh, so a
+//!   read that is not the current version never is again, and its step
+//!   will either answer the plan's refusal or re-read; the key keeps only
+//!   which (the refusal's code, or for a delete: already deleted / being
+//!   deleted by which transaction). Not for a snapshot, whose request
+//!   depends on the source volume at the time of the step.
+//! - **The CO's own bookkeeping steps are explored alone.** Issuing a
+//!   create or snapshot, or retrying a request with no execution running,
+//!   writes only that request's `started`/`execs`/`retries_left`, which
+//!   no other step reads (a later request reads `started` but cannot run
+//!   before it is set; `done()` stays false), no check reads, and which
+//!   disables nothing: it commutes with every other step. When one is
+//!   enabled it is the only successor explored (a singleton ample set,
+//!   partial-order reduction): every path that runs other steps first has a
+//!   permutation with this step first that reaches the same states and
+//!   breaks the same invariants. Each such step uses up something finite
+//!   (a request not yet issued, a retry), so no cycle can postpone another
+//!   step forever. A delete's issue is not one: the kubelet's unstage
+//!   before it touches the kernel and the ghost state the checks read.
 //! - **Only a request's last answer is kept.** Every answer is checked in
 //!   the state that gives it (a broken state is not explored past), and
 //!   later steps read only the last one (`Request::done`).
@@ -1496,6 +1523,7 @@ pub fn explore(ops: &[Op], cfg: &Config) -> Report {
     let mut stack: Vec<(World, Fingerprint, Vec<u16>)> = vec![(start, key, vec![])];
     let covered = |seen: &HashMap<Fingerprint, u8>, key: &Fingerprint, faults: u8| seen.get(key).is_some_and(|f| *f <= faults);
     let mut parts: Option<Vec<HashSet<u64>>> = std::env::var_os("FAULTS_DEBUG").map(|_| vec![HashSet::new(); 6]);
+    let mut longest: Vec<u16> = Vec::new();
     while let Some((w, own, path)) = stack.pop() {
         if covered(&seen, &own, w.faults) {
             continue;
@@ -1507,6 +1535,9 @@ pub fn explore(ops: &[Op], cfg: &Config) -> Report {
         if let Some(parts) = parts.as_mut() {
             for (set, k) in parts.iter_mut().zip(w.part_keys(cfg)) {
                 set.insert(k);
+            }
+            if path.len() > longest.len() {
+                longest = path.clone();
             }
         }
         if report.states as usize >= cfg.max_states {
@@ -1554,6 +1585,10 @@ pub fn explore(ops: &[Op], cfg: &Config) -> Report {
     }
     if let Some(parts) = parts {
         eprintln!("  distinct kernel, pool, objects, node, requests, ghost: {:?}", parts.iter().map(|p| p.len()).collect::<Vec<_>>());
+        eprintln!("  a longest path ({} steps):", longest.len());
+        for l in replay(ops, cfg, &longest) {
+            eprintln!("    {l}");
+        }
     }
     report
 }

@@ -1,7 +1,10 @@
-//! `thin-faults [--len N] [--faults F] [--replicas R] [--replica-len N2] [--only TEXT]
-//! [--max-states S] [--no-reduce] [--mutate NAME]`: explores every scenario of up to N
-//! CSI requests with up to F faults per path and prints
-//! `FAULTS: explored N paths, M states, V violations`. `--no-reduce` turns
+//! `thin-faults [--len N] [--faults F] [--replicas R] [--replica-len N2] [--replica-faults F2]
+//! [--pass R:N:F]... [--only TEXT] [--max-states S] [--no-reduce] [--mutate NAME]`:
+//! explores every scenario of up to N CSI requests with up to F faults per
+//! path (with two controller replicas: up to N2 requests, F2 faults) and
+//! prints `FAULTS: explored N paths, M states, V violations`. Each `--pass
+//! R:N:F` (repeatable) runs R replicas, N requests, F faults, in place of
+//! the passes the other flags give. `--no-reduce` turns
 //! the state reductions off (lib.rs docs); `--mutate` puts a known defect
 //! back (`Mutation`), for showing that the search finds it.
 
@@ -21,21 +24,30 @@ fn main() -> ExitCode {
     let mut checks = 0usize;
     let mut failed = 0usize;
     let started = std::time::Instant::now();
-    for replicas in [1u8, 2] {
-        let mutation = args.iter().position(|a| a == "--mutate").and_then(|i| args.get(i + 1)).map(|m| Mutation::parse(m).unwrap_or_else(|| panic!("unknown mutation {m}; one of {:?}", Mutation::ALL)));
+    let mutation = args.iter().position(|a| a == "--mutate").and_then(|i| args.get(i + 1)).map(|m| Mutation::parse(m).unwrap_or_else(|| panic!("unknown mutation {m}; one of {:?}", Mutation::ALL)));
+    let faults = arg("--faults", 2);
+    let mut passes: Vec<(u8, usize, u8)> = args
+        .windows(2)
+        .filter(|w| w[0] == "--pass")
+        .map(|w| {
+            let v: Vec<usize> = w[1].split(':').map(|x| x.parse().expect("--pass R:N:F")).collect();
+            assert!(v.len() == 3, "--pass R:N:F");
+            (v[0] as u8, v[1], v[2] as u8)
+        })
+        .collect();
+    if passes.is_empty() {
+        // Two racing replicas multiply the state space: their scenarios may be shorter.
+        passes = [(1u8, len, faults as u8), (2, arg("--replica-len", len), arg("--replica-faults", faults) as u8)].into_iter().filter(|p| p.0 <= arg("--replicas", 2) as u8).collect();
+    }
+    for (replicas, len, max_faults) in passes {
         let cfg = Config {
-            max_faults: arg("--faults", 2) as u8,
+            max_faults,
             replicas,
             max_states: arg("--max-states", Config::default().max_states),
             reduce: !args.iter().any(|a| a == "--no-reduce"),
             mutation,
             ..Config::default()
         };
-        if replicas > arg("--replicas", 2) as u8 {
-            continue;
-        }
-        // Two racing replicas multiply the state space: their scenarios may be shorter.
-        let len = if replicas > 1 { arg("--replica-len", len) } else { len };
         let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
         for ops in scenarios(len).into_iter().filter(|ops| only.as_ref().is_none_or(|o| format!("{ops:?}").contains(o.as_str()))) {
             let t0 = std::time::Instant::now();
