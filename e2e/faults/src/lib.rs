@@ -264,10 +264,11 @@ struct Node {
 
 #[derive(Clone)]
 pub struct World {
-    kernel: ModelKernel,
+    /// Shared until written (most steps do not touch the kernel).
+    kernel: Rc<ModelKernel>,
     pool: Option<Rc<ThinPool>>,
     rv: u64,
-    objects: BTreeMap<String, CsiObject>,
+    objects: Rc<BTreeMap<String, CsiObject>>,
     node: Node,
     reqs: Vec<Request>,
     faults: u8,
@@ -480,7 +481,7 @@ impl World {
         e.pool(self.pool.as_deref());
         e.marks.push(e.buf.len());
         self.objects.len().hash(&mut e);
-        for (name, o) in &self.objects {
+        for (name, o) in self.objects.iter() {
             (name, o.device, o.txn, o.ready).hash(&mut e);
             e.uid(&o.pool_uid);
         }
@@ -679,12 +680,12 @@ fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
 impl World {
     pub fn new(ops: &[Op], cfg: &Config) -> World {
         let creates_before_full = ops.iter().take_while(|o| !matches!(o, Op::CreateNoSpace)).filter(|o| matches!(o, Op::Create | Op::Snapshot { .. })).count();
-        let kernel = if ops.contains(&Op::CreateNoSpace) { ModelKernel::new().with_metadata_capacity(creates_before_full) } else { ModelKernel::new() };
+        let kernel = Rc::new(if ops.contains(&Op::CreateNoSpace) { ModelKernel::new().with_metadata_capacity(creates_before_full) } else { ModelKernel::new() });
         let mut w = World {
             kernel,
             pool: None,
             rv: 0,
-            objects: BTreeMap::new(),
+            objects: Rc::default(),
             node: Node { up: true, view: None, executor: None, done: None, retry: false },
             reqs: ops
                 .iter()
@@ -724,7 +725,7 @@ impl World {
     /// thaw, then create the object if missing (marked when the pool has
     /// history), and pick the executor.
     fn register(&mut self) {
-        let _ = thinpool::thaw(&mut self.kernel);
+        let _ = thinpool::thaw(Rc::make_mut(&mut self.kernel));
         let at = self.kernel.transaction_id().get();
         self.node.done = None;
         if self.pool.is_some() {
@@ -761,8 +762,8 @@ impl World {
                 self.live.insert(name, d);
                 // The harness stages (activates and mounts) every new volume:
                 // snapshots then suspend a live origin, deletes must unstage.
-                if !matches!(self.reqs[i].op, Op::Snapshot { .. }) && self.kernel.activate_thin(thin(d), Sectors(8)).is_ok() {
-                    let _ = self.kernel.open(thin(d));
+                if !matches!(self.reqs[i].op, Op::Snapshot { .. }) && Rc::make_mut(&mut self.kernel).activate_thin(thin(d), Sectors(8)).is_ok() {
+                    let _ = Rc::make_mut(&mut self.kernel).open(thin(d));
                     self.mounted.insert(d);
                 }
             }
@@ -822,8 +823,9 @@ impl World {
                     // The kubelet unstages before the CO deletes.
                     if let Some(d) = w.deleting.get(&w.reqs[of].name).copied() {
                         if w.mounted.remove(&d) {
-                            let _ = w.kernel.close(thin(d));
-                            let _ = w.kernel.deactivate_thin(thin(d));
+                            let k = Rc::make_mut(&mut w.kernel);
+                            let _ = k.close(thin(d));
+                            let _ = k.deactivate_thin(thin(d));
                         }
                     }
                 }
@@ -950,10 +952,10 @@ impl World {
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
                     // clear_stale: only objects of the same record.
-                    w.objects.retain(|_, o| o.device != device || (o.pool_uid.is_some() && uid.is_some() && o.pool_uid != uid));
+                    Rc::make_mut(&mut w.objects).retain(|_, o| o.device != device || (o.pool_uid.is_some() && uid.is_some() && o.pool_uid != uid));
                     let exists = w.objects.contains_key(&r.name);
                     if outcome.takes_effect() && !exists {
-                        w.objects.insert(r.name.clone(), CsiObject { device, txn, pool_uid: uid.clone(), ready: false });
+                        Rc::make_mut(&mut w.objects).insert(r.name.clone(), CsiObject { device, txn, pool_uid: uid.clone(), ready: false });
                     }
                     w.faults += outcome.is_fault() as u8;
                     // A failed create is re-read: ours (same device and
@@ -978,7 +980,7 @@ impl World {
                     Ok(None) => {} // blocked until the status changes
                     Err(err) => {
                         if matches!(err, csi_controller::wait::WaitError::TransactionUnknown { .. }) {
-                            w.objects.remove(&r.name); // its record is gone
+                            Rc::make_mut(&mut w.objects).remove(&r.name); // its record is gone
                         }
                         let code = csi_controller::status::Error::from(err).code();
                         w.reply(i, e, Reply::Err(code));
@@ -989,7 +991,7 @@ impl World {
                         out.push((label(&format!("sees transaction {txn} committed")), w));
                     }
                     Ok(Some(Finished::Aborted(aborted))) => {
-                        w.objects.remove(&r.name);
+                        Rc::make_mut(&mut w.objects).remove(&r.name);
                         let code = csi_controller::controller::aborted_create(POOL, aborted).code();
                         w.reply(i, e, Reply::Err(code));
                         out.push((label(&format!("sees transaction {txn} aborted")), w));
@@ -1017,7 +1019,7 @@ impl World {
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
                     if outcome.takes_effect() {
-                        if let Some(o) = w.objects.get_mut(&r.name) {
+                        if let Some(o) = Rc::make_mut(&mut w.objects).get_mut(&r.name) {
                             o.ready = true;
                         }
                     }
@@ -1060,7 +1062,7 @@ impl World {
                     }
                     Ok(Some(Finished::Aborted(_))) => {
                         let target = self.target(i);
-                        w.objects.remove(&target);
+                        Rc::make_mut(&mut w.objects).remove(&target);
                         w.reply(i, e, Reply::Ok(0));
                         out.push((label("settles: its create aborted, nothing to delete"), w));
                     }
@@ -1136,7 +1138,7 @@ impl World {
                     let mut w = self.clone();
                     if outcome.takes_effect() {
                         let target = self.target(i);
-                        w.objects.remove(&target);
+                        Rc::make_mut(&mut w.objects).remove(&target);
                     }
                     if outcome.is_fault() {
                         w.faults += 1;
@@ -1241,7 +1243,7 @@ impl World {
             let mut w = self.clone();
             w.faults += 1;
             w.node.up = false;
-            w.kernel.restart();
+            Rc::make_mut(&mut w.kernel).restart();
             out.push(("FAULT node process restarts".into(), w));
         }
         out
@@ -1259,15 +1261,15 @@ impl World {
     /// what the clean run did (a test checks the two agree).
     fn crashed_at(&self, view: &Rc<ThinPool>, snap: &Snap, power: bool) -> World {
         let mut w = self.clone();
-        w.kernel = snap.0.clone();
+        w.kernel = Rc::new(snap.0.clone());
         w.truth = snap.1.clone();
         w.node.view = Some(view.clone());
         w.node.executor = None; // a new process starts with a new one
         if power {
-            w.kernel.power_cycle();
+            Rc::make_mut(&mut w.kernel).power_cycle();
             w.mounted.clear();
         } else {
-            w.kernel.restart();
+            Rc::make_mut(&mut w.kernel).restart();
         }
         w.node.up = false;
         w
@@ -1288,7 +1290,7 @@ impl World {
         w.node.view = Some(view.clone());
         let before = w.kernel.steps();
         if let Some((k, _)) = crash {
-            w.kernel.crash_after(k);
+            Rc::make_mut(&mut w.kernel).crash_after(k);
         }
         let mut pool = view.clone();
         let mut confirmed = false;
@@ -1307,7 +1309,7 @@ impl World {
             let txns: BTreeMap<u64, Transaction> = record.pending.iter().map(|t| (t.id().get(), t.clone())).collect();
             let mut executor = w.node.executor.take().unwrap_or_default();
             let mut progress = {
-                let mut rec = Recorder { k: &mut w.kernel, txns: &txns, truth: &mut w.truth, no_space: BTreeSet::new(), snaps: snaps.as_deref_mut() };
+                let mut rec = Recorder { k: Rc::make_mut(&mut w.kernel), txns: &txns, truth: &mut w.truth, no_space: BTreeSet::new(), snaps: snaps.as_deref_mut() };
                 executor.drive(&mut rec, &record, &mut ())
             };
             if w.mutation == Some(Mutation::AbortReportedCommitted) {
@@ -1348,10 +1350,10 @@ impl World {
                 return None; // the run took fewer steps
             }
             if power {
-                w.kernel.power_cycle();
+                Rc::make_mut(&mut w.kernel).power_cycle();
                 w.mounted.clear();
             } else {
-                w.kernel.restart();
+                Rc::make_mut(&mut w.kernel).restart();
             }
             w.node.up = false;
             return Some((vec![(Write::Ok, w)], steps));

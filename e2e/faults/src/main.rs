@@ -4,10 +4,12 @@
 //! path (with two controller replicas: up to N2 requests, F2 faults) and
 //! prints `FAULTS: explored N paths, M states, V violations`. Each `--pass
 //! R:N:F` (repeatable) runs R replicas, N requests, F faults, in place of
-//! the passes the other flags give. `--no-reduce` turns
+//! the passes the other flags give. `--time-budget S`: no scenario starts
+//! after S seconds; those not run are listed (SKIP) and the run fails. `--no-reduce` turns
 //! the state reductions off (lib.rs docs); `--mutate` puts a known defect
 //! back (`Mutation`), for showing that the search finds it.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use thin_faults::{explore, scenarios, Config, Mutation};
@@ -24,6 +26,9 @@ fn main() -> ExitCode {
     let mut checks = 0usize;
     let mut failed = 0usize;
     let started = std::time::Instant::now();
+    // Seconds after which no new scenario starts (the rest are listed as SKIP).
+    let budget = args.iter().position(|a| a == "--time-budget").and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<u64>().ok());
+    let mut skipped = 0usize;
     let mutation = args.iter().position(|a| a == "--mutate").and_then(|i| args.get(i + 1)).map(|m| Mutation::parse(m).unwrap_or_else(|| panic!("unknown mutation {m}; one of {:?}", Mutation::ALL)));
     let faults = arg("--faults", 2);
     let mut passes: Vec<(u8, usize, u8)> = args
@@ -50,6 +55,13 @@ fn main() -> ExitCode {
         };
         let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
         for ops in scenarios(len).into_iter().filter(|ops| only.as_ref().is_none_or(|o| format!("{ops:?}").contains(o.as_str()))) {
+            // A long run prints each scenario as it ends (stdout to a file is block-buffered).
+            let _ = std::io::stdout().flush();
+            if budget.is_some_and(|b| started.elapsed().as_secs() >= b) {
+                skipped += 1;
+                println!("SKIP {ops:?} replicas={replicas} faults<={max_faults}: not started within --time-budget");
+                continue;
+            }
             let t0 = std::time::Instant::now();
             let r = explore(&ops, &cfg);
             let secs = t0.elapsed().as_secs_f64();
@@ -76,6 +88,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+    if skipped > 0 {
+        println!("FAIL faults: {skipped} scenarios not run within the time budget");
+        failed += 1;
+        checks += 1;
     }
     println!("FAULTS: explored {paths} paths, {states} states, {violations} violations ({:.1} s)", started.elapsed().as_secs_f64());
     println!("faults: {} passed, {failed} failed", checks - failed);
