@@ -20,7 +20,7 @@ extra=()
 if [[ ${FAULTS_WIDE:-0} == 1 ]]; then
 	suite=faults-wide
 	default="1:3:1 1:4:0 2:3:1 1:4:1"
-	extra=(--time-budget "${FAULTS_TIME_BUDGET:-1500}" --max-states 6000000)
+	extra=(--time-budget "${FAULTS_TIME_BUDGET:-1500}" --max-states "${FAULTS_MAX_STATES:-6000000}")
 fi
 (cd "$REPO" && cargo build --release -q -p thin-faults) || { echo "FAIL $suite: cargo build of thin-faults failed"; echo "$suite: 0 passed, 1 failed"; exit 1; }
 bin="$CARGO_TARGET_DIR/release/thin-faults"
