@@ -6,7 +6,7 @@
 # broke an invariant) and `FAULTS: explored N paths, M states, V violations`;
 # then checks that the search still finds defects put back on purpose.
 # CI: one replica, 2 requests, 2 faults; two replicas, 1 request, 2 faults
-# and 2 requests, 1 fault (~40 s of CPU). FAULTS_WIDE=1 (= e2e/run
+# and 2 requests, 1 fault (~0.67 M states, ~10 s of CPU). FAULTS_WIDE=1 (= e2e/run
 # faults-wide): 3 requests with 1 fault, 4 requests with 0 and then 1 fault,
 # two replicas at 3 requests with 1 fault, within FAULTS_TIME_BUDGET seconds
 # (default 1500; scenarios not started by then are listed and fail the run).

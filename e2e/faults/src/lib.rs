@@ -95,6 +95,14 @@
 //!
 //! Paths are kept as successor indices and replayed for their labels only
 //! when a violation is printed: the same paths, without a string per step.
+//!
+//! ## Keeping it honest
+//!
+//! [`Mutation`] puts back, one at a time, defects the product had (a status
+//! patch that clears nothing, an abort reported as committed, a re-created
+//! record not marked unverified, an aborted delete answered as success).
+//! A test and the suite require the search to find each; the reductions
+//! test requires the reduced and the plain search to agree on each.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
