@@ -103,6 +103,17 @@ impl Executor {
         let known: BTreeMap<TransactionId, bool> = self.ended.iter().map(|(n, e)| (*n, *e == Ended::Committed)).collect();
         let mut progress = run(kernel, record, self.replay_next, &known, observer);
         self.replay_next = progress.stopped.is_some();
+        if progress.ended.is_empty() && progress.stopped.as_ref().is_some_and(|s| !s.is_divergence()) {
+            // The run stopped before it could judge anything (a read-only
+            // pool): what this process saw end, in order from the record's
+            // finished one and no further than the kernel, is still true and
+            // its report may have been lost.
+            let mut n = record.finished;
+            while let Some(e) = self.ended.get(&TransactionId::new(n.get() + 1)).filter(|_| n.get() < progress.kernel_at.get()) {
+                n = TransactionId::new(n.get() + 1);
+                progress.ended.push((n, e.clone()));
+            }
+        }
         for (n, e) in progress.ended.iter_mut() {
             match self.ended.get(n) {
                 // Reported again after a lost status write: say what we saw.
@@ -255,6 +266,29 @@ mod tests {
         assert!(matches!(Executor::default().drive(&mut k, &record, &mut ()).ended[0], (_, Ended::Aborted { kind: AbortKind::DeviceBusy, .. })));
         assert!(matches!(Executor::default().drive(&mut k, &record, &mut ()).ended[0], (_, Ended::Aborted { kind: AbortKind::ReasonLost, .. })));
         assert_eq!(k.devices().collect::<Vec<_>>(), vec![t(1)]);
+    }
+
+    /// Found by the fault search (three requests, no fault): the pool went
+    /// read-only (metadata full) in the run that aborted a transaction, and
+    /// the node's next run, on the same record (its status write not yet
+    /// seen), reported nothing: its status said the abort had not happened
+    /// and patched the object back. What this process saw end is reported
+    /// again on a pool that can take no transaction, as on any other.
+    #[test]
+    fn a_read_only_pool_still_reports_what_ended() {
+        let mut k = ModelKernel::new().with_metadata_capacity(0);
+        let record = PoolRecord {
+            finished: TransactionId::ZERO,
+            pending: vec![txn(1, vec![Operation::CreateSnapshot { id: t(2), origin: t(9) }]), txn(2, vec![Operation::CreateThin { id: t(1) }])],
+        };
+        let mut node = Executor::default();
+        let first = node.drive(&mut k, &record, &mut ());
+        assert!(matches!(&first.ended[..], [(n, Ended::Aborted { kind: AbortKind::OriginMissing, .. })] if n.get() == 1), "{first:?}");
+        assert!(first.stopped.is_some(), "metadata full: the pool is read-only");
+        let again = node.drive(&mut k, &record, &mut ());
+        assert_eq!(again.ended, first.ended);
+        assert_eq!(again.kernel_at, TransactionId::new(1));
+        assert!(again.stopped.is_some());
     }
 
     /// Defect 2 of issue 9: in steady state a transaction runs as a first

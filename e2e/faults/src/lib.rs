@@ -18,9 +18,95 @@
 //! The controller's request flows (CreateVolume, CreateSnapshot,
 //! DeleteVolume) are modelled step by step as `controller.rs` runs them:
 //! the steps are the points where another actor can act in between.
+//!
+//! ## Reductions, and why each loses nothing
+//!
+//! Two states are merged when they have the same future: the same steps
+//! are enabled, they lead to states that are merged again, and every
+//! invariant reads the same values. What the search merges on is
+//! [`World::key`]; each departure from "the whole state, byte for byte" is
+//! argued here. `Config::reduce = false` (`--no-reduce`) turns them off, and
+//! a test checks that both searches find the same violations.
+//!
+//! - **A canonical encoding, not JSON.** The key is a compact encoding of
+//!   every field that steps or checks read (kernel ids, contents, active
+//!   devices and mode; the pool object's metadata, spec and status; the
+//!   volume objects; the node's view, executor memory, last reconciled
+//!   generation and retry flag; each request's steps and last answer; the
+//!   ghost state the invariants read), fed to a 128-bit fingerprint (two
+//!   SipHash streams). A collision would merge two different states: among
+//!   10^8 states its odds are about 10^-23. Before, states were hashed by
+//!   serializing the pool object twice to JSON into a 64-bit hash, which
+//!   also left out the node's defect list (a state whose only difference was
+//!   a defect seen could be merged with a clean one and the defect lost).
+//! - **resourceVersions and uids are renamed** in the order the encoding
+//!   first meets them. The code under test compares them only for equality
+//!   (the allocator's 409 check, the node's fresh read, the waits' and
+//!   `clear_stale`'s uid checks), and the store's counter makes every new
+//!   one fresh, so states equal up to a one-to-one renaming have the same
+//!   futures up to that renaming. The counter itself is left out for that
+//!   reason. Generations are compared with `>=` by the node and stay as
+//!   they are.
+//! - **Faults spent are not in the key; the fewest seen are kept.** A fault
+//!   step is enabled only while `faults < max_faults`, and nothing else
+//!   reads the count, so a state reached with more faults has a subset of
+//!   the futures of the same state reached with fewer. The seen table maps
+//!   each key to the fewest faults it was explored with; a state is explored
+//!   again only when reached with fewer.
+//! - **An old view that can never be read again is left out.** The node
+//!   reads its last view again only as a re-delivered event (a fault) or on
+//!   a retry; the retry flag is set only by a reconcile that also replaces
+//!   the view. So once the budget is spent and no retry is pending, the
+//!   view cannot matter. (The other view is `None`, so such a state also
+//!   merges with one where the node never had a view.)
+//! - **A down node's memory is left out.** A node process that is down
+//!   comes back with no view, a new executor and nothing reconciled
+//!   (`register`); its crash worlds are built from the clean run's kernel
+//!   snapshot after each step (the run is deterministic, so a run that dies
+//!   after step k did exactly the clean run's first k steps; a test compares
+//!   the two constructions in every state of small searches).
+//! - **A read that is no longer current is kept only as what it will do.**
+//!   A create's or delete's step holding a read of the pool object checks
+//!   the plan first and then the version (409). Versions are fresh, so a
+//!   read that is not the current version never is again, and its step
+//!   will either answer the plan's refusal or re-read; the key keeps only
+//!   which (the refusal's code, or for a delete: already deleted / being
+//!   deleted by which transaction). Not for a snapshot, whose request
+//!   depends on the source volume at the time of the step.
+//! - **The CO's own bookkeeping steps are explored alone.** Issuing a
+//!   create or snapshot, or retrying a request with no execution running,
+//!   writes only that request's `started`/`execs`/`retries_left`, which
+//!   no other step reads (a later request reads `started` but cannot run
+//!   before it is set; `done()` stays false), no check reads, and which
+//!   disables nothing: it commutes with every other step. When one is
+//!   enabled it is the only successor explored (a singleton ample set,
+//!   partial-order reduction): every path that runs other steps first has a
+//!   permutation with this step first that reaches the same states and
+//!   breaks the same invariants. Each such step uses up something finite
+//!   (a request not yet issued, a retry), so no cycle can postpone another
+//!   step forever. A delete's issue is not one: the kubelet's unstage
+//!   before it touches the kernel and the ghost state the checks read.
+//! - **Only a request's last answer is kept.** Every answer is checked in
+//!   the state that gives it (a broken state is not explored past), and
+//!   later steps read only the last one (`Request::done`).
+//! - **A step that changes nothing is a self-loop**, not a new state; a
+//!   state whose only steps are such loops is an end state (the node
+//!   retrying a blocked transaction on a read-only pool).
+//!
+//! Paths are kept as successor indices and replayed for their labels only
+//! when a violation is printed: the same paths, without a string per step.
+//!
+//! ## Keeping it honest
+//!
+//! [`Mutation`] puts back, one at a time, defects the product had (a status
+//! patch that clears nothing, an abort reported as committed, a re-created
+//! record not marked unverified, an aborted delete answered as success).
+//! A test and the suite require the search to find each; the reductions
+//! test requires the reduced and the plain search to agree on each.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::rc::Rc;
 
 use csi_controller::alloc::{plan, AllocError, Request as Alloc};
 use csi_controller::wait::Finished;
@@ -51,11 +137,41 @@ pub struct Config {
     pub retries: u8,
     /// Stop a scenario after this many distinct states (a safety net).
     pub max_states: usize,
+    /// Merge states by the reductions of the module docs (off: the plain
+    /// search, kept to check that the reductions lose nothing).
+    pub reduce: bool,
+    /// A known defect put back on purpose, to show the search still finds it.
+    pub mutation: Option<Mutation>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_faults: 2, replicas: 1, retries: 2, max_states: 2_000_000 }
+        Config { max_faults: 2, replicas: 1, retries: 2, max_states: 2_000_000, reduce: true, mutation: None }
+    }
+}
+
+/// Defects the product had (issue 9), put back into the search's model of
+/// the product's glue, so a test can show the search still finds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Defect 3: the node's status write is a plain serialization, which
+    /// skips empty fields, so nothing it drops is ever cleared.
+    PlainStatusPatch,
+    /// Defect 1: an aborted transaction is reported as committed.
+    AbortReportedCommitted,
+    /// Defect 2: a pool object re-created for a pool with history is not
+    /// marked as not knowing the pool's devices.
+    RecordNotMarked,
+    /// Found by the search (97de2f6): a DeleteVolume whose delete was
+    /// aborted (the volume still mounted) is answered as a success.
+    AbortedDeleteSucceeds,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 4] = [Mutation::PlainStatusPatch, Mutation::AbortReportedCommitted, Mutation::RecordNotMarked, Mutation::AbortedDeleteSucceeds];
+
+    pub fn parse(s: &str) -> Option<Mutation> {
+        Mutation::ALL.into_iter().find(|m| format!("{m:?}").eq_ignore_ascii_case(&s.replace('-', "")))
     }
 }
 
@@ -68,6 +184,8 @@ pub struct Report {
     /// the collector, not violations).
     pub leaked_end_states: u64,
     pub truncated: bool,
+    /// States explored again because they were reached with fewer faults.
+    pub revisits: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -103,11 +221,11 @@ enum Reply {
     Err(Code),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq)]
 enum Step {
     Start,
     /// Read the pool object for an allocation; `read` holds it.
-    Plan { read: String },
+    Plan { read: Rc<ThinPool> },
     /// The allocation is recorded: clear stale objects, create ours.
     Allocated { txn: u64, device: u32, uid: Option<String> },
     Wait { txn: u64, device: u32, uid: Option<String> },
@@ -117,25 +235,26 @@ enum Step {
     MarkReady { txn: u64, device: u32 },
     /// DeleteVolume: the volume's create must have finished.
     DeleteSettle { txn: u64 },
-    DeletePlan { read: String },
+    DeletePlan { read: Rc<ThinPool> },
     DeleteWait { txn: u64, uid: Option<String> },
     DeleteObject,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 struct Request {
     op: Op,
     name: String,
     /// Running executions (two when a second replica races the first).
     execs: Vec<Step>,
-    replies: Vec<Reply>,
+    /// The last answer (earlier ones were checked when they were given).
+    reply: Option<Reply>,
     retries_left: u8,
     started: bool,
 }
 
 impl Request {
     fn done(&self) -> bool {
-        self.started && self.execs.is_empty() && (matches!(self.replies.last(), Some(Reply::Ok(_))) || self.retries_left == 0)
+        self.started && self.execs.is_empty() && (matches!(self.reply, Some(Reply::Ok(_))) || self.retries_left == 0)
     }
 }
 
@@ -143,7 +262,7 @@ impl Request {
 struct Node {
     up: bool,
     /// The last pool object the watch delivered.
-    view: Option<ThinPool>,
+    view: Option<Rc<ThinPool>>,
     executor: Option<thinpool::executor::Executor>,
     /// (uid, generation) of the last spec fully reconciled.
     done: Option<(Option<String>, Option<i64>)>,
@@ -153,10 +272,11 @@ struct Node {
 
 #[derive(Clone)]
 pub struct World {
-    kernel: ModelKernel,
-    pool: Option<ThinPool>,
+    /// Shared until written (most steps do not touch the kernel).
+    kernel: Rc<ModelKernel>,
+    pool: Option<Rc<ThinPool>>,
     rv: u64,
-    objects: BTreeMap<String, CsiObject>,
+    objects: Rc<BTreeMap<String, CsiObject>>,
     node: Node,
     reqs: Vec<Request>,
     faults: u8,
@@ -170,43 +290,268 @@ pub struct World {
     mounted: BTreeSet<u32>,
     /// Misbehaviour of the node's status writes, seen when they happen.
     node_defects: Vec<String>,
+    /// Constant for a search.
+    mutation: Option<Mutation>,
 }
 
 const POOL: &str = "pool-uuid";
 const NODE: &str = "node-a";
 
-fn json(pool: &ThinPool) -> String {
-    serde_json::to_string(pool).expect("serializable")
+/// The canonical encoding of a state, written through `Hash` impls into a
+/// byte buffer (`Hash` for `str` and slices is prefix-free: lengths and
+/// terminators are written too), so two states encode alike only when they
+/// are equal up to the renamings below. resourceVersions and uids are
+/// written as the order in which the traversal first meets them.
+struct Enc {
+    buf: Vec<u8>,
+    rvs: Vec<String>,
+    uids: Vec<String>,
+    /// Write raw resourceVersions and uids (the unreduced search).
+    raw: bool,
+    /// Where each part of the state starts (for `FAULTS_DEBUG` statistics).
+    marks: Vec<usize>,
 }
 
-fn unjson(s: &str) -> ThinPool {
-    serde_json::from_str(s).expect("round trip")
+impl Hasher for Enc {
+    fn write(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+    fn finish(&self) -> u64 {
+        unreachable!("an Enc is read with fingerprint()")
+    }
 }
 
-impl Hash for World {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.kernel.transaction_id().hash(h);
-        for id in self.kernel.devices() {
-            (id, self.kernel.content(id)).hash(h);
-        }
-        if let Ok(active) = self.kernel.active_thins() {
-            for a in active {
-                (a.id, a.open_count, a.suspended).hash(h);
+impl std::fmt::Write for Enc {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A 128-bit fingerprint: two SipHash-1-3 streams over the encoding (one
+/// prefixed), so a collision among 10^8 states has odds near 10^-23.
+type Fingerprint = u128;
+
+impl Enc {
+    fn new(raw: bool) -> Enc {
+        Enc { buf: Vec::with_capacity(1024), rvs: Vec::new(), uids: Vec::new(), raw, marks: Vec::new() }
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        let mut a = DefaultHasher::new();
+        a.write(&self.buf);
+        let mut b = DefaultHasher::new();
+        b.write_u8(0xa5);
+        b.write(&self.buf);
+        ((a.finish() as u128) << 64) | b.finish() as u128
+    }
+
+    fn renamed(table: &mut Vec<String>, raw: bool, v: &Option<String>, out: &mut Vec<u8>) {
+        match v {
+            None => out.push(0),
+            Some(s) if raw => {
+                out.push(1);
+                out.extend_from_slice(s.as_bytes());
+                out.push(0xff);
+            }
+            Some(s) => {
+                let i = table.iter().position(|t| t == s).unwrap_or_else(|| {
+                    table.push(s.clone());
+                    table.len() - 1
+                });
+                out.push(2);
+                out.extend_from_slice(&(i as u32).to_le_bytes());
             }
         }
-        self.kernel.crashed().hash(h);
-        format!("{:?}", self.kernel.pool_status().ok().and_then(|s| s.working().map(|w| w.mode))).hash(h);
-        self.pool.as_ref().map(json).hash(h);
-        self.objects.hash(h);
-        self.node.up.hash(h);
-        self.node.view.as_ref().map(json).hash(h);
-        format!("{:?} {:?} {}", self.node.executor, self.node.done, self.node.retry).hash(h);
-        self.reqs.hash(h);
-        self.faults.hash(h);
-        self.truth.hash(h);
-        self.live.hash(h);
-        self.deleting.hash(h);
-        self.mounted.hash(h);
+    }
+
+    fn rv(&mut self, v: &Option<String>) {
+        Self::renamed(&mut self.rvs, self.raw, v, &mut self.buf);
+    }
+
+    fn uid(&mut self, v: &Option<String>) {
+        Self::renamed(&mut self.uids, self.raw, v, &mut self.buf);
+    }
+
+    fn pool(&mut self, p: Option<&ThinPool>) {
+        let Some(p) = p else { return self.write_u8(0) };
+        self.write_u8(1);
+        let m = &p.metadata;
+        self.uid(&m.uid);
+        // Every write stores a new resourceVersion, so within one state all
+        // copies with the same one (the object, the node's view, a read held
+        // by a request) are the same version: after its first occurrence,
+        // the version number alone says what it holds.
+        let known = !self.raw && m.resource_version.as_ref().is_some_and(|rv| self.rvs.contains(rv));
+        self.rv(&m.resource_version);
+        if known {
+            return;
+        }
+        m.generation.hash(self);
+        m.name.hash(self);
+        let s = &p.spec;
+        (&s.node, &s.pool_name, &s.pool_uuid, s.next_device_id, &s.free_device_ids, s.last_assigned_transaction, s.devices_unknown_at_transaction).hash(self);
+        s.pending_transactions.len().hash(self);
+        for t in &s.pending_transactions {
+            t.id.hash(self);
+            t.operations.len().hash(self);
+            for o in &t.operations {
+                (o.op as u8, o.id, o.origin).hash(self);
+            }
+        }
+        match &p.status {
+            None => self.write_u8(0),
+            Some(st) => {
+                self.write_u8(1);
+                (st.kernel_transaction, st.finished_transaction, st.data_used_bytes, st.data_total_bytes, st.metadata_used_bytes, st.metadata_total_bytes).hash(self);
+                (st.mode.map(|m| m as u8), st.health.map(|h| h as u8), &st.last_error).hash(self);
+                st.aborted_transactions.len().hash(self);
+                for a in &st.aborted_transactions {
+                    (a.id, a.reason, &a.message).hash(self);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, s: &Step) {
+        match s {
+            Step::Start => self.write_u8(0),
+            Step::Plan { read } => {
+                self.write_u8(1);
+                self.pool(Some(read));
+            }
+            Step::Allocated { txn, device, uid } => {
+                (2u8, txn, device).hash(self);
+                self.uid(uid);
+            }
+            Step::Wait { txn, device, uid } => {
+                (3u8, txn, device).hash(self);
+                self.uid(uid);
+            }
+            Step::GiveBack { txn, device, code } => (4u8, txn, device, code).hash(self),
+            Step::MarkReady { txn, device } => (5u8, txn, device).hash(self),
+            Step::DeleteSettle { txn } => (6u8, txn).hash(self),
+            Step::DeletePlan { read } => {
+                self.write_u8(7);
+                self.pool(Some(read));
+            }
+            Step::DeleteWait { txn, uid } => {
+                (8u8, txn).hash(self);
+                self.uid(uid);
+            }
+            Step::DeleteObject => self.write_u8(9),
+        }
+    }
+}
+
+impl World {
+    /// The key under which this state is merged with others: everything
+    /// that can change what happens next, except the faults spent (see
+    /// [`explore`]: a state reached with fewer faults covers it).
+    fn key(&self, cfg: &Config) -> Fingerprint {
+        self.encode(cfg).fingerprint()
+    }
+
+    /// Fingerprints of the parts of the key: kernel, pool, objects, node,
+    /// requests, ghost state (how many distinct values each takes says
+    /// where a search's states come from).
+    pub fn part_keys(&self, cfg: &Config) -> Vec<u64> {
+        let e = self.encode(cfg);
+        let mut marks = e.marks.clone();
+        marks.push(e.buf.len());
+        marks.windows(2).map(|m| {
+            let mut h = DefaultHasher::new();
+            h.write(&e.buf[m[0]..m[1]]);
+            h.finish()
+        }).collect()
+    }
+
+    fn encode(&self, cfg: &Config) -> Enc {
+        use std::fmt::Write as _;
+        let mut e = Enc::new(!cfg.reduce);
+        e.marks.push(0);
+        let k = &self.kernel;
+        (k.transaction_id(), k.crashed()).hash(&mut e);
+        for id in k.devices() {
+            (id, k.content(id)).hash(&mut e);
+        }
+        if let Ok(active) = k.active_thins() {
+            active.len().hash(&mut e);
+            for a in active {
+                (a.id, a.size, a.open_count, a.suspended).hash(&mut e);
+            }
+        }
+        match k.pool_status().ok().and_then(|s| s.working().cloned()) {
+            Some(w) => (1u8, w.mode as u8, w.needs_check).hash(&mut e),
+            None => e.write_u8(0),
+        }
+        e.marks.push(e.buf.len());
+        e.pool(self.pool.as_deref());
+        e.marks.push(e.buf.len());
+        self.objects.len().hash(&mut e);
+        for (name, o) in self.objects.iter() {
+            (name, o.device, o.txn, o.ready).hash(&mut e);
+            e.uid(&o.pool_uid);
+        }
+        e.marks.push(e.buf.len());
+        (self.node.up, self.node.retry).hash(&mut e);
+        // A node that is down starts again with no view, a new executor and
+        // nothing reconciled (`register`): what the dead one had is not read.
+        if self.node.up || !cfg.reduce {
+            // An old view is only ever read again as a re-delivered event (a
+            // fault) or by a retry (set only by a reconcile, which also
+            // replaces the view).
+            let view_matters = !cfg.reduce || self.faults < cfg.max_faults || self.node.retry;
+            e.pool(self.node.view.as_deref().filter(|_| view_matters));
+            let _ = write!(e, "{:?}", self.node.executor);
+            match &self.node.done {
+                None => e.write_u8(0),
+                Some((uid, generation)) => {
+                    e.write_u8(1);
+                    e.uid(uid);
+                    generation.hash(&mut e);
+                }
+            }
+        }
+        e.marks.push(e.buf.len());
+        let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.as_ref());
+        for (i, r) in self.reqs.iter().enumerate() {
+            (r.started, r.retries_left, r.reply, r.execs.len()).hash(&mut e);
+            for s in &r.execs {
+                match s {
+                    // A read that is no longer the object's current version
+                    // never will be again (versions are fresh): its step
+                    // will answer the plan's refusal, or else re-read (409).
+                    // Only which of those it does is left of it.
+                    Step::Plan { read } if cfg.reduce && read.metadata.resource_version.as_ref() != current_rv && matches!(r.op, Op::Create | Op::CreateNoSpace) => {
+                        e.write_u8(10);
+                        match plan(read, &[Alloc::CreateThin]) {
+                            Ok(_) => e.write_u8(0),
+                            Err(err) => (1u8, csi_controller::status::Error::from(err).code()).hash(&mut e),
+                        }
+                    }
+                    // The same for a delete's read; the id it deletes is its
+                    // volume object's, which only ever goes away.
+                    Step::DeletePlan { read } if cfg.reduce && read.metadata.resource_version.as_ref() != current_rv => {
+                        e.write_u8(11);
+                        match self.objects.get(&self.target(i)).map(|o| plan(read, &[Alloc::Delete { id: thin(o.device) }])) {
+                            None => e.write_u8(0),
+                            Some(Ok(_)) => e.write_u8(1),
+                            Some(Err(AllocError::NotAllocated { .. })) => e.write_u8(2),
+                            Some(Err(AllocError::BeingDeleted { txn, .. })) => (3u8, txn).hash(&mut e),
+                            Some(Err(err)) => (4u8, csi_controller::status::Error::from(err).code()).hash(&mut e),
+                        }
+                    }
+                    _ => e.step(s),
+                }
+            }
+        }
+        if !cfg.reduce {
+            self.faults.hash(&mut e);
+        }
+        e.marks.push(e.buf.len());
+        (&self.truth, &self.live, &self.deleting, &self.mounted, &self.node_defects).hash(&mut e);
+        e
     }
 }
 
@@ -217,7 +562,13 @@ struct Recorder<'a> {
     txns: &'a BTreeMap<u64, Transaction>,
     truth: &'a mut BTreeMap<u64, Truth>,
     no_space: BTreeSet<u64>,
+    /// When given: the kernel and the truth after every state-changing
+    /// call, which is what a crash right after that call leaves.
+    snaps: Option<&'a mut Vec<Snap>>,
 }
+
+/// The kernel and the truth table after one kernel step of a node run.
+type Snap = (ModelKernel, BTreeMap<u64, Truth>);
 
 impl Recorder<'_> {
     fn classify(&self, n: u64) -> Truth {
@@ -233,6 +584,15 @@ impl Recorder<'_> {
             Truth::Partial
         }
     }
+
+    fn snap<T>(&mut self, steps_before: u64, r: T) -> T {
+        if self.k.steps() != steps_before {
+            if let Some(snaps) = self.snaps.as_deref_mut() {
+                snaps.push((self.k.clone(), self.truth.clone()));
+            }
+        }
+        r
+    }
 }
 
 impl Kernel for Recorder<'_> {
@@ -240,6 +600,7 @@ impl Kernel for Recorder<'_> {
         self.k.pool_status()
     }
     fn message(&mut self, message: &PoolMessage) -> Result<(), KernelError> {
+        let before = self.k.steps();
         let r = self.k.message(message);
         match (&r, message) {
             (Ok(()), PoolMessage::SetTransactionId { new, .. }) => {
@@ -251,22 +612,30 @@ impl Kernel for Recorder<'_> {
             }
             _ => {}
         }
-        r
+        self.snap(before, r)
     }
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
         self.k.active_thins()
     }
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
-        self.k.suspend_thin(id)
+        let before = self.k.steps();
+        let r = self.k.suspend_thin(id);
+        self.snap(before, r)
     }
     fn resume_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
-        self.k.resume_thin(id)
+        let before = self.k.steps();
+        let r = self.k.resume_thin(id);
+        self.snap(before, r)
     }
     fn activate_thin(&mut self, id: ThinId, size: Sectors) -> Result<(), KernelError> {
-        self.k.activate_thin(id, size)
+        let before = self.k.steps();
+        let r = self.k.activate_thin(id, size);
+        self.snap(before, r)
     }
     fn deactivate_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
-        self.k.deactivate_thin(id)
+        let before = self.k.steps();
+        let r = self.k.deactivate_thin(id);
+        self.snap(before, r)
     }
 }
 
@@ -319,17 +688,17 @@ fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
 impl World {
     pub fn new(ops: &[Op], cfg: &Config) -> World {
         let creates_before_full = ops.iter().take_while(|o| !matches!(o, Op::CreateNoSpace)).filter(|o| matches!(o, Op::Create | Op::Snapshot { .. })).count();
-        let kernel = if ops.contains(&Op::CreateNoSpace) { ModelKernel::new().with_metadata_capacity(creates_before_full) } else { ModelKernel::new() };
+        let kernel = Rc::new(if ops.contains(&Op::CreateNoSpace) { ModelKernel::new().with_metadata_capacity(creates_before_full) } else { ModelKernel::new() });
         let mut w = World {
             kernel,
             pool: None,
             rv: 0,
-            objects: BTreeMap::new(),
+            objects: Rc::default(),
             node: Node { up: true, view: None, executor: None, done: None, retry: false },
             reqs: ops
                 .iter()
                 .enumerate()
-                .map(|(i, op)| Request { op: *op, name: format!("r{i}"), execs: vec![], replies: vec![], retries_left: cfg.retries, started: false })
+                .map(|(i, op)| Request { op: *op, name: format!("r{i}"), execs: vec![], reply: None, retries_left: cfg.retries, started: false })
                 .collect(),
             faults: 0,
             truth: BTreeMap::new(),
@@ -337,6 +706,7 @@ impl World {
             deleting: BTreeMap::new(),
             mounted: BTreeSet::new(),
             node_defects: Vec::new(),
+            mutation: cfg.mutation,
         };
         w.register();
         w
@@ -356,14 +726,14 @@ impl World {
         };
         pool.metadata.generation = Some(generation);
         pool.metadata.resource_version = Some(self.bump());
-        self.pool = Some(pool);
+        self.pool = Some(Rc::new(pool));
     }
 
     /// The node registers its pool object as `PoolExecutor::register` does:
     /// thaw, then create the object if missing (marked when the pool has
     /// history), and pick the executor.
     fn register(&mut self) {
-        let _ = thinpool::thaw(&mut self.kernel);
+        let _ = thinpool::thaw(Rc::make_mut(&mut self.kernel));
         let at = self.kernel.transaction_id().get();
         self.node.done = None;
         if self.pool.is_some() {
@@ -371,7 +741,7 @@ impl World {
             return;
         }
         let mut spec = ThinPoolSpec::new(NODE, "pool0", POOL, at);
-        if at > 0 || !self.objects.is_empty() {
+        if (at > 0 || !self.objects.is_empty()) && self.mutation != Some(Mutation::RecordNotMarked) {
             spec.devices_unknown_at_transaction = Some(at);
         }
         let mut fresh = ThinPool::new(POOL, spec);
@@ -393,15 +763,15 @@ impl World {
 
     fn reply(&mut self, i: usize, exec: usize, reply: Reply) {
         self.reqs[i].execs.remove(exec);
-        self.reqs[i].replies.push(reply);
+        self.reqs[i].reply = Some(reply);
         let name = self.reqs[i].name.clone();
         match (self.reqs[i].op, reply) {
             (Op::Create | Op::CreateNoSpace | Op::Snapshot { .. }, Reply::Ok(d)) => {
                 self.live.insert(name, d);
                 // The harness stages (activates and mounts) every new volume:
                 // snapshots then suspend a live origin, deletes must unstage.
-                if !matches!(self.reqs[i].op, Op::Snapshot { .. }) && self.kernel.activate_thin(thin(d), Sectors(8)).is_ok() {
-                    let _ = self.kernel.open(thin(d));
+                if !matches!(self.reqs[i].op, Op::Snapshot { .. }) && Rc::make_mut(&mut self.kernel).activate_thin(thin(d), Sectors(8)).is_ok() {
+                    let _ = Rc::make_mut(&mut self.kernel).open(thin(d));
                     self.mounted.insert(d);
                 }
             }
@@ -439,6 +809,11 @@ impl World {
     fn successors(&self, cfg: &Config) -> Vec<(String, World)> {
         let mut out = Vec::new();
         let can_fault = self.faults < cfg.max_faults;
+        if cfg.reduce {
+            if let Some(only) = self.local_step() {
+                return only;
+            }
+        }
         // CO: issue a request, or retry one that failed.
         for i in 0..self.reqs.len() {
             let r = &self.reqs[i];
@@ -456,8 +831,9 @@ impl World {
                     // The kubelet unstages before the CO deletes.
                     if let Some(d) = w.deleting.get(&w.reqs[of].name).copied() {
                         if w.mounted.remove(&d) {
-                            let _ = w.kernel.close(thin(d));
-                            let _ = w.kernel.deactivate_thin(thin(d));
+                            let k = Rc::make_mut(&mut w.kernel);
+                            let _ = k.close(thin(d));
+                            let _ = k.deactivate_thin(thin(d));
                         }
                     }
                 }
@@ -474,7 +850,7 @@ impl World {
                     let mut w = self.clone();
                     w.faults += 1;
                     w.reqs[i].execs.remove(e);
-                    w.reqs[i].replies.push(Reply::Err(Code::Unavailable));
+                    w.reqs[i].reply = Some(Reply::Err(Code::Unavailable));
                     out.push((format!("FAULT controller crash during {} at {:?}", r.name, r.execs[e]), w));
                     if cfg.replicas > 1 && r.execs.len() == 1 {
                         let mut w = self.clone();
@@ -495,6 +871,38 @@ impl World {
         out
     }
 
+    /// A step that commutes with every other and that no check can see, if
+    /// one is enabled: then it alone is explored here (a singleton ample
+    /// set). The CO issuing a create or snapshot, or retrying a request
+    /// that has no execution running, writes only that request's own
+    /// `started`/`execs`/`retries_left`, which no other actor's step reads
+    /// or writes (a later request reads `started`, but cannot run before it
+    /// is set; `done()` stays false) and no invariant reads; it disables
+    /// nothing. So any path that runs other steps first reaches, with this
+    /// step moved to the front, the same states up to ones that differ only
+    /// in these fields and carry the same invariants. Each such step
+    /// consumes a finite resource (an unissued request, a retry), so no
+    /// cycle repeats it and nothing is postponed forever. A delete's issue
+    /// is not one: the kubelet's unstage touches the kernel and the ghost
+    /// state the invariants read.
+    fn local_step(&self) -> Option<Vec<(String, World)>> {
+        for (i, r) in self.reqs.iter().enumerate() {
+            let issue = !r.started && self.request_ready(i) && matches!(r.op, Op::Create | Op::CreateNoSpace | Op::Snapshot { .. });
+            let retry = r.started && r.execs.is_empty() && !r.done();
+            if issue || retry {
+                let mut w = self.clone();
+                w.reqs[i].started = true;
+                w.reqs[i].execs.push(Step::Start);
+                if retry {
+                    w.reqs[i].retries_left -= 1;
+                }
+                let label = if retry { format!("retry {}", r.name) } else { format!("issue {} {:?}", r.name, r.op) };
+                return Some(vec![(label, w)]);
+            }
+        }
+        None
+    }
+
     fn controller_step(&self, i: usize, e: usize, cfg: &Config) -> Vec<(String, World)> {
         let r = &self.reqs[i];
         let step = r.execs[e].clone();
@@ -509,13 +917,12 @@ impl World {
                     Some(o) => w.reqs[i].execs[e] = Step::Wait { txn: o.txn, device: o.device, uid: o.pool_uid.clone() },
                     None => match &w.pool {
                         None => w.reply(i, e, Reply::Err(Code::NotFound)),
-                        Some(p) => w.reqs[i].execs[e] = Step::Plan { read: json(p) },
+                        Some(p) => w.reqs[i].execs[e] = Step::Plan { read: p.clone() },
                     },
                 }
                 out.push((label("looks up its object / reads the pool"), w));
             }
             Step::Plan { read } => {
-                let read = unjson(&read);
                 let request = match r.op {
                     Op::Snapshot { of } => match self.live.get(&self.reqs[of].name) {
                         Some(d) => Alloc::CreateSnapshot { origin: thin(*d) },
@@ -537,7 +944,7 @@ impl World {
                     Ok(_) if current_rv != read.metadata.resource_version => {
                         // 409: re-read and plan again.
                         match &w.pool {
-                            Some(p) => w.reqs[i].execs[e] = Step::Plan { read: json(p) },
+                            Some(p) => w.reqs[i].execs[e] = Step::Plan { read: p.clone() },
                             None => w.reply(i, e, Reply::Err(Code::NotFound)),
                         }
                         out.push((label("allocation write conflicts (409), re-reads"), w));
@@ -553,10 +960,10 @@ impl World {
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
                     // clear_stale: only objects of the same record.
-                    w.objects.retain(|_, o| o.device != device || (o.pool_uid.is_some() && uid.is_some() && o.pool_uid != uid));
+                    Rc::make_mut(&mut w.objects).retain(|_, o| o.device != device || (o.pool_uid.is_some() && uid.is_some() && o.pool_uid != uid));
                     let exists = w.objects.contains_key(&r.name);
                     if outcome.takes_effect() && !exists {
-                        w.objects.insert(r.name.clone(), CsiObject { device, txn, pool_uid: uid.clone(), ready: false });
+                        Rc::make_mut(&mut w.objects).insert(r.name.clone(), CsiObject { device, txn, pool_uid: uid.clone(), ready: false });
                     }
                     w.faults += outcome.is_fault() as u8;
                     // A failed create is re-read: ours (same device and
@@ -581,7 +988,7 @@ impl World {
                     Ok(None) => {} // blocked until the status changes
                     Err(err) => {
                         if matches!(err, csi_controller::wait::WaitError::TransactionUnknown { .. }) {
-                            w.objects.remove(&r.name); // its record is gone
+                            Rc::make_mut(&mut w.objects).remove(&r.name); // its record is gone
                         }
                         let code = csi_controller::status::Error::from(err).code();
                         w.reply(i, e, Reply::Err(code));
@@ -592,7 +999,7 @@ impl World {
                         out.push((label(&format!("sees transaction {txn} committed")), w));
                     }
                     Ok(Some(Finished::Aborted(aborted))) => {
-                        w.objects.remove(&r.name);
+                        Rc::make_mut(&mut w.objects).remove(&r.name);
                         let code = csi_controller::controller::aborted_create(POOL, aborted).code();
                         w.reply(i, e, Reply::Err(code));
                         out.push((label(&format!("sees transaction {txn} aborted")), w));
@@ -620,7 +1027,7 @@ impl World {
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
                     if outcome.takes_effect() {
-                        if let Some(o) = w.objects.get_mut(&r.name) {
+                        if let Some(o) = Rc::make_mut(&mut w.objects).get_mut(&r.name) {
                             o.ready = true;
                         }
                     }
@@ -643,7 +1050,7 @@ impl World {
                     Some(_) => match &w.pool {
                         // The device's record is gone: it cannot be deleted now.
                         None => w.reply(i, e, Reply::Err(Code::Unavailable)),
-                        Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
+                        Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: p.clone() },
                     },
                 }
                 out.push((label("looks up the volume"), w));
@@ -663,13 +1070,13 @@ impl World {
                     }
                     Ok(Some(Finished::Aborted(_))) => {
                         let target = self.target(i);
-                        w.objects.remove(&target);
+                        Rc::make_mut(&mut w.objects).remove(&target);
                         w.reply(i, e, Reply::Ok(0));
                         out.push((label("settles: its create aborted, nothing to delete"), w));
                     }
                     Ok(Some(Finished::Committed)) => {
                         match &w.pool {
-                            Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
+                            Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: p.clone() },
                             None => w.reply(i, e, Reply::Err(Code::Unavailable)),
                         }
                         out.push((label("settles: its create committed"), w));
@@ -677,7 +1084,6 @@ impl World {
                 }
             }
             Step::DeletePlan { read } => {
-                let read = unjson(&read);
                 let target = self.target(i);
                 let Some(device) = self.objects.get(&target).map(|o| o.device) else {
                     w.reply(i, e, Reply::Ok(0));
@@ -701,7 +1107,7 @@ impl World {
                     }
                     Ok(_) if current_rv != read.metadata.resource_version => {
                         match &w.pool {
-                            Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: json(p) },
+                            Some(p) => w.reqs[i].execs[e] = Step::DeletePlan { read: p.clone() },
                             None => w.reply(i, e, Reply::Err(Code::Unavailable)),
                         }
                         out.push((label("delete write conflicts (409), re-reads"), w));
@@ -725,6 +1131,10 @@ impl World {
                         w.reqs[i].execs[e] = Step::DeleteObject;
                         out.push((label(&format!("sees delete {txn} committed")), w));
                     }
+                    Ok(Some(Finished::Aborted(_))) if w.mutation == Some(Mutation::AbortedDeleteSucceeds) => {
+                        w.reqs[i].execs[e] = Step::DeleteObject;
+                        out.push((label(&format!("sees delete {txn} aborted, takes it for done")), w));
+                    }
                     Ok(Some(Finished::Aborted(_))) => {
                         w.reply(i, e, Reply::Err(Code::FailedPrecondition));
                         out.push((label(&format!("sees delete {txn} aborted")), w));
@@ -736,7 +1146,7 @@ impl World {
                     let mut w = self.clone();
                     if outcome.takes_effect() {
                         let target = self.target(i);
-                        w.objects.remove(&target);
+                        Rc::make_mut(&mut w.objects).remove(&target);
                     }
                     if outcome.is_fault() {
                         w.faults += 1;
@@ -780,7 +1190,7 @@ impl World {
     fn give_back(&mut self, device: u32) {
         if let Some(p) = self.pool.clone() {
             if let Ok(plan) = plan(&p, &[Alloc::Delete { id: thin(device) }]) {
-                let mut obj = p;
+                let mut obj = (*p).clone();
                 obj.spec = plan.spec;
                 self.store_pool(obj);
             }
@@ -802,13 +1212,15 @@ impl World {
         let Some(current) = &self.pool else { return out };
         let mut views = vec![(current.clone(), false)];
         if let Some(v) = &self.node.view {
-            if json(v) != json(current) && (can_fault || self.node.retry) {
+            if v != current && (can_fault || self.node.retry) {
                 views.push((v.clone(), !self.node.retry));
             }
         }
         for (view, stale) in views {
-            // A run without a crash, to count the kernel steps it takes.
-            let clean = self.reconcile(&view, None);
+            // A run without a crash; it also counts the kernel steps it takes
+            // and keeps what each one left.
+            let mut snaps = Vec::new();
+            let clean = self.reconcile(&view, None, Some(&mut snaps), self.faults + (stale as u8) < cfg.max_faults);
             let steps = clean.as_ref().map_or(0, |(_, s)| *s);
             let tag = if stale { "FAULT node reconciles a re-delivered old event" } else { "node reconciles" };
             if let Some((w, _)) = clean {
@@ -822,17 +1234,14 @@ impl World {
                 }
             }
             if can_fault && !stale {
+                debug_assert_eq!(snaps.len() as u64, steps);
                 for k in 1..=steps {
                     for power in [false, true] {
-                        if let Some((ws, _)) = self.reconcile(&view, Some((k, power))) {
-                            for (_, mut w) in ws.into_iter().take(1) {
-                                if w.node.up {
-                                    continue;
-                                }
-                                w.faults += 1;
-                                let what = if power { "loses power" } else { "crashes" };
-                                out.push((format!("FAULT node {what} after kernel step {k} of its run"), w));
-                            }
+                        let crashed = if cfg.reduce { Some(self.crashed_at(&view, &snaps[k as usize - 1], power)) } else { self.crash_by_rerun(&view, k, power) };
+                        if let Some(mut w) = crashed {
+                            w.faults += 1;
+                            let what = if power { "loses power" } else { "crashes" };
+                            out.push((format!("FAULT node {what} after kernel step {k} of its run"), w));
                         }
                     }
                 }
@@ -842,10 +1251,36 @@ impl World {
             let mut w = self.clone();
             w.faults += 1;
             w.node.up = false;
-            w.kernel.restart();
+            Rc::make_mut(&mut w.kernel).restart();
             out.push(("FAULT node process restarts".into(), w));
         }
         out
+    }
+
+    /// The node run on `view` killed right after kernel step `k`, by running
+    /// it again with the kernel set to die there (the plain search).
+    fn crash_by_rerun(&self, view: &Rc<ThinPool>, k: u64, power: bool) -> Option<World> {
+        let (ws, _) = self.reconcile(view, Some((k, power)), None, false)?;
+        ws.into_iter().next().map(|(_, w)| w).filter(|w| !w.node.up)
+    }
+
+    /// The same from the clean run's snapshot after that step: the run is
+    /// deterministic, so up to step `k` a run that dies there did exactly
+    /// what the clean run did (a test checks the two agree).
+    fn crashed_at(&self, view: &Rc<ThinPool>, snap: &Snap, power: bool) -> World {
+        let mut w = self.clone();
+        w.kernel = Rc::new(snap.0.clone());
+        w.truth = snap.1.clone();
+        w.node.view = Some(view.clone());
+        w.node.executor = None; // a new process starts with a new one
+        if power {
+            Rc::make_mut(&mut w.kernel).power_cycle();
+            w.mounted.clear();
+        } else {
+            Rc::make_mut(&mut w.kernel).restart();
+        }
+        w.node.up = false;
+        w
     }
 
     /// One reconcile of the node on `view`, as `PoolExecutor::reconcile`
@@ -854,7 +1289,7 @@ impl World {
     /// it read. Returns the worlds for each status-write outcome and the
     /// number of kernel steps the run took. `crash`: die after that many
     /// kernel steps (`true`: the machine loses power).
-    fn reconcile(&self, view: &ThinPool, crash: Option<(u64, bool)>) -> Option<(Vec<(Write, World)>, u64)> {
+    fn reconcile(&self, view: &Rc<ThinPool>, crash: Option<(u64, bool)>, mut snaps: Option<&mut Vec<Snap>>, write_faults: bool) -> Option<(Vec<(Write, World)>, u64)> {
         let seen = (view.metadata.uid.clone(), view.metadata.generation);
         if !self.node.retry && self.node.done.as_ref().is_some_and(|d| d.0 == seen.0 && d.1 >= seen.1) {
             return None;
@@ -863,7 +1298,7 @@ impl World {
         w.node.view = Some(view.clone());
         let before = w.kernel.steps();
         if let Some((k, _)) = crash {
-            w.kernel.crash_after(k);
+            Rc::make_mut(&mut w.kernel).crash_after(k);
         }
         let mut pool = view.clone();
         let mut confirmed = false;
@@ -881,10 +1316,19 @@ impl World {
             let record = thin_csi_api::convert::pool_record(&pool).ok()?;
             let txns: BTreeMap<u64, Transaction> = record.pending.iter().map(|t| (t.id().get(), t.clone())).collect();
             let mut executor = w.node.executor.take().unwrap_or_default();
-            let progress = {
-                let mut rec = Recorder { k: &mut w.kernel, txns: &txns, truth: &mut w.truth, no_space: BTreeSet::new() };
+            let mut progress = {
+                let mut rec = Recorder { k: Rc::make_mut(&mut w.kernel), txns: &txns, truth: &mut w.truth, no_space: BTreeSet::new(), snaps: snaps.as_deref_mut() };
                 executor.drive(&mut rec, &record, &mut ())
             };
+            if w.mutation == Some(Mutation::AbortReportedCommitted) {
+                // As before the fix: a transaction found ended after a lost
+                // report counts as committed, whatever the kernel did.
+                for (_, ended) in &mut progress.ended {
+                    if matches!(ended, thinpool::executor::Ended::Aborted { kind: thinpool::AbortKind::ReasonLost, .. }) {
+                        *ended = thinpool::executor::Ended::Committed;
+                    }
+                }
+            }
             w.node.executor = Some(executor);
             if w.kernel.crashed() {
                 break (old, thin_csi_api::ThinPoolStatus::default(), None);
@@ -914,10 +1358,10 @@ impl World {
                 return None; // the run took fewer steps
             }
             if power {
-                w.kernel.power_cycle();
+                Rc::make_mut(&mut w.kernel).power_cycle();
                 w.mounted.clear();
             } else {
-                w.kernel.restart();
+                Rc::make_mut(&mut w.kernel).restart();
             }
             w.node.up = false;
             return Some((vec![(Write::Ok, w)], steps));
@@ -931,24 +1375,40 @@ impl World {
             return Some((vec![(Write::Ok, w)], steps));
         }
         let mut out = Vec::new();
-        for outcome in [Write::Ok, Write::Failed, Write::Lost] {
+        // The object after the patch, as the apiserver applies it (the same
+        // whether or not the reply then gets lost).
+        let mut patched: Option<ThinPool> = None;
+        let mut defects = Vec::new();
+        if let Some(cur) = &w.pool {
+            let mut value = serde_json::json!({ "status": cur.status });
+            let patch = if w.mutation == Some(Mutation::PlainStatusPatch) { serde_json::json!({ "status": status }) } else { status.merge_patch_from(&old) };
+            merge(&mut value, &patch);
+            let after: Option<thin_csi_api::ThinPoolStatus> = serde_json::from_value(value["status"].take()).expect("merged status parses");
+            if after.as_ref() != Some(&status) {
+                defects.push(format!("the node's status write left fields it meant to clear: wrote {status:?}, object has {after:?}"));
+            }
+            if after != cur.status {
+                let mut obj = (**cur).clone();
+                obj.status = after;
+                patched = Some(obj);
+            } else if pool.metadata.resource_version == cur.metadata.resource_version {
+                // It knew the object and wrote what it already said.
+                w.node_defects.extend(defects);
+                w.node_defects.push("the node wrote a status that changed nothing (it re-triggers itself)".into());
+                return Some((vec![(Write::Ok, w)], steps));
+            }
+            // Else it reconciled an old copy (a retry before the watch
+            // brought its own last write): the apiserver applies a patch
+            // that changes nothing as a no-op (no new resourceVersion, no
+            // event), so nothing is re-triggered.
+        }
+        let outcomes: &[Write] = if write_faults { &[Write::Ok, Write::Failed, Write::Lost] } else { &[Write::Ok] };
+        for &outcome in outcomes {
             let mut w = w.clone();
             if outcome.takes_effect() {
-                if let Some(mut cur) = w.pool.clone() {
-                    let mut value = serde_json::to_value(&cur).expect("serializable");
-                    merge(&mut value, &status.merge_patch_from(&old));
-                    let meta = cur.metadata.clone();
-                    let before = cur.status.clone();
-                    cur = serde_json::from_value(value).expect("merged object parses");
-                    cur.metadata = meta;
-                    if cur.status == before {
-                        w.node_defects.push("the node wrote a status that changed nothing (it re-triggers itself)".into());
-                        return Some((vec![(outcome, w)], steps));
-                    }
-                    if cur.status.as_ref() != Some(&status) {
-                        w.node_defects.push(format!("the node's status write left fields it meant to clear: wrote {status:?}, object has {:?}", cur.status));
-                    }
-                    w.store_pool(cur);
+                w.node_defects.extend(defects.iter().cloned());
+                if let Some(obj) = &patched {
+                    w.store_pool(obj.clone());
                 }
             }
             if outcome == Write::Ok && !blocked {
@@ -1016,7 +1476,7 @@ impl World {
             }
         }
         for r in &self.reqs {
-            for reply in &r.replies {
+            if let Some(reply) = &r.reply {
                 if let (Op::CreateNoSpace, Reply::Err(c)) = (r.op, reply) {
                     if !matches!(c, Code::ResourceExhausted | Code::Unavailable | Code::NotFound | Code::AlreadyExists) {
                         v.push(format!("{} (pool metadata full) answered {c:?}, not RESOURCE_EXHAUSTED", r.name));
@@ -1063,33 +1523,49 @@ impl World {
 /// Explores every path of `ops` under `cfg`.
 pub fn explore(ops: &[Op], cfg: &Config) -> Report {
     let mut report = Report::default();
-    let mut seen: HashSet<u64> = HashSet::new();
+    // Key → the fewest faults it was explored with.
+    let mut seen: HashMap<Fingerprint, u8> = HashMap::new();
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let start = World::new(ops, cfg);
-    let mut stack: Vec<(World, Vec<String>)> = vec![(start, vec![])];
-    while let Some((w, path)) = stack.pop() {
-        let mut h = DefaultHasher::new();
-        w.hash(&mut h);
-        if !seen.insert(h.finish()) {
+    let key = start.key(cfg);
+    // Each entry: a state, its key, and the successor indices that reach it
+    // from the start (labels are rebuilt only for a violation's path).
+    let mut stack: Vec<(World, Fingerprint, Vec<u16>)> = vec![(start, key, vec![])];
+    let covered = |seen: &HashMap<Fingerprint, u8>, key: &Fingerprint, faults: u8| seen.get(key).is_some_and(|f| *f <= faults);
+    let mut parts: Option<Vec<HashSet<u64>>> = std::env::var_os("FAULTS_DEBUG").map(|_| vec![HashSet::new(); 6]);
+    let mut longest: Vec<u16> = Vec::new();
+    while let Some((w, own, path)) = stack.pop() {
+        if covered(&seen, &own, w.faults) {
             continue;
         }
+        if seen.insert(own, w.faults).is_some() {
+            report.revisits += 1;
+        }
         report.states += 1;
+        if let Some(parts) = parts.as_mut() {
+            for (set, k) in parts.iter_mut().zip(w.part_keys(cfg)) {
+                set.insert(k);
+            }
+            if path.len() > longest.len() {
+                longest = path.clone();
+            }
+        }
         if report.states as usize >= cfg.max_states {
             report.truncated = true;
             break;
         }
         let mut found = w.check();
-        let own = h.finish();
         // Steps that change nothing (a node retrying a blocked transaction on
         // a read-only pool) do not keep a state from being an end state.
-        let next: Vec<(String, World)> = w
+        let next: Vec<(u16, World, Fingerprint)> = w
             .successors(cfg)
             .into_iter()
-            .filter(|(_, n)| {
-                let mut nh = DefaultHasher::new();
-                n.hash(&mut nh);
-                nh.finish() != own
+            .enumerate()
+            .map(|(i, (_, n))| {
+                let k = n.key(cfg);
+                (i as u16, n, k)
             })
+            .filter(|(_, _, k)| *k != own)
             .collect();
         if next.is_empty() {
             report.paths += 1;
@@ -1103,18 +1579,40 @@ pub fn explore(ops: &[Op], cfg: &Config) -> Report {
                 // One example path per kind of violation.
                 let kind: String = what.chars().filter(|c| !c.is_ascii_digit()).collect();
                 if reported.insert(kind) {
-                    report.violations.push(Violation { what, path: path.clone() });
+                    report.violations.push(Violation { what, path: replay(ops, cfg, &path) });
                 }
             }
             continue; // do not explore beyond a broken state
         }
-        for (label, nw) in next.into_iter().rev() {
+        for (i, nw, k) in next.into_iter().rev() {
+            if covered(&seen, &k, nw.faults) {
+                continue;
+            }
             let mut p = path.clone();
-            p.push(label);
-            stack.push((nw, p));
+            p.push(i);
+            stack.push((nw, k, p));
+        }
+    }
+    if let Some(parts) = parts {
+        eprintln!("  distinct kernel, pool, objects, node, requests, ghost: {:?}", parts.iter().map(|p| p.len()).collect::<Vec<_>>());
+        eprintln!("  a longest path ({} steps):", longest.len());
+        for l in replay(ops, cfg, &longest) {
+            eprintln!("    {l}");
         }
     }
     report
+}
+
+/// The labels of the path that successor indices `path` take from the start.
+fn replay(ops: &[Op], cfg: &Config, path: &[u16]) -> Vec<String> {
+    let mut w = World::new(ops, cfg);
+    let mut labels = Vec::new();
+    for &i in path {
+        let (label, next) = w.successors(cfg).swap_remove(i as usize);
+        labels.push(label);
+        w = next;
+    }
+    labels
 }
 
 /// Every scenario of up to `len` requests: creates, snapshots and deletes of
@@ -1170,6 +1668,84 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn kinds(r: &Report) -> BTreeSet<String> {
+        r.violations.iter().map(|v| v.what.chars().filter(|c| !c.is_ascii_digit()).collect()).collect()
+    }
+
+    /// Each defect put back is found, within a small search, and the same
+    /// search without it finds nothing: every check here can fail.
+    #[test]
+    fn every_defect_put_back_is_found() {
+        let open_delete: &[Op] = &[Op::Create, Op::DeleteOpen { of: 0 }];
+        let cases: [(Mutation, &[Op], u8, &str); 4] = [
+            (Mutation::PlainStatusPatch, open_delete, 1, "left fields it meant to clear"),
+            (Mutation::AbortReportedCommitted, open_delete, 1, "aborted but is reported committed"),
+            (Mutation::RecordNotMarked, &[Op::Create], 2, "cursor"),
+            (Mutation::AbortedDeleteSucceeds, open_delete, 0, "succeeded but device"),
+        ];
+        for (m, ops, faults, what) in cases {
+            let clean = explore(ops, &Config { max_faults: faults, ..Config::default() });
+            assert!(clean.violations.is_empty() && !clean.truncated, "{ops:?} without {m:?}: {:?}", clean.violations);
+            let r = explore(ops, &Config { max_faults: faults, mutation: Some(m), ..Config::default() });
+            assert!(r.violations.iter().any(|v| v.what.contains(what)), "{m:?} on {ops:?} with {faults} faults: not found; {:?}", kinds(&r));
+            // The printed path replays to the broken state.
+            assert!(r.violations.iter().all(|v| !v.path.is_empty()), "{m:?}");
+        }
+    }
+
+    /// The reductions (module docs) merge states but lose no violation: on
+    /// small scenarios, with and without each defect, the reduced search
+    /// finds the same kinds of violation as the plain one, in fewer states.
+    #[test]
+    fn the_reductions_lose_no_violation() {
+        let scenarios: [(&[Op], u8, u8); 4] = [(&[Op::Create], 2, 1), (&[Op::CreateNoSpace], 2, 1), (&[Op::Create, Op::DeleteOpen { of: 0 }], 1, 1), (&[Op::Create], 1, 2)];
+        for (ops, faults, replicas) in scenarios {
+            for m in std::iter::once(None).chain(Mutation::ALL.map(Some)) {
+                let cfg = Config { max_faults: faults, replicas, mutation: m, ..Config::default() };
+                let reduced = explore(ops, &cfg);
+                let plain = explore(ops, &Config { reduce: false, ..cfg });
+                assert!(!reduced.truncated && !plain.truncated);
+                assert_eq!(kinds(&reduced), kinds(&plain), "{ops:?} {m:?} faults {faults} replicas {replicas}");
+                assert!(reduced.states <= plain.states, "{ops:?} {m:?}: {} > {}", reduced.states, plain.states);
+            }
+        }
+    }
+
+    /// A crash world built from the clean run's snapshot is the one a run
+    /// that dies at that step leaves, in every state of small searches.
+    #[test]
+    fn crash_snapshots_equal_crashed_runs() {
+        let mut compared = 0;
+        for ops in [&[Op::Create, Op::Snapshot { of: 0 }][..], &[Op::CreateNoSpace], &[Op::Create, Op::DeleteOpen { of: 0 }]] {
+            let cfg = Config { max_faults: 1, ..Config::default() };
+            let mut stack = vec![World::new(ops, &cfg)];
+            let mut seen = HashMap::new();
+            while let Some(w) = stack.pop() {
+                if seen.insert(w.key(&cfg), ()).is_some() {
+                    continue;
+                }
+                if let (true, Some(view)) = (w.node.up, w.pool.clone()) {
+                    let mut snaps = Vec::new();
+                    if let Some((_, steps)) = w.reconcile(&view, None, Some(&mut snaps), false) {
+                        assert_eq!(snaps.len() as u64, steps);
+                        for k in 1..=steps {
+                            for power in [false, true] {
+                                let rerun = w.crash_by_rerun(&view, k, power).expect("the run takes k steps");
+                                let snap = w.crashed_at(&view, &snaps[k as usize - 1], power);
+                                assert!(rerun.key(&cfg) == snap.key(&cfg), "{ops:?} step {k} power {power}");
+                                compared += 1;
+                            }
+                        }
+                    }
+                }
+                if w.check().is_empty() {
+                    stack.extend(w.successors(&cfg).into_iter().map(|(_, n)| n));
+                }
+            }
+        }
+        assert!(compared > 100, "{compared}");
     }
 
     #[test]
