@@ -1250,8 +1250,7 @@ impl World {
         if can_fault {
             let mut w = self.clone();
             w.faults += 1;
-            w.node.up = false;
-            Rc::make_mut(&mut w.kernel).restart();
+            w.node_goes_down(false);
             out.push(("FAULT node process restarts".into(), w));
         }
         out
@@ -1273,14 +1272,20 @@ impl World {
         w.truth = snap.1.clone();
         w.node.view = Some(view.clone());
         w.node.executor = None; // a new process starts with a new one
-        if power {
-            Rc::make_mut(&mut w.kernel).power_cycle();
-            w.mounted.clear();
-        } else {
-            Rc::make_mut(&mut w.kernel).restart();
-        }
-        w.node.up = false;
+        w.node_goes_down(power);
         w
+    }
+
+    /// The node process dies (`power`: the VM loses power too, so nothing
+    /// stays mounted and the kernel forgets what was active).
+    fn node_goes_down(&mut self, power: bool) {
+        if power {
+            Rc::make_mut(&mut self.kernel).power_cycle();
+            self.mounted.clear();
+        } else {
+            Rc::make_mut(&mut self.kernel).restart();
+        }
+        self.node.up = false;
     }
 
     /// One reconcile of the node on `view`, as `PoolExecutor::reconcile`
@@ -1357,13 +1362,7 @@ impl World {
             if !w.kernel.crashed() {
                 return None; // the run took fewer steps
             }
-            if power {
-                Rc::make_mut(&mut w.kernel).power_cycle();
-                w.mounted.clear();
-            } else {
-                Rc::make_mut(&mut w.kernel).restart();
-            }
-            w.node.up = false;
+            w.node_goes_down(power);
             return Some((vec![(Write::Ok, w)], steps));
         }
         let blocked = record_finished.unwrap_or(false);
