@@ -45,6 +45,14 @@ summarize() {
 	[[ $f -eq 0 ]]
 }
 
+# The pool's devices as the node VM whose console is LOGFILE listed them
+# after its csi-node stopped (`DEVICES <id>...`, the last such line), or
+# nothing when it listed none.
+# usage: listed_devices LOGFILE
+listed_devices() {
+	grep -a '^DEVICES' "$1" | tail -1 || true
+}
+
 # Runs a test program whose PASS/FAIL lines go to stdout (and to LOG); a
 # non-zero exit that printed no FAIL line of its own (a crash, a kill, a
 # panic without the hook) becomes `FAIL NAME exited N`. Returns 0.

@@ -113,7 +113,7 @@ if kill -0 "$VM_PID" 2>/dev/null; then bail "the node VM did not stop within 180
 wait "$VM_PID" || rc=$?
 VM_PID=
 [[ $rc -eq 0 ]] || echo "FAIL node VM: exit status $rc (console $RUN/logs/vm-a.log)" | tee -a "$log"
-devices=$(grep -a '^DEVICES' "$RUN/logs/vm-a.log" | tail -1 || true)
+devices=$(listed_devices "$RUN/logs/vm-a.log")
 [[ -n $devices ]] || bail "the node listed no devices (console $RUN/logs/vm-a.log)"
 checked "$log" "api-faults final" "$DRIVER" final "$POOL" "$RUN/state" "$devices" 2>>"$RUN/api-faults.stderr"
 

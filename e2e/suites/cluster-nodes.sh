@@ -168,8 +168,8 @@ node_tests() {
 	node_e2e_step stop "$a" "$b"
 	wait_node_vms 180
 	local devices_a devices_b
-	devices_a=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-a.log" | tail -1 || true)
-	devices_b=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-b.log" | tail -1 || true)
+	devices_a=$(listed_devices "$RUN/logs/vm-vm-a.log")
+	devices_b=$(listed_devices "$RUN/logs/vm-vm-b.log")
 	if [[ -z $devices_a ]]; then
 		echo "FAIL vm-a listed no devices after stopping (log $RUN/logs/vm-vm-a.log)" | tee -a "$log"
 	else
@@ -267,7 +267,7 @@ record_lost() {
 	node_e2e_step unverified "$a" "$saved"
 	node_e2e_step stop "$a"
 	wait_node_vms 180
-	devices=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-a.2.log" | tail -1 || true)
+	devices=$(listed_devices "$RUN/logs/vm-vm-a.2.log")
 	if [[ -z $devices ]]; then
 		echo "FAIL vm-a (unverified record) listed no devices after stopping (log $RUN/logs/vm-vm-a.2.log)" | tee -a "$log"
 		return
@@ -279,7 +279,7 @@ record_lost() {
 	node_e2e_step adopt "$a" "$saved" "$ledger" "$devices"
 	node_e2e_step stop "$a"
 	wait_node_vms 180
-	devices=$(grep -a '^DEVICES' "$RUN/logs/vm-vm-a.3.log" | tail -1 || true)
+	devices=$(listed_devices "$RUN/logs/vm-vm-a.3.log")
 	if [[ -z $devices ]]; then
 		echo "FAIL vm-a (adopted) listed no devices after stopping (log $RUN/logs/vm-vm-a.3.log)" | tee -a "$log"
 	else

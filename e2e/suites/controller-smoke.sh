@@ -140,7 +140,7 @@ else
 fi
 "$KUBECTL" annotate thinpool "$pool" test.thin.csi.io/stop=true >/dev/null
 wait_node_vms 120
-devices=$(grep -a '^DEVICES' "$RUN/logs/vm-smoke-node.log" | tail -1 || true)
+devices=$(listed_devices "$RUN/logs/vm-smoke-node.log")
 if [[ -z $devices ]]; then
 	echo "FAIL the node listed no devices after stopping (log $RUN/logs/vm-smoke-node.log)" | tee -a "$log"
 elif [[ $devices == "DEVICES" || $devices == "DEVICES " ]]; then

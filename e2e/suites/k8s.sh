@@ -537,7 +537,7 @@ else
 	VM_PID=
 	if [[ $vm_rc -eq 0 ]]; then ok "node VM $NODE stopped"; else fail "node VM $NODE: exit status $vm_rc (console $RUN/logs/vm-$NODE.log)"; fi
 fi
-devices=$(grep -a '^DEVICES' "$RUN/logs/vm-$NODE.log" | tail -1 || true)
+devices=$(listed_devices "$RUN/logs/vm-$NODE.log")
 if [[ $devices == "DEVICES " || $devices == "DEVICES" ]]; then
 	pass "the pool on $NODE holds no thin device (kernel listing after csi-node stopped)"
 else
