@@ -37,6 +37,7 @@ loop 5 /tmp/crash.img 512
 loop 6 /tmp/gpt.img 64
 loop 7 /tmp/commit-point.img 512
 loop 9 /tmp/exhaust-data.img 256
+loop 11 /tmp/group.img 512
 # The exhaustion pool's metadata: 128 KiB (32 blocks). The smallest the
 # kernel accepts for this 4096-block data device is 48 KiB (measured: 32 KiB
 # formats but runs out at resume, 16 KiB ENOSPC, 8 KiB EINVAL); 128 KiB lets
@@ -81,4 +82,13 @@ for at in start suspended posted-0 posted-1 posted-2 txn-set resumed; do
 	run "recover after kill at $at" $T recover --device /dev/loop5 --record /tmp/record --label "killed at $at"
 done
 run "finish" $T finish --device /dev/loop5
+
+echo "--- a group snapshot (3 origins, one transaction) SIGKILLed inside it, the origins written after the crash, then recovered"
+for at in suspended posted-0 posted-1 posted-2; do
+	$T group-crash --device /dev/loop11 --record /tmp/group-record --at $at
+	rc=$?
+	if [ $rc -eq 137 ]; then echo "--- killed at $at"; else fail "group killed at $at: exit status $rc, expected 137 (SIGKILL)"; fi
+	run "group recover after kill at $at" $T group-recover --device /dev/loop11 --record /tmp/group-record --label "group killed at $at"
+done
+run "group finish" $T finish --device /dev/loop11
 exit $failed

@@ -472,6 +472,7 @@ fn check_record(record: &PoolRecord) -> Result<(), RecoverError> {
 /// applied. Roll forward by replay; if a create cannot be done (a real
 /// failure, not a replay), no delete has run yet, so abort cleanly.
 fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Observer) -> Result<Outcome, RecoverError> {
+    undo_partial_group(kernel, txn)?;
     match run(kernel, txn, Mode::Replay, observer) {
         Ok(report) => Ok(Outcome::Committed(report)),
         // A create failed for real: no delete can have run (creates go first).
@@ -493,6 +494,50 @@ fn finish(kernel: &mut impl Kernel, txn: &Transaction, observer: &mut impl Obser
         }
         Err(source) => Err(RecoverError::Blocked { txn: txn.id(), source }),
     }
+}
+
+/// Keeps a group snapshot one instant across a crash. A transaction takes
+/// all its snapshots inside one suspend window of all their origins; if an
+/// earlier attempt made some of them but not all, the window has closed
+/// since (the node resumes what a crash left suspended when it opens the
+/// pool, a power cut deactivates everything and the volumes are staged
+/// again) and the origins may have taken writes. A replay that made only
+/// the missing ones would mix two moments, so the ones made are deleted
+/// first and the replay takes every snapshot again, in one window. Safe:
+/// the ids are this transaction's own (allocated for it and reported to no
+/// one before it commits), and no delete of the transaction has run (creates
+/// are posted first, and not all of them were done). All made, or none: the
+/// replay keeps them or makes them together.
+fn undo_partial_group(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(), RecoverError> {
+    let n = txn.id();
+    let blocked = |source: KernelError| RecoverError::Blocked { txn: n, source: source.into() };
+    let snapshots: Vec<ThinId> = txn.operations().iter().filter(|op| matches!(op, Operation::CreateSnapshot { .. })).filter_map(Operation::created).collect();
+    if snapshots.len() < 2 {
+        return Ok(());
+    }
+    let active = active_ids(kernel).map_err(blocked)?;
+    let mut made = Vec::new();
+    for &id in &snapshots {
+        if exists(kernel, &active, id).map_err(blocked)? {
+            made.push(id);
+        }
+    }
+    if made.is_empty() || made.len() == snapshots.len() {
+        return Ok(());
+    }
+    warn!(txn = %n, made = ?made, of = ?snapshots, "an earlier attempt made only some snapshots of the group; deleting them to take all again at one instant");
+    for (posted, &id) in made.iter().enumerate() {
+        // A crash during an existence probe can leave a snapshot active; nothing opens it.
+        if active_ids(kernel).map_err(blocked)?.contains(&id) {
+            kernel.deactivate_thin(id).map_err(blocked)?;
+        }
+        let op = Operation::Delete { id };
+        match kernel.message(&op.message()) {
+            Ok(()) | Err(KernelError::NoData(_)) => {}
+            Err(source) => return Err(RecoverError::Blocked { txn: n, source: CommitError::Message { txn: n, op, posted, source } }),
+        }
+    }
+    Ok(())
 }
 
 /// Whether every id is in the pool: an active device is; an inactive one is

@@ -454,14 +454,100 @@ fn cmd_crash(args: &Args) -> Result<(), String> {
     let mut record = Record::load(&record_path)?;
     let txn = mixed_transaction(&mut pool, &mut record, &record_path, &mut Journal::none())?;
     println!("committing transaction {} and dying at {at:?}", txn.id());
-    let mut die_at = |_: TransactionId, b: Boundary| {
+    let result = commit(&mut pool, &txn, &mut die_at(at));
+    Err(format!("still alive after commit ({result:?}); boundary {at:?} never reached"))
+}
+
+/// Origins in each group round: three, so a kill can fall between the first
+/// and second snapshot and between the second and third.
+const GROUP_ORIGINS: usize = 3;
+
+/// The start of a group round: three new origins, committed, active and each
+/// given a pattern (written and synced), then ONE transaction that
+/// snapshots all three, recorded before the node acts; returns it uncommitted.
+fn group_transaction(pool: &mut DmPool, record: &mut Record, record_path: &Path) -> Result<Transaction, String> {
+    let origins: Vec<ThinId> = (0..GROUP_ORIGINS).map(|_| record.allocate()).collect();
+    let n = record.pool.last_assigned().successor();
+    let create = Transaction::new(n, origins.iter().map(|&id| Operation::CreateThin { id }).collect()).map_err(|e| e.to_string())?;
+    record.pool.pending.push(create.clone());
+    record.store(record_path)?;
+    commit(pool, &create, &mut ()).map_err(|e| e.to_string())?;
+    record.committed(n);
+    let n = n.successor();
+    let mut ops = Vec::new();
+    for (i, &origin) in origins.iter().enumerate() {
+        pool.activate_thin(origin, THIN_SIZE).map_err(|e| e.to_string())?;
+        let seed = n.get() * 10 + i as u64;
+        fixture::write_pattern_at(&pool.thin_device_path(origin).map_err(|e| e.to_string())?, seed, true)?;
+        let snap = record.allocate();
+        record.seeds.insert(snap, seed);
+        ops.push(Operation::CreateSnapshot { id: snap, origin });
+    }
+    let txn = Transaction::new(n, ops).map_err(|e| e.to_string())?;
+    record.pool.pending.push(txn.clone());
+    record.store(record_path)?; // the record is written before the node acts
+    Ok(txn)
+}
+
+/// Commits a group snapshot and SIGKILLs the process at `--at`.
+fn cmd_group_crash(args: &Args) -> Result<(), String> {
+    let record_path = args.path("record")?;
+    let at = parse_boundary(args.get("at")?)?;
+    let mut pool = open_or_create(&args.path("device")?)?;
+    let mut record = Record::load(&record_path)?;
+    let txn = group_transaction(&mut pool, &mut record, &record_path)?;
+    println!("committing group transaction {} and dying at {at:?}", txn.id());
+    commit(&mut pool, &txn, &mut die_at(at)).map(drop).map_err(|e| e.to_string())?;
+    Err(format!("still alive after the group commit; boundary {at:?} never reached"))
+}
+
+/// After a kill inside a group transaction: the node opens the pool (which
+/// resumes what the crash left suspended), the origins take new data (each
+/// written and synced: the moment after the crash), and then recovery runs.
+/// Every snapshot of the group must hold its origin's data of ONE moment:
+/// all as recorded, or all as after the crash.
+fn cmd_group_recover(args: &Args, tally: &mut Tally) -> Result<(), String> {
+    let label = args.get("label").unwrap_or("group");
+    let record_path = args.path("record")?;
+    let mut pool = DmPool::open_on_device(&args.path("device")?).map_err(|e| e.to_string())?;
+    let record = Record::load(&record_path)?;
+    let group = record.pool.pending.last().cloned().ok_or("no group transaction pending")?;
+    let thawed = thinpool::thaw(&mut pool).map_err(|e| e.to_string())?;
+    println!("{label}: resumed {thawed:?} on open; writing new data to the origins");
+    let mut members = Vec::new();
+    for op in group.operations() {
+        if let Operation::CreateSnapshot { id, origin } = *op {
+            let after = record.seeds[&id] + 1_000_000;
+            fixture::write_pattern_at(&pool.thin_device_path(origin).map_err(|e| e.to_string())?, after, true)?;
+            members.push((id, record.seeds[&id], after));
+        }
+    }
+    recover_and_check(&mut pool, &record_path, tally, label)?;
+    let mut held = Vec::new();
+    for &(id, _, _) in &members {
+        pool.activate_thin(id, THIN_SIZE).map_err(|e| format!("activate snapshot {id}: {e}"))?;
+        let read = pool.thin_device_path(id).map_err(|e| e.to_string()).and_then(|p| fixture::read_pattern_at(&p));
+        pool.deactivate_thin(id).map_err(|e| format!("deactivate snapshot {id}: {e}"))?;
+        held.push(read?);
+    }
+    let before: Vec<u64> = members.iter().map(|m| m.1).collect();
+    let after: Vec<u64> = members.iter().map(|m| m.2).collect();
+    println!("{label}: snapshots hold {held:?}; recorded {before:?}, after the crash {after:?}");
+    tally.report(
+        &format!("{label}: the group's snapshots are one instant"),
+        if held == before || held == after { Ok(()) } else { Err(format!("snapshots hold {held:?}: neither all {before:?} (recorded) nor all {after:?} (after the crash)")) },
+    );
+    Ok(())
+}
+
+/// An observer that SIGKILLs the process at `at`, as a crash would.
+fn die_at(at: Boundary) -> impl FnMut(TransactionId, Boundary) {
+    move |_, b| {
         if b == at {
             // SAFETY: plain syscall; the process dies here, as in a crash.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
-    };
-    let result = commit(&mut pool, &txn, &mut die_at);
-    Err(format!("still alive after commit ({result:?}); boundary {at:?} never reached"))
+    }
 }
 
 /// Recovers after a crash and checks every invariant against the record.
@@ -614,7 +700,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
-        eprintln!("usage: thin-vmtest cases|refuse|commit-point|exhaust|crash|recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
+        eprintln!("usage: thin-vmtest cases|refuse|commit-point|exhaust|crash|recover|group-crash|group-recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
         return ExitCode::from(2);
     };
     let mut tally = Tally::default();
@@ -626,6 +712,8 @@ fn main() -> ExitCode {
         "commit-rollback" => cmd_commit_rollback(&args, &mut tally),
         "crash" => cmd_crash(&args),
         "recover" => cmd_recover(&args, &mut tally),
+        "group-crash" => cmd_group_crash(&args),
+        "group-recover" => cmd_group_recover(&args, &mut tally),
         "powerrun" => cmd_powerrun(&args),
         "finish" => cmd_finish(&args, &mut tally),
         "powercheck" => cmd_powercheck(&args, &mut tally),
