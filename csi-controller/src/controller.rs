@@ -103,6 +103,9 @@ impl Inner {
             }
         }
         let fs_type = cap_fs.or(params.fs_type).unwrap_or(FsType::Ext4);
+        if let Some(range) = &req.capacity_range {
+            check_range(range)?;
+        }
         self.check_leading()?;
         let _busy = self.busy(format!("volume name {:?}", req.name))?;
 
@@ -294,6 +297,7 @@ impl Inner {
     }
 
     async fn list_volumes(&self, req: ListVolumesRequest) -> Result<ListVolumesResponse> {
+        check_paging(&req.starting_token, req.max_entries)?;
         self.check_leading()?;
         let pools = self.devices.pool_map().await?;
         let items: Vec<(DeviceRef, ThinVolume)> = self
@@ -325,6 +329,7 @@ impl Inner {
     }
 
     async fn list_snapshots(&self, req: ListSnapshotsRequest) -> Result<ListSnapshotsResponse> {
+        check_paging(&req.starting_token, req.max_entries)?;
         self.check_leading()?;
         let mut items: Vec<(DeviceRef, ThinSnapshot)> = Vec::new();
         if !req.snapshot_id.is_empty() {
@@ -388,6 +393,7 @@ impl Inner {
             return Err(Error::invalid("volume_id", "missing"));
         }
         let Some(range) = req.capacity_range.as_ref() else { return Err(Error::invalid("capacity_range", "missing")) };
+        check_range(range)?;
         if let Some(cap) = &req.volume_capability {
             check_capability(cap).map_err(|why| Error::invalid("volume_capability", why))?;
         }

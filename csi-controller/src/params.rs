@@ -104,16 +104,8 @@ pub fn round_up(bytes: u64) -> u64 {
 /// a limit is set (capped to it), rounded up to [`BLOCK`].
 pub fn size_for(range: Option<&CapacityRange>, default: u64) -> Result<u64, Error> {
     let Some(r) = range else { return Ok(round_up(default)) };
-    if r.required_bytes < 0 {
-        return Err(Error::invalid("capacity_range.required_bytes", "negative"));
-    }
-    if r.limit_bytes < 0 {
-        return Err(Error::invalid("capacity_range.limit_bytes", "negative"));
-    }
+    check_range(r)?;
     let (required, limit) = (r.required_bytes as u64, r.limit_bytes as u64);
-    if limit > 0 && required > limit {
-        return Err(Error::OutOfRange(format!("capacity_range: required_bytes {required} exceeds limit_bytes {limit}")));
-    }
     let wanted = if required > 0 { required } else if limit > 0 { default.min(limit) } else { default };
     let size = round_up(wanted.max(1));
     if limit > 0 && size > limit {
@@ -128,6 +120,26 @@ pub fn size_for(range: Option<&CapacityRange>, default: u64) -> Result<u64, Erro
         )));
     }
     Ok(size)
+}
+
+/// What is wrong with `r` whatever the volume: negative bounds, a required
+/// size above the limit, a limit below one block. Checked before anything
+/// is looked up, so bad input is refused as such in every cluster state.
+pub fn check_range(r: &CapacityRange) -> Result<(), Error> {
+    if r.required_bytes < 0 {
+        return Err(Error::invalid("capacity_range.required_bytes", "negative"));
+    }
+    if r.limit_bytes < 0 {
+        return Err(Error::invalid("capacity_range.limit_bytes", "negative"));
+    }
+    let (required, limit) = (r.required_bytes as u64, r.limit_bytes as u64);
+    if limit > 0 && required > limit {
+        return Err(Error::OutOfRange(format!("capacity_range: required_bytes {required} exceeds limit_bytes {limit}")));
+    }
+    if limit > 0 && limit < BLOCK {
+        return Err(Error::OutOfRange(format!("capacity_range: sizes are multiples of {BLOCK} bytes; limit_bytes {limit} is below one")));
+    }
+    Ok(())
 }
 
 /// Whether an existing volume of `size` satisfies `range`.
@@ -184,21 +196,30 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<(Access, Option<F
     Ok((access, fs))
 }
 
+/// The paging fields of a List request, checked before anything is listed:
+/// `max_entries` is not negative (INVALID_ARGUMENT) and a `starting_token`
+/// is one this plugin issues (ABORTED, as the spec says). The key to start
+/// after, if any.
+pub fn check_paging(token: &str, max: i32) -> Result<Option<DeviceRef>, Error> {
+    if max < 0 {
+        return Err(Error::invalid("max_entries", "negative"));
+    }
+    if token.is_empty() {
+        return Ok(None);
+    }
+    DeviceRef::parse(token).map(Some).map_err(|_| Error::Aborted(format!("starting_token {token:?} is not a token this plugin issued")))
+}
+
 /// One page of `items` (sorted by key here) after `token` (the key of the
 /// last entry of the previous page), at most `max` (0: all). The next token
 /// is the key of the last entry returned, empty when nothing follows. An
 /// entry deleted between pages does not shift the next page.
 pub fn page<T>(mut items: Vec<(DeviceRef, T)>, token: &str, max: i32) -> Result<(Vec<(DeviceRef, T)>, String), Error> {
-    if max < 0 {
-        return Err(Error::invalid("max_entries", "negative"));
-    }
+    let after = check_paging(token, max)?;
     items.sort_by(|a, b| a.0.cmp(&b.0));
-    let rest: Vec<(DeviceRef, T)> = if token.is_empty() {
-        items
-    } else {
-        let after = DeviceRef::parse(token)
-            .map_err(|_| Error::Aborted(format!("starting_token {token:?} is not a token this plugin issued")))?;
-        items.into_iter().filter(|(k, _)| *k > after).collect()
+    let rest: Vec<(DeviceRef, T)> = match after {
+        None => items,
+        Some(after) => items.into_iter().filter(|(k, _)| *k > after).collect(),
     };
     let max = if max == 0 { usize::MAX } else { max as usize };
     let more = rest.len() > max;
