@@ -101,7 +101,7 @@ impl PoolHeader {
             .and_then(|s| PoolName::new(s).ok())
             .ok_or("thin-csi header with an invalid pool name")?;
         let o = 36 + PoolName::MAX_LEN;
-        Ok(PoolHeader {
+        let header = PoolHeader {
             uuid: bytes[20..36].try_into().unwrap(),
             name,
             metadata_start: Sectors(u64_at(o)),
@@ -109,7 +109,32 @@ impl PoolHeader {
             data_start: Sectors(u64_at(o + 16)),
             data_len: Sectors(u64_at(o + 24)),
             block_size: Sectors(u64::from(u32_at(o + 32))),
-        })
+        };
+        header.check_layout().map_err(|why| format!("thin-csi header with an impossible layout: {why}"))?;
+        Ok(header)
+    }
+
+    /// The layout rules [`PoolHeader::plan`] follows, checked on a header
+    /// read back: a checksum proves the bytes are as written, not that
+    /// whoever wrote them laid out areas that are safe to map (after our
+    /// header, not overlapping, whole blocks).
+    fn check_layout(&self) -> Result<(), String> {
+        let b = self.block_size.0;
+        if b < 128 || b > 2_097_152 || b % 128 != 0 {
+            return Err(format!("data block size {b} sectors"));
+        }
+        if self.metadata_start.0 < HEADER_AREA.0 || self.metadata_len.0 == 0 {
+            return Err(format!("metadata area {}+{} overlaps the header", self.metadata_start.0, self.metadata_len.0));
+        }
+        let metadata_end = self.metadata_start.0.checked_add(self.metadata_len.0).ok_or("metadata area past 2^64 sectors")?;
+        if self.data_start.0 < metadata_end {
+            return Err(format!("data area at {} starts inside the metadata area (ends at {metadata_end})", self.data_start.0));
+        }
+        self.data_start.0.checked_add(self.data_len.0).ok_or("data area past 2^64 sectors")?;
+        if self.data_len.0 < 16 * b || self.data_len.0 % b != 0 {
+            return Err(format!("data area of {} sectors is not at least 16 whole blocks of {b}", self.data_len.0));
+        }
+        Ok(())
     }
 }
 
