@@ -81,14 +81,12 @@ fn a_kernel_status_line_parses_to_exactly_what_it_says() {
 fn a_status_line_with_a_damaged_field_is_refused() {
     let damage = prop_oneof![Just("".to_string()), Just("x".to_string()), Just("-1".to_string()), Just("1/".to_string()), Just("/1".to_string()), Just("18446744073709551616".to_string()), "[A-Z]{1,6}"];
     runner()
-        .run(&(status(), 0..8usize, damage), |(s, field, junk)| {
+        .run(&(status(), 0..8usize, damage), |(mut s, field, junk)| {
+            // Without the optional watermark: a removed field leaves 7.
+            s.metadata_low_watermark = None;
             let mut fields = line(&s);
-            // "-" is a valid held root and needs_check; a number a valid root.
-            prop_assume!(!(field == 3 && (junk.is_empty() || junk == "-")));
             if junk.is_empty() {
                 fields.remove(field);
-                // Dropping the optional watermark's neighbour shifts it into place: still 8+ fields only when it was there.
-                prop_assume!(fields.len() < 8);
             } else {
                 fields[field] = junk.clone();
             }
