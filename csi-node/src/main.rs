@@ -43,6 +43,10 @@ struct Args {
     /// Honour the fault-injection annotations on the pool object (test clusters only).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     test_hooks: bool,
+    /// The kubelet's directory: staging, target and volume paths must
+    /// resolve inside it (symbolic links out of it are refused).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
+    kubelet_dir: PathBuf,
     /// Print `DEVICES <id>...` for the pool on DEVICE and exit.
     #[arg(long, value_name = "DEVICE", exclusive = true)]
     list_devices: Option<PathBuf>,
@@ -84,7 +88,8 @@ async fn run(args: Args) -> Result<(), String> {
     let mut servers = tokio::task::JoinSet::new();
     if !endpoints.is_empty() {
         let identity = IdentityService::new(client.clone(), executor.kernel(), executor.object_name());
-        let config = NodeConfig { node: node.clone(), pool_object: executor.object_name().to_string(), max_volumes, test_hooks };
+        let kubelet_dir = csi_node::fs::KubeletDir::new(&args.kubelet_dir).map_err(|e| format!("--kubelet-dir: {e}"))?;
+        let config = NodeConfig { node: node.clone(), pool_object: executor.object_name().to_string(), max_volumes, test_hooks, kubelet_dir };
         let node_svc = NodeService::new(client, executor.kernel(), config);
         for endpoint in endpoints {
             let (identity, node_svc) = (identity.clone(), node_svc.clone());

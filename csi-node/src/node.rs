@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub max_volumes: i64,
     /// Honour the test-only kill hook in NodeExpandVolume (`--test-hooks true`).
     pub test_hooks: bool,
+    /// Staging, target and volume paths must resolve inside it.
+    pub kubelet_dir: fs::KubeletDir,
 }
 
 #[derive(Clone)]
@@ -123,6 +125,21 @@ impl NodeService {
         NodeService {
             inner: Arc::new(Inner { config, pool, volumes: Api::all(client), busy: InFlight::default() }),
         }
+    }
+
+    /// A path from request field `field`: present, and inside the kubelet
+    /// directory with no symbolic link out of it (`fs::KubeletDir::check`).
+    fn path(&self, value: &str, field: &str) -> Result<PathBuf> {
+        let path = PathBuf::from(required(value, field)?);
+        self.inner.config.kubelet_dir.check(&path, field)?;
+        Ok(path)
+    }
+
+    /// A `volume_path` (stats, expand) names where the volume is: one that
+    /// is not inside the kubelet directory does not hold it (NOT_FOUND, as
+    /// for any other path where the volume is not).
+    fn volume_path(&self, path: &Path, volume_id: &str) -> Result<()> {
+        self.inner.config.kubelet_dir.check(path, "volume_path").map_err(|e| Error::NotFound(format!("volume {volume_id} is not at {}: {e}", path.display())))
     }
 
     /// Parses the volume id and checks it is on this node's pool.
@@ -207,7 +224,7 @@ impl NodeService {
 
     async fn stage(&self, req: NodeStageVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
+        let staging = self.path(&req.staging_target_path, "staging_target_path")?;
         let (access, read_only) = check_capability(req.volume_capability.as_ref())?;
         let r = self.ours(&req.volume_id)?;
         let fs_and_flags = match access {
@@ -242,7 +259,7 @@ impl NodeService {
 
     async fn unstage(&self, req: NodeUnstageVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
+        let staging = self.path(&req.staging_target_path, "staging_target_path")?;
         let r = self.ours(&req.volume_id)?;
         let _busy = self.busy(&req.volume_id)?;
         if let Some(device) = self.active_device(r.device).await? {
@@ -283,9 +300,9 @@ impl NodeService {
 
     async fn publish(&self, req: NodePublishVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let target = PathBuf::from(required(&req.target_path, "target_path")?);
+        let target = self.path(&req.target_path, "target_path")?;
         let (access, mode_read_only) = check_capability(req.volume_capability.as_ref())?;
-        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
+        let staging = self.path(&req.staging_target_path, "staging_target_path")?;
         let r = self.ours(&req.volume_id)?;
         let read_only = req.readonly || mode_read_only;
         let block = matches!(access, AccessType::Block(_));
@@ -318,18 +335,13 @@ impl NodeService {
 
     async fn unpublish(&self, req: NodeUnpublishVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let target = PathBuf::from(required(&req.target_path, "target_path")?);
+        let target = self.path(&req.target_path, "target_path")?;
         self.ours(&req.volume_id)?;
         let _busy = self.busy(&req.volume_id)?;
         blocking(move || {
             fs::unmount(&target)?;
-            // The target is ours: created on publish, removed here.
-            match std::fs::symlink_metadata(&target) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir(&target).map_err(|e| io_err("removing", &target, e))?,
-                Ok(_) => std::fs::remove_file(&target).map_err(|e| io_err("removing", &target, e))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("stat", &target, e)),
-            }
+            // What publish created (an empty directory or file) goes; nothing else.
+            fs::remove_created_target(&target)?;
             Ok(())
         })
         .await
@@ -344,6 +356,7 @@ impl NodeService {
         required(&req.volume_id, "volume_id")?;
         let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
         let r = self.ours(&req.volume_id)?;
+        self.volume_path(&path, &req.volume_id)?;
         let device = self
             .active_device(r.device)
             .await?
@@ -383,6 +396,7 @@ impl NodeService {
         required(&req.volume_id, "volume_id")?;
         let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
         let r = self.ours(&req.volume_id)?;
+        self.volume_path(&path, &req.volume_id)?;
         if let Err(e) = std::fs::metadata(&path) {
             return Err(io_err("stat", &path, e));
         }

@@ -8,7 +8,7 @@
 node=$1 port=$2
 export RUST_LOG=${RUST_LOG:-info}
 mkdir -p /run/csi /tmp/kubelet
-csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconfig \
+csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconfig --kubelet-dir /tmp/kubelet \
 	--csi-endpoint unix:///run/csi/csi.sock,tcp://127.0.0.1:10000 >/tmp/csi-node.log 2>&1 &
 pid=$!
 for _ in $(seq 240); do [ -S /run/csi/csi.sock ] && grep -q 'csi-node ready' /tmp/csi-node.log && break; sleep 0.5; done

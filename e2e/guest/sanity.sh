@@ -6,7 +6,7 @@
 node=$1 port=$2
 export RUST_LOG=info
 mkdir -p /run/csi /tmp/sanity
-csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconfig --csi-endpoint unix:///run/csi/csi.sock >/tmp/csi-node.log 2>&1 &
+csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconfig --csi-endpoint unix:///run/csi/csi.sock --kubelet-dir /tmp/sanity >/tmp/csi-node.log 2>&1 &
 for _ in $(seq 120); do [ -S /run/csi/csi.sock ] && break; sleep 0.5; done
 [ -S /run/csi/csi.sock ] || { echo "FAIL csi-node did not serve its socket"; tail -20 /tmp/csi-node.log; exit 1; }
 # Two passes: mount volumes, then raw block volumes.

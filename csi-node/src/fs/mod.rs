@@ -23,6 +23,7 @@ mod error;
 mod exec;
 mod mount;
 mod mountinfo;
+mod paths;
 mod probe;
 mod resize;
 mod stats;
@@ -36,6 +37,7 @@ pub use mount::{
     UnmountOutcome,
 };
 pub use mountinfo::{parse_mountinfo, read_mountinfo, unescape_mountinfo, MountInfo};
+pub use paths::{remove_created_target, KubeletDir};
 pub use probe::{classify_head, format_if_empty, parse_blkid_export, probe_filesystem, FormatOutcome, PROBE_BYTES};
 pub use resize::expand;
 pub use stats::{block_device_size, stats, VolumeStats};
