@@ -1,5 +1,7 @@
 //! Where a CSI server listens, `unix:///path` or `tcp://host:port`, and
-//! serving a set of gRPC services there.
+//! serving a set of gRPC services there. Every gRPC server of the project
+//! starts from [`server`], which counts and times its requests
+//! ([`crate::metrics::GrpcMetricsLayer`]).
 
 use std::future::Future;
 use std::os::unix::fs::FileTypeExt;
@@ -7,6 +9,17 @@ use std::path::{Path, PathBuf};
 
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
+
+use crate::metrics::GrpcMetricsLayer;
+
+/// A tonic server builder with the request metrics layer.
+pub fn server() -> tonic::transport::Server<Stack<GrpcMetricsLayer, Identity>> {
+    tonic::transport::Server::builder().layer(GrpcMetricsLayer)
+}
+
+/// The services of a [`server`], ready to serve.
+pub type MeteredRouter = Router<Stack<GrpcMetricsLayer, Identity>>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -35,6 +48,15 @@ impl Endpoint {
     pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
         s.split(',').filter(|e| !e.trim().is_empty()).map(|e| Endpoint::parse(e.trim())).collect()
     }
+
+    /// The readiness condition that [`serve`] sets once it listens here
+    /// (register it before serving, [`crate::health::condition`]).
+    pub fn readiness(&self) -> crate::health::Condition {
+        crate::health::condition(&match self {
+            Endpoint::Unix(path) => format!("serving unix://{}", path.display()),
+            Endpoint::Tcp(addr) => format!("serving tcp://{addr}"),
+        })
+    }
 }
 
 /// Makes a unix socket path ready to bind: its directory exists and a socket
@@ -56,21 +78,27 @@ pub fn prepare_unix_socket(path: &Path) -> Result<(), String> {
 }
 
 /// Serves `router` (the services a binary registered) on `endpoint` until
-/// `shutdown` completes or the server fails.
-pub async fn serve(endpoint: &Endpoint, router: Router, shutdown: impl Future<Output = ()> + Send) -> Result<(), String> {
-    match endpoint {
+/// `shutdown` completes or the server fails; the endpoint's readiness
+/// condition holds while it listens.
+pub async fn serve(endpoint: &Endpoint, router: MeteredRouter, shutdown: impl Future<Output = ()> + Send) -> Result<(), String> {
+    let ready = endpoint.readiness();
+    let result = match endpoint {
         Endpoint::Unix(path) => {
             prepare_unix_socket(path)?;
             let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
             tracing::info!(socket = %path.display(), "serving gRPC");
+            ready.set(true);
             router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await.map_err(|e| e.to_string())
         }
         Endpoint::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
             tracing::info!(%addr, "serving gRPC");
+            ready.set(true);
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await.map_err(|e| e.to_string())
         }
-    }
+    };
+    ready.set(false);
+    result
 }
 
 #[cfg(test)]

@@ -7,13 +7,17 @@
 //! - [`endpoint`]: `unix://` / `tcp://` endpoints and serving gRPC on them;
 //! - [`busy`]: one operation per object at a time;
 //! - [`codes`]: Kubernetes API errors as gRPC codes;
-//! - [`process`]: the shared options, logging and client setup of both `main.rs`.
+//! - [`process`]: the shared options, logging and client setup of both `main.rs`;
+//! - [`metrics`]: the Prometheus series both export, and the gRPC request layer;
+//! - [`health`]: `/healthz`, `/readyz` (named readiness conditions), `/metrics` over HTTP.
 
 pub mod busy;
 pub mod codes;
 pub mod endpoint;
+pub mod health;
 pub mod id;
 pub mod keys;
+pub mod metrics;
 pub mod plugin;
 pub mod process;
 

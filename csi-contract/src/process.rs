@@ -3,6 +3,7 @@
 //! outcome into an exit status.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,10 +16,33 @@ pub struct CommonArgs {
     /// A kubeconfig file; without it, the in-cluster config or $KUBECONFIG.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// Serve /healthz, /readyz and /metrics over HTTP here (e.g. 0.0.0.0:9808).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_address: Option<SocketAddr>,
+    /// Log lines as plain text or as one JSON object each.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl CommonArgs {
     /// The Kubernetes client ([`thin_csi_api::client::connect`]: TCP_NODELAY).
+    /// Registers `role`'s metrics and, with `--http-address`, serves
+    /// /healthz, /readyz and /metrics ([`crate::health`]). Register the
+    /// readiness conditions before calling this.
+    pub async fn start_http(&self, role: crate::metrics::Role) -> Result<(), String> {
+        crate::metrics::init(role);
+        if let Some(addr) = self.http_address {
+            crate::health::serve_http(addr).await?;
+        }
+        Ok(())
+    }
+
     pub async fn client(&self) -> Result<Client, String> {
         let config = match &self.kubeconfig {
             Some(path) => {
@@ -32,10 +56,15 @@ impl CommonArgs {
 }
 
 /// Logs to stderr, `info` unless RUST_LOG says otherwise (the suites read
-/// the info lines: a warning alone hides what led to it).
-pub fn init_logging() {
+/// the info lines: a warning alone hides what led to it); `json`: one
+/// object per line with the event's fields and its spans.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 /// Runs a binary's work on a multi-threaded runtime; an error is logged and

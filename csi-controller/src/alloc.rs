@@ -280,6 +280,7 @@ impl Allocator {
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     conflicts += 1;
+                    csi_contract::metrics::get().allocation_conflicts.inc();
                     if conflicts >= self.max_conflicts {
                         return Err(AllocError::Contention { pool: pool.to_string(), conflicts });
                     }

@@ -17,6 +17,10 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// The readiness condition (`csi_contract::health`) that holds once this
+/// replica knows whether it leads: its first read or write of the Lease.
+pub const LEASE_KNOWN: &str = "leader lease state known";
+
 #[derive(Clone)]
 pub struct LeaderElector {
     leases: Api<Lease>,
@@ -73,8 +77,11 @@ impl LeaderElector {
     /// The receiver turns false if leadership is lost (stop working then).
     pub async fn lead(self) -> watch::Receiver<bool> {
         let retry = self.duration / 3;
+        let known = csi_contract::health::condition(LEASE_KNOWN);
         loop {
-            match self.try_acquire_or_renew().await {
+            let attempt = self.try_acquire_or_renew().await;
+            known.set(known_now(&attempt));
+            match attempt {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "lease: could not read or write"),
@@ -99,4 +106,9 @@ impl LeaderElector {
         });
         rx
     }
+}
+
+/// Whether an attempt on the Lease told us where we stand.
+fn known_now(attempt: &Result<bool, kube::Error>) -> bool {
+    attempt.is_ok()
 }

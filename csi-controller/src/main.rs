@@ -6,6 +6,10 @@
 //!
 //! usage (`csi-controller --help`): csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS]
 //!   [--csi-endpoint unix:///path|tcp://127.0.0.1:PORT] [--wait-timeout SECONDS]
+//!   [--http-address HOST:PORT] [--log-format text|json]
+//!
+//! Ready (`/readyz`) once the lease state is known (leading or standing by)
+//! and while the Kubernetes API answers.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,7 +46,21 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    csi_contract::health::condition(csi_controller::leader::LEASE_KNOWN);
+    let api = csi_contract::health::condition("kubernetes API reachable");
+    if let Some(endpoint) = &args.csi_endpoint {
+        endpoint.readiness();
+    }
+    args.common.start_http(csi_contract::metrics::Role::Controller).await?;
     let client = args.common.client().await?;
+    let probe = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let reachable = tokio::time::timeout(Duration::from_secs(5), probe.apiserver_version()).await.is_ok_and(|r| r.is_ok());
+            api.set(reachable);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
     let identity = args.identity.clone().unwrap_or_else(|| format!("csi-controller-{}", std::process::id()));
     let namespace = args.namespace.as_str();
     let endpoint = args.csi_endpoint.clone();
@@ -79,8 +97,8 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let args = Args::parse();
+    init_logging(args.common.log_format);
     run_main("csi-controller", run(args))
 }
 

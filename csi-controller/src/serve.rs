@@ -15,7 +15,7 @@ pub async fn serve(
     controller: ControllerService,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let router = tonic::transport::Server::builder()
+    let router = csi_contract::endpoint::server()
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(controller));
     csi_contract::endpoint::serve(endpoint, router, shutdown).await

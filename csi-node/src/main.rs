@@ -4,6 +4,11 @@
 //!
 //! usage (`csi-node --help`): csi-node --node-name NODE --pool-device DEVICE [--pool-name NAME]
 //!   [--kubeconfig FILE] [--test-hooks true] [--csi-endpoint unix:///PATH[,tcp://HOST:PORT]] [--max-volumes N]
+//!   [--http-address HOST:PORT] [--log-format text|json]
+//!   [--plugin-registration-socket PATH | --no-plugin-registration] [--kubelet-csi-socket PATH]
+//!
+//! With a unix CSI endpoint it registers itself with the kubelet
+//! ([`csi_node::registration`]): no node-driver-registrar sidecar.
 //! or csi-node --list-devices DEVICE   (prints `DEVICES <id>...` for the pool on DEVICE)
 
 use std::path::{Path, PathBuf};
@@ -11,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use csi_contract::process::{init_logging, run_main, CommonArgs};
+use csi_node::registration::RegistrationService;
 use csi_node::identity::IdentityService;
 use csi_node::node::{NodeConfig, NodeService};
 use csi_node::pool_executor::PoolExecutor;
@@ -47,6 +53,15 @@ struct Args {
     /// resolve inside it (symbolic links out of it are refused).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
     kubelet_dir: PathBuf,
+    /// Where to serve the kubelet's plugin-registration API (its plugins_registry directory).
+    #[arg(long, value_name = "PATH", default_value_os_t = csi_node::registration::default_socket())]
+    plugin_registration_socket: PathBuf,
+    /// Do not register with the kubelet (no kubelet on this node, or node-driver-registrar does it).
+    #[arg(long)]
+    no_plugin_registration: bool,
+    /// The CSI socket as the kubelet sees it (default: the first unix:// CSI endpoint).
+    #[arg(long, value_name = "PATH")]
+    kubelet_csi_socket: Option<PathBuf>,
     /// Print `DEVICES <id>...` for the pool on DEVICE and exit.
     #[arg(long, value_name = "DEVICE", exclusive = true)]
     list_devices: Option<PathBuf>,
@@ -78,13 +93,23 @@ async fn run(args: Args) -> Result<(), String> {
     let (Some(node), Some(device)) = (&args.node_name, &args.pool_device) else {
         return Err("--node-name and --pool-device are required".into());
     };
-    let pool = open_pool(device, &args.pool_name)?;
     let endpoints = args.csi_endpoint.as_deref().map(Endpoint::parse_list).transpose()?.unwrap_or_default();
+    let registration = registration(&args, &endpoints)?;
+    let activated = csi_contract::health::condition("pool activated");
+    for endpoint in &endpoints {
+        endpoint.readiness();
+    }
+    if let Some((_, socket)) = &registration {
+        Endpoint::Unix(socket.clone()).readiness();
+    }
+    args.common.start_http(csi_contract::metrics::Role::Node).await?;
+    let pool = open_pool(device, &args.pool_name)?;
     let max_volumes = args.max_volumes;
     let client = args.common.client().await?;
     let test_hooks = args.test_hooks;
     let executor = PoolExecutor::register(client.clone(), node, pool).await.map_err(|e| e.to_string())?.with_test_hooks(test_hooks);
     info!(node = %node, pool = %executor.object_name(), device = %device.display(), "csi-node serving its pool");
+    activated.set(true);
     let mut servers = tokio::task::JoinSet::new();
     if !endpoints.is_empty() {
         let identity = IdentityService::new(client.clone(), executor.kernel(), executor.object_name());
@@ -95,6 +120,9 @@ async fn run(args: Args) -> Result<(), String> {
             let (identity, node_svc) = (identity.clone(), node_svc.clone());
             servers.spawn(async move { serve(&endpoint, identity, node_svc).await.map_err(|e| format!("{endpoint:?}: {e}")) });
         }
+    }
+    if let Some((service, socket)) = registration {
+        servers.spawn(async move { service.serve(&socket).await.map_err(|e| format!("plugin registration on {}: {e}", socket.display())) });
     }
     println!("csi-node ready: pool {}", executor.object_name());
     tokio::select! {
@@ -107,9 +135,26 @@ async fn run(args: Args) -> Result<(), String> {
     }
 }
 
+/// The kubelet registration service and its socket, unless turned off or
+/// there is no unix CSI endpoint to advertise.
+fn registration(args: &Args, endpoints: &[Endpoint]) -> Result<Option<(RegistrationService, PathBuf)>, String> {
+    if args.no_plugin_registration {
+        return Ok(None);
+    }
+    let first_unix = endpoints.iter().find_map(|e| match e {
+        Endpoint::Unix(path) => Some(path.clone()),
+        Endpoint::Tcp(_) => None,
+    });
+    let Some(csi_socket) = args.kubelet_csi_socket.clone().or(first_unix) else {
+        info!("no unix CSI endpoint: not registering with the kubelet");
+        return Ok(None);
+    };
+    Ok(Some((RegistrationService::new(&csi_socket)?, args.plugin_registration_socket.clone())))
+}
+
 fn main() -> ExitCode {
-    init_logging();
     let args = Args::parse();
+    init_logging(args.common.log_format);
     run_main("csi-node", run(args))
 }
 

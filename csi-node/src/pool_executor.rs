@@ -45,6 +45,8 @@ pub struct PoolExecutor {
     executor: Mutex<Executor>,
     recorder: Recorder,
     test_hooks: bool,
+    /// The highest transaction id counted in the metrics ([`crate::observe::count_ended`]).
+    counted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub use thin_csi_api::hooks;
@@ -117,6 +119,7 @@ impl PoolExecutor {
             executor: Mutex::new(executor),
             recorder,
             test_hooks: false,
+            counted: Default::default(),
         })
     }
 
@@ -219,6 +222,7 @@ impl PoolExecutor {
             let job_kill_at = kill_at.clone();
             let tamper = self.test_hooks && annotation(&pool, hooks::TAMPER).is_some();
             let mut executor = self.executor.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let counted = self.counted.clone();
             let (progress, usage, executor) = tokio::task::spawn_blocking(move || {
                 let mut k = kernel.lock().unwrap_or_else(|p| p.into_inner());
                 if tamper && fire_once("tamper") {
@@ -231,6 +235,7 @@ impl PoolExecutor {
                 let mut observer = KillAt::parse(job_kill_at.as_deref());
                 let progress = executor.drive(&mut *k, &job_record, &mut observer);
                 let usage = k.pool_status().ok().and_then(|s| s.working().cloned()).map(|w| (w, k.block_size(), k.metadata_area().len));
+                crate::observe::count_ended(&progress.ended, &observer.2.started, &counted);
                 (progress, usage, executor)
             })
             .await
@@ -260,6 +265,7 @@ impl PoolExecutor {
                 status.metadata_used_bytes = Some(w.metadata.used * 4096);
                 status.metadata_total_bytes = Some(w.metadata.total.max(meta_len.bytes() / 4096) * 4096);
                 status.mode = Some(PoolMode::of(&w));
+                crate::observe::pool_gauges(&self.object, &status);
             }
             let mut blocked = false;
             if let Some(stop) = &progress.stopped {
@@ -320,9 +326,9 @@ pub(crate) fn fire_once(what: &str) -> bool {
     std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok()
 }
 
-/// The node's engine observer: times each commit (Start → Resumed) and
-/// carries the kill-at test hook.
-struct KillAt(Option<(thinpool::Boundary, u64)>, Option<std::time::Instant>);
+/// The node's engine observer: times each commit (Start → Resumed) and its
+/// phases (the metrics) and carries the kill-at test hook.
+struct KillAt(Option<(thinpool::Boundary, u64)>, Option<std::time::Instant>, crate::observe::PhaseClock);
 
 impl KillAt {
     fn parse(spec: Option<&str>) -> KillAt {
@@ -337,12 +343,13 @@ impl KillAt {
             };
             Some((boundary, txn.parse().ok()?))
         });
-        KillAt(parsed, None)
+        KillAt(parsed, None, Default::default())
     }
 }
 
 impl thinpool::Observer for KillAt {
     fn reached(&mut self, txn: TransactionId, boundary: thinpool::Boundary) {
+        self.2.reached(txn, boundary);
         match boundary {
             thinpool::Boundary::Start => self.1 = Some(std::time::Instant::now()),
             thinpool::Boundary::Resumed => {

@@ -10,6 +10,6 @@ pub use csi_contract::endpoint::Endpoint;
 
 /// Serves Identity and Node on one endpoint until the server fails.
 pub async fn serve(endpoint: &Endpoint, identity: IdentityService, node: NodeService) -> Result<(), String> {
-    let router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity)).add_service(NodeServer::new(node));
+    let router = csi_contract::endpoint::server().add_service(IdentityServer::new(identity)).add_service(NodeServer::new(node));
     csi_contract::endpoint::serve(endpoint, router, std::future::pending()).await
 }

@@ -6,8 +6,9 @@
 # host can run the guest-side data checks (e2e/guest/k8s-data.sh) inside the
 # VM. When csi-node exits 0 (the stop test hook), the pool's thin devices
 # are listed on the console for the host.
-# args: NODE CSI_PORT CMD_PORT
-node=$1 csi_port=$2 cmd_port=$3
+# HTTP_PORT (optional): csi-node's /healthz, /readyz, /metrics on 0.0.0.0.
+# args: NODE CSI_PORT CMD_PORT [HTTP_PORT]
+node=$1 csi_port=$2 cmd_port=$3 http_port=${4:-0}
 export RUST_LOG=info
 mkdir -p /var/lib/kubelet/plugins/kubernetes.io/csi /var/lib/kubelet/pods
 if [ "$cmd_port" != 0 ]; then
@@ -16,6 +17,7 @@ if [ "$cmd_port" != 0 ]; then
 fi
 endpoint=
 [ "$csi_port" != 0 ] && endpoint="--csi-endpoint tcp://0.0.0.0:$csi_port"
+[ "$http_port" != 0 ] && endpoint="$endpoint --http-address 0.0.0.0:$http_port"
 restarts=0
 while :; do
 	# shellcheck disable=SC2086

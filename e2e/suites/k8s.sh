@@ -113,7 +113,9 @@ gate_if() { # binary gate: prints the flag when the binary knows the gate
 }
 
 SOCK=$RUN/csi.sock
-start csi-controller "$CSI_CONTROLLER" --kubeconfig "$KUBECONFIG" --identity k8s-suite --csi-endpoint "unix://$SOCK"
+CTL_HTTP=$(free_port)
+start csi-controller "$CSI_CONTROLLER" --kubeconfig "$KUBECONFIG" --identity k8s-suite --csi-endpoint "unix://$SOCK" \
+	--http-address "127.0.0.1:$CTL_HTTP"
 for _ in $(seq 300); do [[ -S $SOCK ]] && break; sleep 0.1; done
 if [[ -S $SOCK ]]; then ok "csi-controller serves unix://$SOCK"; else fail "csi-controller socket (log $RUN/logs/csi-controller.log)"; finish; fi
 
@@ -138,15 +140,16 @@ start csi-provisioner env NAMESPACE=$NS POD_NAME=csi-provisioner-k8s-suite "$CSI
 # ---- the node VM ------------------------------------------------------------
 CMD_PORT=$(free_port)
 CSI_PORT=0
+NODE_HTTP=$(free_port) # csi-node's /healthz, /readyz, /metrics, forwarded like the CSI endpoint
 vm_args=(--bin "$CSI_NODE" --file "$RUN/guest.kubeconfig:/guest/kubeconfig" --file "$E2E/guest/k8s-data.sh:/guest/k8s-data.sh"
-	--hostfwd "tcp:127.0.0.1:$CMD_PORT-:$CMD_PORT")
+	--hostfwd "tcp:127.0.0.1:$CMD_PORT-:$CMD_PORT" --hostfwd "tcp:127.0.0.1:$NODE_HTTP-:$NODE_HTTP")
 if [[ $NODE_SERVICE -eq 1 ]]; then
 	CSI_PORT=$(free_port)
 	vm_args+=(--hostfwd "tcp:127.0.0.1:$CSI_PORT-:$CSI_PORT")
 fi
 truncate -s 1G "$RUN/$NODE.img"
 "$E2E/vm/boot" "${vm_args[@]}" --disk "$RUN/$NODE.img" --mem 1024 --timeout 3000 --log "$RUN/logs/vm-$NODE.log" \
-	-- "$E2E/guest/k8s-node.sh" "$NODE" "$CSI_PORT" "$CMD_PORT" >/dev/null 2>&1 &
+	-- "$E2E/guest/k8s-node.sh" "$NODE" "$CSI_PORT" "$CMD_PORT" "$NODE_HTTP" >/dev/null 2>&1 &
 VM_PID=$!
 
 # Runs a data-helper command in the VM (e2e/guest/k8s-data.sh); its output on
@@ -314,6 +317,11 @@ mount_pvc() { # pvc: stage + publish as kubelet; prints the target path
 }
 
 # ---- tests ------------------------------------------------------------------
+# /metrics of both binaries now and after the tests (e2e/metrics-check: the
+# series present and moving).
+scrape() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"; }
+scrape "http://127.0.0.1:$CTL_HTTP/metrics" >"$RUN/controller-metrics.0" 2>&1 || true
+scrape "http://127.0.0.1:$NODE_HTTP/metrics" >"$RUN/node-metrics.0" 2>&1 || true
 # 1. WaitForFirstConsumer: nothing happens until the scheduler picks a node.
 pvc data-1 256Mi
 sleep 2
@@ -482,6 +490,23 @@ if [[ $cap_ok -eq 1 ]]; then
 else
 	fail "CSIStorageCapacity for $TOPO_KEY=$NODE: '${caps:-none}' (want $want = $total x 10 - $provisioned)"
 fi
+
+# ---- metrics and readiness (after the tests' RPCs) ---------------------------
+for who in controller node; do
+	port=$CTL_HTTP
+	[[ $who == node ]] && port=$NODE_HTTP
+	if ready=$(scrape "http://127.0.0.1:$port/readyz" 2>&1) && [[ $ready == *"ready"* && $ready != *"[-]"* ]]; then
+		pass "csi-$who /readyz: $(grep -c '^\[+\]' <<<"$ready") conditions hold ($(grep '^\[+\]' <<<"$ready" | tr '\n' ' '))"
+	else
+		fail "csi-$who /readyz: $ready"
+	fi
+	scrape "http://127.0.0.1:$port/metrics" >"$RUN/$who-metrics.1" 2>&1 || true
+	if out=$("$E2E/metrics-check" "$who" "$RUN/$who-metrics.0" "$RUN/$who-metrics.1" "$POOL" 2>&1); then
+		pass "csi-$who /metrics: $out"
+	else
+		fail "csi-$who /metrics: $out (scrapes $RUN/$who-metrics.{0,1})"
+	fi
+done
 
 # ---- benchmarks ---------------------------------------------------------------
 if out=$("$K8S_E2E" bench-pvc "$NS" "$SC" "$NODE" "$BENCH_N" 2>>"$RUN/k8s_e2e.stderr"); then
