@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
-use thin_csi_api::{AbortedTransaction, PoolHealth, PoolMode, ThinPool};
+use thin_csi_api::{AbortedTransaction, PoolHealth, PoolMode, ThinPool, Tombstone};
 use thinpool::ThinId;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,23 +43,28 @@ pub fn outcome(pool: &ThinPool, txn: u64) -> Result<Option<Finished>, WaitError>
     outcome_in(pool, txn, None, Subject::Unknown)
 }
 
-/// What the awaited transaction does to which device: once the controller
+/// What the awaited transaction does to which device. Once the controller
 /// has pruned a finished transaction from the record, the node no longer
-/// lists it as aborted, and the free list tells instead (an aborted create
-/// freed its id; a committed delete freed it).
+/// lists it as aborted; its tombstone (`spec.abortedTransactions`) tells
+/// instead, and a pruned transaction without one committed. (Not the free
+/// ranges: ids are reused at once, so an aborted create's id may already
+/// belong to a newer device.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
-    Create(ThinId),
+    /// A create (or snapshot) by this transaction.
+    Create,
+    /// A delete of this device by this transaction.
     Delete(ThinId),
     Unknown,
 }
 
-fn freed(pool: &ThinPool, device: ThinId) -> bool {
-    device.get() >= pool.spec.next_device_id || pool.spec.free_device_ids.contains(&device)
-}
-
-fn lost(txn: u64, why: &str) -> Finished {
-    Finished::Aborted(AbortedTransaction { id: txn, reason: thin_csi_api::AbortReason::ReasonLost, message: why.to_string() })
+/// The tombstone that says pruned transaction `txn` aborted, if any.
+fn tombstone(pool: &ThinPool, txn: u64, subject: Subject) -> Option<&Tombstone> {
+    pool.spec.aborted_transactions.iter().find(|t| match subject {
+        Subject::Create => t.id == txn && !t.creates.is_empty(),
+        Subject::Delete(d) => t.covers(txn) && t.deletes.contains(&d),
+        Subject::Unknown => t.covers(txn),
+    })
 }
 
 /// [`outcome`] for a transaction assigned by the record of pool object
@@ -76,11 +81,13 @@ pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>, subject: Subject
     let status = pool.status.clone().unwrap_or_default();
     if pool.finished_transaction() >= txn {
         let pruned = !pool.spec.pending_transactions.iter().any(|p| p.id == txn);
-        return Ok(Some(match (status.aborted(txn), pruned, subject) {
-            (Some(a), _, _) => Finished::Aborted(a.clone()),
-            (None, true, Subject::Create(d)) if freed(pool, d) => lost(txn, "the create was aborted; its report was pruned before it was read"),
-            (None, true, Subject::Delete(d)) if !freed(pool, d) => lost(txn, "the delete was aborted; its report was pruned before it was read"),
-            _ => Finished::Committed,
+        return Ok(Some(match (status.aborted(txn), pruned) {
+            (Some(a), _) => Finished::Aborted(a.clone()),
+            (None, true) => match tombstone(pool, txn, subject) {
+                Some(t) => Finished::Aborted(t.report(txn)),
+                None => Finished::Committed,
+            },
+            (None, false) => Finished::Committed,
         }));
     }
     if status.health == Some(PoolHealth::Unhealthy) {
