@@ -125,3 +125,61 @@ pub async fn wait_finished_in(pools: &Api<ThinPool>, pool: &str, txn: u64, uid: 
     };
     tokio::time::timeout(timeout, watch).await.unwrap_or(Err(WaitError::Timeout { pool: pool.to_string(), txn, waited: timeout }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thin_csi_api::{AbortReason, PendingTransaction, ThinPoolSpec, ThinPoolStatus, TransactionOperation};
+
+    fn t(n: u32) -> ThinId {
+        ThinId::new(n.into()).unwrap()
+    }
+
+    /// A pool at transaction 9 (all finished, none pending) with these tombstones.
+    fn pool(tombstones: Vec<Tombstone>) -> ThinPool {
+        let mut spec = ThinPoolSpec::new("n", "p", "u", 0);
+        spec.last_assigned_transaction = 9;
+        spec.next_device_id = 5;
+        spec.aborted_transactions = tombstones;
+        let mut p = ThinPool::new("u", spec);
+        p.status = Some(ThinPoolStatus { finished_transaction: Some(9), ..Default::default() });
+        p
+    }
+
+    fn tomb(id: u64, through: Option<u64>, creates: &[u32], deletes: &[u32]) -> Tombstone {
+        Tombstone { id, through, reason: AbortReason::SuspendFailed, message: "x".into(), creates: creates.iter().map(|i| t(*i)).collect(), deletes: deletes.iter().map(|i| t(*i)).collect() }
+    }
+
+    fn aborted(r: Result<Option<Finished>, WaitError>) -> bool {
+        matches!(r, Ok(Some(Finished::Aborted(_))))
+    }
+
+    #[test]
+    fn a_pruned_transaction_is_judged_by_its_tombstone_not_by_the_free_ids() {
+        // Create 4 aborted and was pruned; its id 3 is in use again (below
+        // the cursor, not free): still aborted, by its tombstone.
+        let p = pool(vec![tomb(4, None, &[3], &[]), tomb(5, Some(7), &[], &[1])]);
+        assert!(aborted(outcome_in(&p, 4, None, Subject::Create)));
+        // No tombstone: committed, whatever the free ids say.
+        assert_eq!(outcome_in(&p, 8, None, Subject::Create).unwrap(), Some(Finished::Committed));
+        // A run of aborted deletes of device 1 (5..=7) covers each of them, for that device only.
+        for txn in 5..=7 {
+            assert!(aborted(outcome_in(&p, txn, None, Subject::Delete(t(1)))), "{txn}");
+        }
+        assert_eq!(outcome_in(&p, 6, None, Subject::Delete(t(2))).unwrap(), Some(Finished::Committed));
+        // A create in the middle of the run is not the run's.
+        assert_eq!(outcome_in(&p, 6, None, Subject::Create).unwrap(), Some(Finished::Committed));
+        let Ok(Some(Finished::Aborted(a))) = outcome_in(&p, 4, None, Subject::Create) else { unreachable!() };
+        assert_eq!((a.id, a.reason), (4, AbortReason::SuspendFailed));
+    }
+
+    #[test]
+    fn a_pending_transaction_is_judged_by_the_status() {
+        let mut p = pool(vec![]);
+        p.spec.pending_transactions = vec![PendingTransaction { id: 9, operations: vec![TransactionOperation { op: thin_csi_api::OperationKind::CreateThin, id: t(4), origin: None }] }];
+        assert_eq!(outcome_in(&p, 9, None, Subject::Create).unwrap(), Some(Finished::Committed));
+        p.status.as_mut().unwrap().aborted_transactions = vec![AbortedTransaction { id: 9, reason: AbortReason::NoSpace, message: String::new() }];
+        assert!(aborted(outcome_in(&p, 9, None, Subject::Create)));
+        assert!(matches!(outcome_in(&p, 10, None, Subject::Create), Err(WaitError::TransactionUnknown { .. })));
+    }
+}
