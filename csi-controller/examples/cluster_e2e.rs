@@ -319,11 +319,11 @@ async fn reject(client: Client, report: &mut Report) {
         ("filesystem btrfs", &vol, "bad-fs", with("fsType", json!("btrfs")), vec!["spec.fsType", "Unsupported value"]),
         ("create transaction 0", &vol, "txn-0", with("createTransaction", json!(0)), vec!["spec.createTransaction", "greater than or equal to 1"]),
         (
-            "ThinPool free id 16777216",
+            "ThinPool free range ending at 16777216",
             &pool,
             "bad-free",
-            json!({"spec": {"node": "n", "poolName": "p", "poolUuid": "u", "nextDeviceId": 0, "lastAssignedTransaction": 0, "freeDeviceIds": [16_777_216]}}),
-            vec!["spec.freeDeviceIds[0]", "less than or equal to 16777215"],
+            json!({"spec": {"node": "n", "poolName": "p", "poolUuid": "u", "nextDeviceId": 0, "lastAssignedTransaction": 0, "freeDeviceRanges": [{"first": 0, "last": 16_777_216}]}}),
+            vec!["spec.freeDeviceRanges[0].last", "less than or equal to 16777215"],
         ),
         (
             "ThinPool operation id 16777216 and unknown op",
