@@ -3,7 +3,8 @@
 //!
 //! - [`ThinPool`] (cluster-scoped, one per pool, named by the pool's UUID):
 //!   the controller's allocation record in `spec` (device-id cursor and free
-//!   list, last assigned transaction id, pending transactions) and what the
+//!   ranges, last assigned transaction id, pending transactions, tombstones
+//!   of aborted ones) and what the
 //!   node reports in `status` (kernel transaction id, usage, mode, health,
 //!   the last finished transaction and which of them were aborted).
 //! - [`ThinVolume`] and [`ThinSnapshot`] (cluster-scoped, named by
@@ -26,8 +27,8 @@ pub mod volume;
 pub use convert::ConversionError;
 pub use name::object_name;
 pub use pool::{
-    AbortReason, AbortedTransaction, OperationKind, PendingTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus,
-    TransactionOperation,
+    AbortReason, AbortedTransaction, DeviceRange, OperationKind, PendingTransaction, PoolHealth, PoolMode, ThinPool, ThinPoolSpec, ThinPoolStatus,
+    Tombstone, TransactionOperation,
 };
 pub use volume::{AccessKind, FsType, ObjectStatus, ThinSnapshot, ThinSnapshotSpec, ThinVolume, ThinVolumeSpec, VolumeSource, VolumeSourceKind};
 
@@ -95,7 +96,10 @@ mod tests {
         for f in ["node", "poolName", "poolUuid", "nextDeviceId", "lastAssignedTransaction"] {
             assert!(required.contains(&f), "{f} is required: {required:?}");
         }
-        assert_eq!(num(&spec["properties"]["freeDeviceIds"]["items"]["maximum"]), 16777215.0);
+        let range = &spec["properties"]["freeDeviceRanges"]["items"]["properties"];
+        assert_eq!(num(&range["first"]["maximum"]), 16777215.0);
+        assert_eq!(num(&range["last"]["maximum"]), 16777215.0);
+        assert_eq!(num(&spec["properties"]["abortedTransactions"]["items"]["properties"]["id"]["minimum"]), 1.0);
         assert_eq!(num(&spec["properties"]["nextDeviceId"]["maximum"]), 16777216.0);
         let op = &spec["properties"]["pendingTransactions"]["items"]["properties"]["operations"]["items"];
         assert_eq!(num(&op["properties"]["id"]["maximum"]), 16777215.0);

@@ -2,8 +2,8 @@
 //! `status` is what the node reports.
 //!
 //! The protocol, in short (ARCHITECTURE.md has the long form):
-//! - the controller assigns device ids (free list first, then the cursor)
-//!   and the next transaction id, appends the transaction to
+//! - the controller assigns device ids (the lowest free range first, then
+//!   the cursor) and the next transaction id, appends the transaction to
 //!   `spec.pendingTransactions` and writes the object with its
 //!   `resourceVersion` (a 409 Conflict re-reads and retries), all before any
 //!   node acts;
@@ -12,8 +12,18 @@
 //!   among those, the ones it aborted in `status.abortedTransactions`;
 //! - the controller, on its next write, drops finished transactions from
 //!   `spec.pendingTransactions`, and only then returns the ids they freed to
-//!   `spec.freeDeviceIds`: a committed delete frees its id, an aborted
-//!   transaction frees the ids it would have created (abort deleted them).
+//!   `spec.freeDeviceRanges` (merged; a range reaching the cursor folds into
+//!   it): a committed delete frees its id, an aborted transaction frees the
+//!   ids it would have created (abort deleted them). Freed ids are handed
+//!   out again at once: the CSI id carries the create transaction
+//!   (csi-contract `DeviceRef`), so a stale request cannot reach a reused id;
+//! - an aborted transaction dropped from the pending list leaves a
+//!   tombstone in `spec.abortedTransactions`, so a waiter that reads it late
+//!   still learns it aborted (the free list says nothing once ids are
+//!   reused). A create's tombstone stays until the object it was for is
+//!   settled or gone; a delete's until its device is deleted, and repeated
+//!   aborted deletes of one device share one. So the record is bounded by
+//!   live devices and in-flight work, never by history.
 
 // clippy reads the repeated `type_ = ...` keys of kube's `printcolumn(...)`
 // entries as duplicated attributes.
@@ -57,13 +67,20 @@ pub struct ThinPoolSpec {
     /// The UUID in the pool's on-device header.
     #[schemars(length(min = 1))]
     pub pool_uuid: String,
-    /// The next never-used device id; 16777216 means the range is used up
-    /// (the free list may still have ids).
+    /// Every id from here up is free; 16777216 means none above is (the
+    /// free ranges may still have ids).
     #[schemars(range(min = 0, max = 16777216))]
     pub next_device_id: u32,
-    /// Ids whose delete has committed in the kernel, free to hand out again.
+    /// Ids below the cursor whose delete has committed in the kernel (or
+    /// whose create aborted), free to hand out again: sorted, disjoint, not
+    /// adjacent, none reaching the cursor. At most one more range than
+    /// there are allocated ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub free_device_ids: Vec<ThinId>,
+    pub free_device_ranges: Vec<DeviceRange>,
+    /// Tombstones: aborted transactions dropped from the pending list whose
+    /// waiters may not have read the outcome yet (see the module docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aborted_transactions: Vec<Tombstone>,
     /// The last transaction id the controller assigned (the kernel's id when
     /// the pool was created, if none yet).
     #[schemars(range(min = 0))]
@@ -96,6 +113,64 @@ impl ThinPoolSpec {
     /// what the node reported finished). The status may know more.
     pub fn finished_at_least(&self) -> u64 {
         self.pending_transactions.first().map_or(self.last_assigned_transaction, |p| p.id.saturating_sub(1))
+    }
+
+    /// Whether device id `id` is free: at or past the cursor, or in a free range.
+    pub fn is_free(&self, id: ThinId) -> bool {
+        let id = id.get();
+        id >= self.next_device_id || self.free_device_ranges.iter().any(|r| r.contains(id))
+    }
+}
+
+/// Free device ids `first..=last`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct DeviceRange {
+    #[schemars(range(min = 0, max = 16777215))]
+    pub first: u32,
+    #[schemars(range(min = 0, max = 16777215))]
+    pub last: u32,
+}
+
+impl DeviceRange {
+    pub fn contains(&self, id: u32) -> bool {
+        self.first <= id && id <= self.last
+    }
+}
+
+/// An aborted transaction kept after it left the pending list: its id,
+/// why, and what it would have done. For deletes of the same devices
+/// aborted one after another, one tombstone stands for all of them:
+/// `id..=through` (no delete of those devices committed in between, or the
+/// tombstone would be gone).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tombstone {
+    #[schemars(range(min = 1))]
+    pub id: u64,
+    /// The last aborted delete of `deletes` this tombstone stands for (when
+    /// more than `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<u64>,
+    pub reason: AbortReason,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Ids it would have created (abort removed them; they are free).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creates: Vec<ThinId>,
+    /// Ids it would have deleted (they still exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<ThinId>,
+}
+
+impl Tombstone {
+    /// Whether this stands for transaction `txn`.
+    pub fn covers(&self, txn: u64) -> bool {
+        self.id <= txn && txn <= self.through.unwrap_or(self.id)
+    }
+
+    /// The report of transaction `txn` this tombstone keeps.
+    pub fn report(&self, txn: u64) -> AbortedTransaction {
+        AbortedTransaction { id: txn, reason: self.reason, message: self.message.clone() }
     }
 }
 
@@ -263,7 +338,8 @@ impl ThinPoolSpec {
             pool_name: pool_name.to_string(),
             pool_uuid: pool_uuid.to_string(),
             next_device_id: 0,
-            free_device_ids: Vec::new(),
+            free_device_ranges: Vec::new(),
+            aborted_transactions: Vec::new(),
             last_assigned_transaction: kernel_transaction,
             pending_transactions: Vec::new(),
             devices_unknown_at_transaction: None,

@@ -9,6 +9,9 @@
 //!   cluster_e2e verify POOL TOTAL OUT...      ids unique, transactions dense 1..=TOTAL, each once; the object agrees
 //!   cluster_e2e reuse POOL                    a deleted id comes back only after the node reports the delete finished
 //!   cluster_e2e reject                        bad objects refused by the apiserver's schema validation
+//!   cluster_e2e churn POOL N LIVE             N allocations (creates and deletes, LIVE devices kept) with the
+//!                                             node's reports played: `BENCH churn-N` and PASS/FAIL lines for
+//!                                             object size and per-allocation time at the end within 1.2x of the start
 
 #[path = "../../e2e/fail_on_panic.rs"]
 mod fail_on_panic;
@@ -72,6 +75,7 @@ async fn main() -> ExitCode {
         ["verify", pool, total, outs @ ..] => verify(client, pool, total.parse().unwrap_or(0), outs, &mut report).await,
         ["reuse", pool] => report.check("a deleted id is reused only after the node reports the delete finished", reuse(client, pool).await),
         ["reject"] => reject(client, &mut report).await,
+        ["churn", pool, n, live] => churn(client, pool, n.parse().unwrap_or(0), live.parse().unwrap_or(0), &mut report).await,
         _ => {
             eprintln!("usage: see the header of csi-controller/examples/cluster_e2e.rs");
             return ExitCode::from(2);
@@ -213,8 +217,8 @@ async fn verify(client: Client, pool: &str, total: u64, outs: &[&str], report: &
         if recorded != by_txn {
             return Err(format!("pendingTransactions ({} entries) differ from what the callers were told", recorded.len()));
         }
-        if spec.next_device_id as u64 != total || !spec.free_device_ids.is_empty() {
-            return Err(format!("cursor {} / free {:?}, expected cursor {total}, none free", spec.next_device_id, spec.free_device_ids));
+        if spec.next_device_id as u64 != total || !spec.free_device_ranges.is_empty() {
+            return Err(format!("cursor {} / free {:?}, expected cursor {total}, none free", spec.next_device_id, spec.free_device_ranges));
         }
         let record = thin_csi_api::convert::pool_record(&object).map_err(|e| e.to_string())?;
         if record.last_assigned().get() != total || record.pending.len() as u64 != total {
@@ -228,8 +232,9 @@ async fn verify(client: Client, pool: &str, total: u64, outs: &[&str], report: &
 
 async fn reuse(client: Client, pool: &str) -> Result<String> {
     create_pool(client.clone(), pool).await?;
-    // Freed ids come back only once the cursor has handed out all 2^24:
-    // start two short of the end (ids 16777214 and 16777215 are left).
+    // Freed ids come back at once (the lowest free id first), and only once
+    // their delete is reported finished; start two short of the end, so the
+    // cursor runs out on the way (ids 16777214 and 16777215 are left).
     let pools: Api<ThinPool> = Api::all(client.clone());
     let near_end = json!({"spec": {"nextDeviceId": 16_777_214}});
     pools.patch(pool, &PatchParams::default(), &Patch::Merge(&near_end)).await.map_err(|e| e.to_string())?;
@@ -314,11 +319,11 @@ async fn reject(client: Client, report: &mut Report) {
         ("filesystem btrfs", &vol, "bad-fs", with("fsType", json!("btrfs")), vec!["spec.fsType", "Unsupported value"]),
         ("create transaction 0", &vol, "txn-0", with("createTransaction", json!(0)), vec!["spec.createTransaction", "greater than or equal to 1"]),
         (
-            "ThinPool free id 16777216",
+            "ThinPool free range ending at 16777216",
             &pool,
             "bad-free",
-            json!({"spec": {"node": "n", "poolName": "p", "poolUuid": "u", "nextDeviceId": 0, "lastAssignedTransaction": 0, "freeDeviceIds": [16_777_216]}}),
-            vec!["spec.freeDeviceIds[0]", "less than or equal to 16777215"],
+            json!({"spec": {"node": "n", "poolName": "p", "poolUuid": "u", "nextDeviceId": 0, "lastAssignedTransaction": 0, "freeDeviceRanges": [{"first": 0, "last": 16_777_216}]}}),
+            vec!["spec.freeDeviceRanges[0].last", "less than or equal to 16777215"],
         ),
         (
             "ThinPool operation id 16777216 and unknown op",
@@ -348,4 +353,91 @@ async fn reject(client: Client, report: &mut Report) {
             .map(|_| String::new())
             .map_err(|e| e.to_string()),
     );
+}
+
+/// Churn: N allocations on a fresh pool, alternating a create and a delete
+/// of a random live device (LIVE kept live, so freed ids fragment the free
+/// ranges), with this process playing the node: after each allocation it
+/// reports the transaction finished (committed) through the status
+/// subresource, as csi-node does after a commit. Each allocation is timed
+/// (a status write in between means each one re-reads: 409, read, write).
+/// The record must stay as small at the end as at the start and
+/// allocations as fast: both within 1.2x (the largest object and the median
+/// time over the first and over the last tenth of the allocations).
+async fn churn(client: Client, pool: &str, n: usize, live: usize, report: &mut Report) {
+    let r = async {
+        create_pool(client.clone(), pool).await?;
+        let api: Api<ThinPool> = Api::all(client.clone());
+        let allocator = Allocator::new(client.clone());
+        let a = |e: csi_controller::AllocError| e.to_string();
+        let finish = |txn: u64| {
+            let api = api.clone();
+            async move {
+                let status = json!({"status": {"finishedTransaction": txn, "kernelTransaction": txn, "mode": "rw", "health": "Healthy"}});
+                api.patch_status(pool, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(|e| e.to_string())
+            }
+        };
+        let size = |p: &ThinPool| serde_json::to_vec(p).map(|v| v.len()).unwrap_or(0);
+        // A small xorshift: the deletes pick live devices at random, reproducibly.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut devices: Vec<(thinpool::ThinId, u64)> = Vec::new();
+        for _ in 0..live {
+            let c = allocator.allocate(pool, &[Request::CreateThin]).await.map_err(a)?;
+            let txn = c.transaction.id().get();
+            finish(txn).await?;
+            devices.push((c.created[0], txn));
+        }
+        let mut times = Vec::with_capacity(n);
+        let mut sizes = Vec::with_capacity(n);
+        for i in 0..n {
+            let t0 = Instant::now();
+            let txn = if i % 2 == 0 {
+                let c = allocator.allocate(pool, &[Request::CreateThin]).await.map_err(a)?;
+                devices.push((c.created[0], c.transaction.id().get()));
+                c.transaction.id().get()
+            } else {
+                let (id, generation) = devices.swap_remove((next() % devices.len() as u64) as usize);
+                allocator.allocate(pool, &[Request::DeleteOf { id, generation }]).await.map_err(a)?.transaction.id().get()
+            };
+            times.push(t0.elapsed().as_micros() as u64);
+            sizes.push(size(&finish(txn).await?));
+        }
+        let end = api.get(pool).await.map_err(|e| e.to_string())?;
+        let median = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let tenth = (n / 10).max(1);
+        let (first, last) = (..tenth.min(n), n.saturating_sub(tenth)..);
+        let (m_start, m_end, m_all) = (median(&times[first]), median(&times[last.clone()]), median(&times));
+        let (start_size, end_size) = (sizes[first].iter().max().copied().unwrap_or(0), sizes[last].iter().max().copied().unwrap_or(0));
+        let max_size = sizes.iter().max().copied().unwrap_or(0);
+        println!(
+            "BENCH churn-{n} thin-csi objsize_bytes_start={start_size} objsize_bytes_end={end_size} objsize_bytes_max={max_size} median_us={m_all} median_us_start={m_start} median_us_end={m_end} live={} ranges={} next_device_id={} last_transaction={}",
+            devices.len(),
+            end.spec.free_device_ranges.len(),
+            end.spec.next_device_id,
+            end.spec.last_assigned_transaction
+        );
+        Ok::<_, String>((start_size, end_size, max_size, m_start, m_end, end))
+    }
+    .await;
+    match r {
+        Err(e) => report.fail(&format!("churn of {n} allocations"), &e),
+        Ok((start_size, end_size, max_size, m_start, m_end, end)) => {
+            let size_ok = (end_size as f64) <= 1.2 * start_size as f64;
+            let detail = format!("at most {start_size} bytes over the first tenth, {end_size} over the last, {max_size} in all; {} free ranges, cursor {}", end.spec.free_device_ranges.len(), end.spec.next_device_id);
+            if size_ok { report.pass(&format!("churn of {n} allocations: the pool object stays within 1.2x of its size"), &detail) } else { report.fail(&format!("churn of {n} allocations: the pool object stays within 1.2x of its size"), &detail) }
+            let time_ok = (m_end as f64) <= 1.2 * m_start as f64;
+            let detail = format!("median {m_start} us over the first tenth, {m_end} us over the last");
+            if time_ok { report.pass(&format!("churn of {n} allocations: the time per allocation stays within 1.2x"), &detail) } else { report.fail(&format!("churn of {n} allocations: the time per allocation stays within 1.2x"), &detail) }
+        }
+    }
 }

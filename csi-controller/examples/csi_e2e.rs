@@ -106,7 +106,7 @@ impl Ctx {
         self.check(
             "volume context: pool, device id, object, fs type",
             ctx.get("thin.csi.io/pool") == Some(&pool)
-                && v.volume_id == format!("{pool}:{}", ctx.get("thin.csi.io/device-id").cloned().unwrap_or_default())
+                && v.volume_id.starts_with(&format!("{pool}:{}:", ctx.get("thin.csi.io/device-id").cloned().unwrap_or_default()))
                 && ctx.get("thin.csi.io/volume") == Some(&object_name("e2e-topology"))
                 && ctx.get("thin.csi.io/fs-type").map(String::as_str) == Some("xfs"),
             format!("{ctx:?} id {}", v.volume_id),

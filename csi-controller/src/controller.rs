@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::alloc::{Allocator, Request as Op};
-use crate::objects::{object_meta, Devices};
+use crate::objects::{object_meta, parse_id, DeviceObject, Devices};
 use crate::params::*;
 use crate::status::Error;
 
@@ -70,7 +70,7 @@ impl Inner {
     }
 
     fn volume_message(&self, v: &ThinVolume, pool: Option<&ThinPool>) -> Volume {
-        let id = DeviceRef::new(&v.spec.pool, v.spec.device_id);
+        let id = v.id();
         let mut ctx = HashMap::new();
         ctx.insert(CTX_POOL.to_string(), v.spec.pool.clone());
         ctx.insert(CTX_DEVICE.to_string(), v.spec.device_id.to_string());
@@ -117,7 +117,7 @@ impl Inner {
                 if s.snapshot_id.is_empty() {
                     return Err(Error::invalid("volume_content_source.snapshot.snapshot_id", "missing"));
                 }
-                let snap = self.devices.find_id::<ThinSnapshot>(&s.snapshot_id).await?;
+                let snap = self.devices.find_id::<ThinSnapshot>("volume_content_source.snapshot.snapshot_id", &s.snapshot_id).await?;
                 let snap = snap.ok_or_else(|| Error::NotFound(format!("source snapshot {} does not exist", s.snapshot_id)))?;
                 let snap = self.devices.settle(snap).await?;
                 Some((VolumeSource { kind: VolumeSourceKind::Snapshot, name: s.snapshot_id.clone() }, snap.spec.pool, snap.spec.device_id, snap.spec.size_bytes))
@@ -126,7 +126,7 @@ impl Inner {
                 if s.volume_id.is_empty() {
                     return Err(Error::invalid("volume_content_source.volume.volume_id", "missing"));
                 }
-                let vol = self.devices.find_id::<ThinVolume>(&s.volume_id).await?;
+                let vol = self.devices.find_id::<ThinVolume>("volume_content_source.volume.volume_id", &s.volume_id).await?;
                 let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", s.volume_id)))?;
                 let vol = self.devices.settle(vol).await?;
                 Some((VolumeSource { kind: VolumeSourceKind::Volume, name: s.volume_id.clone() }, vol.spec.pool, vol.spec.device_id, vol.spec.size_bytes))
@@ -234,7 +234,7 @@ impl Inner {
         }
         self.check_leading()?;
         // An id this driver never issued names nothing: deleted already.
-        let Ok(r) = DeviceRef::parse(&req.volume_id) else { return Ok(()) };
+        let Some(r) = parse_id("volume_id", &req.volume_id)? else { return Ok(()) };
         let _busy = self.busy(format!("volume {}", req.volume_id))?;
         self.devices.delete::<ThinVolume>(&r).await
     }
@@ -260,7 +260,7 @@ impl Inner {
             let s = self.devices.settle(existing).await?;
             return Ok(snapshot_message(&s));
         }
-        let vol = self.devices.find_id::<ThinVolume>(&req.source_volume_id).await?;
+        let vol = self.devices.find_id::<ThinVolume>("source_volume_id", &req.source_volume_id).await?;
         let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", req.source_volume_id)))?;
         let vol = self.devices.settle(vol).await?;
         let pool = vol.spec.pool.clone();
@@ -291,7 +291,7 @@ impl Inner {
             return Err(Error::invalid("snapshot_id", "missing"));
         }
         self.check_leading()?;
-        let Ok(r) = DeviceRef::parse(&req.snapshot_id) else { return Ok(()) };
+        let Some(r) = parse_id("snapshot_id", &req.snapshot_id)? else { return Ok(()) };
         let _busy = self.busy(format!("snapshot {}", req.snapshot_id))?;
         self.devices.delete::<ThinSnapshot>(&r).await
     }
@@ -308,7 +308,7 @@ impl Inner {
             .items
             .into_iter()
             .filter(|v| v.status.as_ref().is_some_and(|s| s.ready))
-            .map(|v| (DeviceRef::new(&v.spec.pool, v.spec.device_id), v))
+            .map(|v| (v.id(), v))
             .collect();
         let (page, next_token) = page(items, &req.starting_token, req.max_entries)?;
         let entries = page
@@ -334,13 +334,13 @@ impl Inner {
         let mut items: Vec<(DeviceRef, ThinSnapshot)> = Vec::new();
         if !req.snapshot_id.is_empty() {
             // One snapshot by id: an id that names nothing is an empty list.
-            if let Ok(r) = DeviceRef::parse(&req.snapshot_id) {
+            if let Some(r) = parse_id("snapshot_id", &req.snapshot_id)? {
                 if let Some(s) = self.devices.find::<ThinSnapshot>(&r).await? {
                     items.push((r, s));
                 }
             }
         } else {
-            items = self.devices.snapshots.list(&ListParams::default()).await?.items.into_iter().map(|s| (DeviceRef::new(&s.spec.pool, s.spec.device_id), s)).collect();
+            items = self.devices.snapshots.list(&ListParams::default()).await?.items.into_iter().map(|s| (s.id(), s)).collect();
         }
         items.retain(|(_, s)| s.status.as_ref().is_some_and(|st| st.ready));
         if !req.source_volume_id.is_empty() {
@@ -358,7 +358,7 @@ impl Inner {
         self.check_leading()?;
         // Not ready yet is still the snapshot (ready_to_use false), as the
         // snapshotter polls it; an id we never issued names nothing.
-        let s = self.devices.find_id::<ThinSnapshot>(&req.snapshot_id).await?;
+        let s = self.devices.find_id::<ThinSnapshot>("snapshot_id", &req.snapshot_id).await?;
         let s = s.ok_or_else(|| Error::NotFound(format!("snapshot {} does not exist", req.snapshot_id)))?;
         Ok(GetSnapshotResponse { snapshot: Some(snapshot_message(&s)) })
     }
@@ -398,7 +398,7 @@ impl Inner {
             check_capability(cap).map_err(|why| Error::invalid("volume_capability", why))?;
         }
         self.check_leading()?;
-        let r = DeviceRef::parse(&req.volume_id).map_err(|_| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let r = parse_id("volume_id", &req.volume_id)?.ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let _busy = self.busy(format!("volume {}", req.volume_id))?;
         let v = self.devices.find::<ThinVolume>(&r).await?.ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let v = self.devices.settle(v).await?;
@@ -436,7 +436,7 @@ impl Inner {
         }
         Params::parse(&req.parameters)?;
         self.check_leading()?;
-        let v = self.devices.find_id::<ThinVolume>(&req.volume_id).await?;
+        let v = self.devices.find_id::<ThinVolume>("volume_id", &req.volume_id).await?;
         let v = v.ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let fs = v.spec.fs_type.as_str();
         for cap in &req.volume_capabilities {
@@ -467,7 +467,7 @@ impl Inner {
             return Err(Error::invalid("volume_id", "missing"));
         }
         self.check_leading()?;
-        let v = self.devices.find_id::<ThinVolume>(&req.volume_id).await?;
+        let v = self.devices.find_id::<ThinVolume>("volume_id", &req.volume_id).await?;
         let v = v.filter(|v| v.status.as_ref().is_some_and(|s| s.ready)).ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let pool = self.devices.pools.get_opt(&v.spec.pool).await?;
         let (abnormal, message) = condition(pool.as_ref());
@@ -494,7 +494,7 @@ fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
     let creation_time = s.metadata.creation_timestamp.as_ref().map(|t| prost_types::Timestamp { seconds: t.0.as_second(), nanos: 0 });
     Snapshot {
         size_bytes: s.spec.size_bytes as i64,
-        snapshot_id: DeviceRef::new(&s.spec.pool, s.spec.device_id).to_string(),
+        snapshot_id: s.id().to_string(),
         source_volume_id: s.spec.source.name.clone(),
         creation_time,
         ready_to_use: s.status.as_ref().is_some_and(|s| s.ready),
@@ -612,11 +612,11 @@ mod tests {
                 device_id: ThinId::new(5).unwrap(),
                 create_transaction: 9,
                 size_bytes: 1 << 30,
-                source: VolumeSource { kind: VolumeSourceKind::Volume, name: "pool1:3".into() },
+                source: VolumeSource { kind: VolumeSourceKind::Volume, name: "pool1:3:4".into() },
             },
         );
         let m = snapshot_message(&s);
-        assert_eq!((m.snapshot_id.as_str(), m.source_volume_id.as_str(), m.size_bytes, m.ready_to_use), ("pool1:5", "pool1:3", 1 << 30, false));
+        assert_eq!((m.snapshot_id.as_str(), m.source_volume_id.as_str(), m.size_bytes, m.ready_to_use), ("pool1:5:9", "pool1:3:4", 1 << 30, false));
         assert_eq!(node_topology("n1").segments[TOPOLOGY_KEY], "n1");
     }
 

@@ -11,19 +11,26 @@
 //! between is removed when the allocator hands its id out again
 //! ([`Devices::clear_stale`]).
 //!
+//! Ids are reused as soon as their delete commits; the CSI id carries the
+//! device's generation (its create transaction), and every lookup by id
+//! ([`Devices::find`]) finds only the object of that generation, so a
+//! DeleteVolume retried after its device delete committed and the id went
+//! to a new volume finds nothing. The settle of an aborted create removes
+//! its object (by uid) and then forgets the transaction's tombstone
+//! ([`Allocator::forget`]); marking an object ready is a replace at the
+//! version read, of the object whose create transaction was awaited.
+//!
 //! Known gaps: a crash between the allocation and the object's creation
 //! leaves a device no object names (for a garbage collector to find: the
-//! pool's devices minus the objects' ids). Ids are reused once freed, so a
-//! DeleteVolume retried by the CO after its device delete committed *and*
-//! the id was handed to a new volume would find the new volume; closing that
-//! needs a generation in the CSI id (docs/csi.md fixes `<pool>:<device>`).
+//! pool's devices minus the objects' ids), or, if that create aborted, a
+//! tombstone nothing forgets (the collector's too).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::core::ClusterResourceScope;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -52,6 +59,10 @@ pub trait DeviceObject: Resource<DynamicType = (), Scope = ClusterResourceScope>
     fn device(&self) -> ThinId;
     fn create_transaction(&self) -> u64;
     fn is_ready(&self) -> bool;
+    /// Its CSI id: pool, device and generation.
+    fn id(&self) -> DeviceRef {
+        DeviceRef::new(self.pool(), self.device(), self.create_transaction())
+    }
 }
 
 macro_rules! device_object {
@@ -120,18 +131,21 @@ impl Devices {
         Devices { pools: Api::all(client.clone()), volumes: Api::all(client.clone()), snapshots: Api::all(client), alloc, wait_timeout }
     }
 
-    /// The object of a device, found by its labels.
+    /// The object of a device, found by its labels: only the one of the id's
+    /// generation (an object of the same device id and another create
+    /// transaction is another device, or a stale leftover).
     pub async fn find<K: DeviceObject>(&self, r: &DeviceRef) -> Result<Option<K>> {
         let list = K::api(self).list(&ListParams::default().labels(&r.selector())).await?;
-        Ok(list.items.into_iter().find(|o| o.pool() == r.pool && o.device() == r.device))
+        Ok(list.items.into_iter().find(|o| r.names(o.pool(), o.device(), o.create_transaction())))
     }
 
-    /// [`Self::find`] for an id string a request carries: an id this driver
-    /// never issued names nothing.
-    pub async fn find_id<K: DeviceObject>(&self, id: &str) -> Result<Option<K>> {
-        match DeviceRef::parse(id) {
-            Ok(r) => self.find(&r).await,
-            Err(_) => Ok(None),
+    /// [`Self::find`] for an id string a request carries (`field` names it
+    /// in errors): an id this driver never issued names nothing; one with a
+    /// malformed generation is INVALID_ARGUMENT.
+    pub async fn find_id<K: DeviceObject>(&self, field: &str, id: &str) -> Result<Option<K>> {
+        match parse_id(field, id)? {
+            Some(r) => self.find(&r).await,
+            None => Ok(None),
         }
     }
 
@@ -152,7 +166,7 @@ impl Devices {
         }
         let name = obj.name_any();
         let api = K::api(self);
-        let finished = match self.wait(obj.pool(), obj.create_transaction(), obj.pool_uid(), Subject::Create(obj.device())).await {
+        let finished = match self.wait(obj.pool(), obj.create_transaction(), obj.pool_uid(), Subject::Create).await {
             // Its record is gone (the pool object was re-created): nothing
             // was promised for this object; remove it so a retry starts over.
             Err(e @ Error::Wait(WaitError::TransactionUnknown { .. })) => {
@@ -164,14 +178,52 @@ impl Devices {
         failpoint::hit_for(&[K::WHAT, "waited"]);
         match finished {
             Finished::Committed => {
-                let ready = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"ready": true}}))).await?;
+                let ready = self.mark_ready(obj).await?;
                 failpoint::hit_for(&[K::WHAT, "ready"]);
                 Ok(Settled::Ready(ready))
             }
             Finished::Aborted(aborted) => {
-                let _ = api.delete(&name, &DeleteParams::default()).await;
+                // This object (its uid), not one a retry made since under the name.
+                let dp = DeleteParams { preconditions: Some(Preconditions { uid: obj.uid(), resource_version: None }), ..Default::default() };
+                match api.delete(&name, &dp).await {
+                    // Removed, or gone already (404; 409: the name holds another uid now).
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    // Not removed: its tombstone stays for a retry to settle.
+                    Err(e) => return Err(e.into()),
+                }
+                self.forget(obj.pool(), obj.create_transaction()).await;
                 Ok(Settled::Aborted(aborted_create(obj.pool(), aborted)))
             }
+        }
+    }
+
+    /// Marks `obj` ready: a replace at the version read, so only this object
+    /// (the create transaction awaited) is marked; one re-created under the
+    /// name since is another create's (ABORTED: a retry settles that one).
+    async fn mark_ready<K: DeviceObject>(&self, obj: K) -> Result<K> {
+        let name = obj.name_any();
+        let api = K::api(self);
+        let mut value = serde_json::to_value(&obj).map_err(|e| Error::Internal(format!("{} {name}: {e}", K::WHAT)))?;
+        value["status"] = json!({"ready": true});
+        let marked: K = serde_json::from_value(value).map_err(|e| Error::Internal(format!("{} {name}: {e}", K::WHAT)))?;
+        match api.replace_status(&name, &PostParams::default(), &marked).await {
+            Ok(ready) => Ok(ready),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => match api.get_opt(&name).await? {
+                // Written by someone else since (another replica marked it): fine.
+                Some(now) if now.uid() == obj.uid() && now.is_ready() => Ok(now),
+                Some(now) if now.uid() == obj.uid() => Box::pin(self.mark_ready(now)).await,
+                _ => Err(Error::Aborted(format!("{} {name} was removed or re-created while its create transaction {} was awaited", K::WHAT, obj.create_transaction()))),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Best effort: drops the tombstone of aborted create `txn` once its
+    /// object is gone (what this misses is for the leak collector).
+    async fn forget(&self, pool: &str, txn: u64) {
+        if let Err(e) = self.alloc.forget(pool, txn).await {
+            tracing::warn!(pool, txn, error = %e, "could not drop the tombstone of an aborted create");
         }
     }
 
@@ -183,7 +235,7 @@ impl Devices {
         failpoint::hit_for(&[K::WHAT, "allocated"]);
         let assigned = Assigned { device: a.created[0], transaction: a.transaction.id().get(), pool_uid: a.pool_uid };
         let (device, txn) = (assigned.device, assigned.transaction);
-        if let Err(e) = self.clear_stale(pool, device, assigned.pool_uid.as_deref()).await {
+        if let Err(e) = self.clear_stale(pool, device, txn, assigned.pool_uid.as_deref()).await {
             self.give_back(pool, device, txn).await;
             return Err(e);
         }
@@ -204,7 +256,7 @@ impl Devices {
         };
         failpoint::hit_for(&[K::WHAT, "object"]);
         let settled = self.settle(created).await?;
-        tracing::info!(object = %name, id = %DeviceRef::new(pool, device), txn, "{} created", K::WHAT);
+        tracing::info!(object = %name, id = %DeviceRef::new(pool, device, txn), txn, "{} created", K::WHAT);
         Ok(settled)
     }
 
@@ -212,15 +264,17 @@ impl Devices {
     /// nothing (left) to delete.
     pub async fn delete<K: DeviceObject>(&self, r: &DeviceRef) -> Result<()> {
         let Some(obj) = self.find::<K>(r).await? else { return Ok(()) };
-        let name = obj.name_any();
+        let (name, uid) = (obj.name_any(), obj.uid());
         // Its create aborted: there is no device, and the object is gone.
         if let Settled::Aborted(_) = self.try_settle(obj).await? {
             return Ok(());
         }
-        self.delete_device(&r.pool, r.device, K::WHAT).await?;
-        match K::api(self).delete(&name, &DeleteParams::default()).await {
+        self.delete_device(r, K::WHAT).await?;
+        // This object (its uid): one re-created under the name since is another device's.
+        match K::api(self).delete(&name, &DeleteParams { preconditions: Some(Preconditions { uid: uid.clone(), resource_version: None }), ..Default::default() }).await {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            // Gone, or re-created under the name (a 409 of the uid precondition).
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
         tracing::info!(id = %r, "{} deleted", K::WHAT);
@@ -230,8 +284,9 @@ impl Devices {
     /// Deletes thin device `device` of `pool` through a transaction; Ok once
     /// the device is gone (also when it already was). `what`: the kind of
     /// object being deleted, which names the crash points.
-    async fn delete_device(&self, pool: &str, device: ThinId, what: &str) -> Result<()> {
-        let (txn, uid) = match self.alloc.allocate(pool, &[Op::Delete { id: device }]).await {
+    async fn delete_device(&self, r: &DeviceRef, what: &str) -> Result<()> {
+        let (pool, device) = (r.pool.as_str(), r.device);
+        let (txn, uid) = match self.alloc.allocate(pool, &[Op::DeleteOf { id: device, generation: r.generation }]).await {
             Ok(a) => (a.transaction.id().get(), a.pool_uid),
             // Gone already (a retry after the delete committed).
             Err(AllocError::NotAllocated { .. }) => return Ok(()),
@@ -258,25 +313,30 @@ impl Devices {
         }
     }
 
-    /// Removes objects that still name `device` of `pool`, which the
-    /// allocator just handed out again: it only hands out ids whose delete
-    /// committed (or whose create aborted), so such an object is left over
-    /// from a controller that stopped between the device delete and the
-    /// object delete. Without this, a lookup by id could find it.
-    async fn clear_stale(&self, pool: &str, device: ThinId, pool_uid: Option<&str>) -> Result<()> {
-        self.clear_stale_of::<ThinVolume>(pool, device, pool_uid).await?;
-        self.clear_stale_of::<ThinSnapshot>(pool, device, pool_uid).await
+    /// Removes objects that still name `device` of `pool` with an older
+    /// generation than `txn`, the transaction the allocator just handed the
+    /// id to: it only hands out ids whose delete committed (or whose create
+    /// aborted), so such an object is left over from a controller that
+    /// stopped between the device delete and the object delete (or from an
+    /// aborted create not yet settled). Without this, ListVolumes could list
+    /// it. A newer generation is not stale: the id may have been handed out
+    /// again since this allocation (this call ran late), and that object is
+    /// a live volume's.
+    async fn clear_stale(&self, pool: &str, device: ThinId, txn: u64, pool_uid: Option<&str>) -> Result<()> {
+        self.clear_stale_of::<ThinVolume>(pool, device, txn, pool_uid).await?;
+        self.clear_stale_of::<ThinSnapshot>(pool, device, txn, pool_uid).await
     }
 
-    async fn clear_stale_of<K: DeviceObject>(&self, pool: &str, device: ThinId, pool_uid: Option<&str>) -> Result<()> {
-        let lp = ListParams::default().labels(&DeviceRef::new(pool, device).selector());
+    async fn clear_stale_of<K: DeviceObject>(&self, pool: &str, device: ThinId, txn: u64, pool_uid: Option<&str>) -> Result<()> {
+        let lp = ListParams::default().labels(&format!("{LABEL_POOL}={pool},{LABEL_DEVICE}={device}"));
         // Only objects of the record that handed the id out again: another
         // record's (a re-created pool object) are not ours to judge.
         let same_record = |o: &K| o.pool_uid().is_none() || pool_uid.is_none() || o.pool_uid() == pool_uid;
-        for o in K::api(self).list(&lp).await?.items.into_iter().filter(same_record) {
+        for o in K::api(self).list(&lp).await?.items.into_iter().filter(same_record).filter(|o| o.create_transaction() < txn) {
             let name = o.name_any();
             tracing::warn!(object = %name, pool, device = %device, "removing a stale {} object: its device was deleted and the id reused", K::WHAT);
-            let _ = K::api(self).delete(&name, &DeleteParams::default()).await;
+            let dp = DeleteParams { preconditions: Some(Preconditions { uid: o.uid(), resource_version: None }), ..Default::default() };
+            let _ = K::api(self).delete(&name, &dp).await;
         }
         Ok(())
     }
@@ -286,17 +346,32 @@ impl Devices {
     /// while its create is pending). What this misses stays a leak: a
     /// device no object names.
     async fn give_back(&self, pool: &str, device: ThinId, txn: u64) {
-        match self.wait(pool, txn, None, Subject::Create(device)).await {
+        match self.wait(pool, txn, None, Subject::Create).await {
             Ok(Finished::Committed) => {}
-            Ok(Finished::Aborted(_)) => return, // no device was made
+            Ok(Finished::Aborted(_)) => {
+                // No device was made, and no object names the transaction.
+                self.forget(pool, txn).await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(pool, device = %device, txn, error = %e, "could not give back a device whose object was not written");
                 return;
             }
         }
-        if let Err(e) = self.alloc.allocate(pool, &[Op::Delete { id: device }]).await {
+        if let Err(e) = self.alloc.allocate(pool, &[Op::DeleteOf { id: device, generation: txn }]).await {
             tracing::warn!(pool, device = %device, error = %e, "could not give back a device whose object was not written");
         }
+    }
+}
+
+/// The id a request carries in `field`, parsed: `None` for one this driver
+/// never issued (it names nothing), INVALID_ARGUMENT for none at all or a
+/// malformed generation.
+pub fn parse_id(field: &str, id: &str) -> Result<Option<DeviceRef>> {
+    match DeviceRef::parse(id) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_invalid() => Err(Error::invalid(field, e.to_string())),
+        Err(_) => Ok(None),
     }
 }
 

@@ -346,11 +346,11 @@ mod tests {
 
     #[test]
     fn paging() {
-        let d = |i: u32| DeviceRef::new("p", ThinId::new(i.into()).unwrap());
+        let d = |i: u32| DeviceRef::new("p", ThinId::new(i.into()).unwrap(), 1);
         let items = |n: u32| (0..n).rev().map(|i| (d(i), i)).collect::<Vec<_>>();
         let (page1, next) = page(items(5), "", 2).unwrap();
         assert_eq!(page1.iter().map(|x| x.1).collect::<Vec<_>>(), [0, 1]);
-        assert_eq!(next, "p:1");
+        assert_eq!(next, "p:1:1");
         // the last entry of the page deleted: the next page still starts after it
         let without_1: Vec<_> = items(5).into_iter().filter(|(_, i)| *i != 1).collect();
         let (page2, next2) = page(without_1, &next, 0).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
-use thin_csi_api::{AbortedTransaction, PoolHealth, PoolMode, ThinPool};
+use thin_csi_api::{AbortedTransaction, PoolHealth, PoolMode, ThinPool, Tombstone};
 use thinpool::ThinId;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,23 +43,28 @@ pub fn outcome(pool: &ThinPool, txn: u64) -> Result<Option<Finished>, WaitError>
     outcome_in(pool, txn, None, Subject::Unknown)
 }
 
-/// What the awaited transaction does to which device: once the controller
+/// What the awaited transaction does to which device. Once the controller
 /// has pruned a finished transaction from the record, the node no longer
-/// lists it as aborted, and the free list tells instead (an aborted create
-/// freed its id; a committed delete freed it).
+/// lists it as aborted; its tombstone (`spec.abortedTransactions`) tells
+/// instead, and a pruned transaction without one committed. (Not the free
+/// ranges: ids are reused at once, so an aborted create's id may already
+/// belong to a newer device.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
-    Create(ThinId),
+    /// A create (or snapshot) by this transaction.
+    Create,
+    /// A delete of this device by this transaction.
     Delete(ThinId),
     Unknown,
 }
 
-fn freed(pool: &ThinPool, device: ThinId) -> bool {
-    device.get() >= pool.spec.next_device_id || pool.spec.free_device_ids.contains(&device)
-}
-
-fn lost(txn: u64, why: &str) -> Finished {
-    Finished::Aborted(AbortedTransaction { id: txn, reason: thin_csi_api::AbortReason::ReasonLost, message: why.to_string() })
+/// The tombstone that says pruned transaction `txn` aborted, if any.
+fn tombstone(pool: &ThinPool, txn: u64, subject: Subject) -> Option<&Tombstone> {
+    pool.spec.aborted_transactions.iter().find(|t| match subject {
+        Subject::Create => t.id == txn && !t.creates.is_empty(),
+        Subject::Delete(d) => t.covers(txn) && t.deletes.contains(&d),
+        Subject::Unknown => t.covers(txn),
+    })
 }
 
 /// [`outcome`] for a transaction assigned by the record of pool object
@@ -76,11 +81,13 @@ pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>, subject: Subject
     let status = pool.status.clone().unwrap_or_default();
     if pool.finished_transaction() >= txn {
         let pruned = !pool.spec.pending_transactions.iter().any(|p| p.id == txn);
-        return Ok(Some(match (status.aborted(txn), pruned, subject) {
-            (Some(a), _, _) => Finished::Aborted(a.clone()),
-            (None, true, Subject::Create(d)) if freed(pool, d) => lost(txn, "the create was aborted; its report was pruned before it was read"),
-            (None, true, Subject::Delete(d)) if !freed(pool, d) => lost(txn, "the delete was aborted; its report was pruned before it was read"),
-            _ => Finished::Committed,
+        return Ok(Some(match (status.aborted(txn), pruned) {
+            (Some(a), _) => Finished::Aborted(a.clone()),
+            (None, true) => match tombstone(pool, txn, subject) {
+                Some(t) => Finished::Aborted(t.report(txn)),
+                None => Finished::Committed,
+            },
+            (None, false) => Finished::Committed,
         }));
     }
     if status.health == Some(PoolHealth::Unhealthy) {
@@ -117,4 +124,62 @@ pub async fn wait_finished_in(pools: &Api<ThinPool>, pool: &str, txn: u64, uid: 
         Err(WaitError::PoolDeleted { pool: pool.to_string() })
     };
     tokio::time::timeout(timeout, watch).await.unwrap_or(Err(WaitError::Timeout { pool: pool.to_string(), txn, waited: timeout }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thin_csi_api::{AbortReason, PendingTransaction, ThinPoolSpec, ThinPoolStatus, TransactionOperation};
+
+    fn t(n: u32) -> ThinId {
+        ThinId::new(n.into()).unwrap()
+    }
+
+    /// A pool at transaction 9 (all finished, none pending) with these tombstones.
+    fn pool(tombstones: Vec<Tombstone>) -> ThinPool {
+        let mut spec = ThinPoolSpec::new("n", "p", "u", 0);
+        spec.last_assigned_transaction = 9;
+        spec.next_device_id = 5;
+        spec.aborted_transactions = tombstones;
+        let mut p = ThinPool::new("u", spec);
+        p.status = Some(ThinPoolStatus { finished_transaction: Some(9), ..Default::default() });
+        p
+    }
+
+    fn tomb(id: u64, through: Option<u64>, creates: &[u32], deletes: &[u32]) -> Tombstone {
+        Tombstone { id, through, reason: AbortReason::SuspendFailed, message: "x".into(), creates: creates.iter().map(|i| t(*i)).collect(), deletes: deletes.iter().map(|i| t(*i)).collect() }
+    }
+
+    fn aborted(r: Result<Option<Finished>, WaitError>) -> bool {
+        matches!(r, Ok(Some(Finished::Aborted(_))))
+    }
+
+    #[test]
+    fn a_pruned_transaction_is_judged_by_its_tombstone_not_by_the_free_ids() {
+        // Create 4 aborted and was pruned; its id 3 is in use again (below
+        // the cursor, not free): still aborted, by its tombstone.
+        let p = pool(vec![tomb(4, None, &[3], &[]), tomb(5, Some(7), &[], &[1])]);
+        assert!(aborted(outcome_in(&p, 4, None, Subject::Create)));
+        // No tombstone: committed, whatever the free ids say.
+        assert_eq!(outcome_in(&p, 8, None, Subject::Create).unwrap(), Some(Finished::Committed));
+        // A run of aborted deletes of device 1 (5..=7) covers each of them, for that device only.
+        for txn in 5..=7 {
+            assert!(aborted(outcome_in(&p, txn, None, Subject::Delete(t(1)))), "{txn}");
+        }
+        assert_eq!(outcome_in(&p, 6, None, Subject::Delete(t(2))).unwrap(), Some(Finished::Committed));
+        // A create in the middle of the run is not the run's.
+        assert_eq!(outcome_in(&p, 6, None, Subject::Create).unwrap(), Some(Finished::Committed));
+        let Ok(Some(Finished::Aborted(a))) = outcome_in(&p, 4, None, Subject::Create) else { unreachable!() };
+        assert_eq!((a.id, a.reason), (4, AbortReason::SuspendFailed));
+    }
+
+    #[test]
+    fn a_pending_transaction_is_judged_by_the_status() {
+        let mut p = pool(vec![]);
+        p.spec.pending_transactions = vec![PendingTransaction { id: 9, operations: vec![TransactionOperation { op: thin_csi_api::OperationKind::CreateThin, id: t(4), origin: None }] }];
+        assert_eq!(outcome_in(&p, 9, None, Subject::Create).unwrap(), Some(Finished::Committed));
+        p.status.as_mut().unwrap().aborted_transactions = vec![AbortedTransaction { id: 9, reason: AbortReason::NoSpace, message: String::new() }];
+        assert!(aborted(outcome_in(&p, 9, None, Subject::Create)));
+        assert!(matches!(outcome_in(&p, 10, None, Subject::Create), Err(WaitError::TransactionUnknown { .. })));
+    }
 }

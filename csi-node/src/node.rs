@@ -181,13 +181,14 @@ impl NodeService {
     /// The volume's object: by the volume context's name, else by pool and
     /// device id (labels, then the specs).
     async fn find_volume(&self, r: &DeviceRef, volume_id: &str, context: &HashMap<String, String>) -> Result<ThinVolume> {
-        let matches = |v: &ThinVolume| v.spec.pool == r.pool && v.spec.device_id == r.device;
+        // The generation too: an object of a device id reused since is another volume's.
+        let matches = |v: &ThinVolume| r.names(&v.spec.pool, v.spec.device_id, v.spec.create_transaction);
         if let Some(name) = context.get(CTX_VOLUME).filter(|s| !s.is_empty()) {
             return match self.inner.volumes.get_opt(name).await? {
                 Some(v) if matches(&v) => Ok(v),
                 Some(v) => Err(Error::NotFound(format!(
-                    "volume {volume_id} does not exist: ThinVolume {name} holds {}:{}",
-                    v.spec.pool, v.spec.device_id
+                    "volume {volume_id} does not exist: ThinVolume {name} holds {}",
+                    DeviceRef::new(&v.spec.pool, v.spec.device_id, v.spec.create_transaction)
                 ))),
                 None => Err(Error::NotFound(format!("volume {volume_id} does not exist: no ThinVolume {name}"))),
             };
@@ -526,9 +527,12 @@ mod tests {
     fn volume_ids() {
         // The rules are csi-contract's; here, which code each answer gets.
         assert_eq!(Error::volume_id(csi_contract::IdError::Missing).code(), Code::InvalidArgument);
-        let e = Error::volume_id(DeviceRef::parse("pool:16777216").unwrap_err());
+        let e = Error::volume_id(DeviceRef::parse("pool:16777216:1").unwrap_err());
         assert_eq!(e.code(), Code::NotFound);
-        assert!(e.to_string().contains("\"pool:16777216\" is not an id of this driver"), "{e}");
+        assert!(e.to_string().contains("\"pool:16777216:1\" is not an id of this driver"), "{e}");
+        let e = Error::volume_id(DeviceRef::parse("pool:5:05").unwrap_err());
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.to_string().contains("create transaction"), "{e}");
     }
 
     fn cap(access: AccessType, mode: Mode) -> VolumeCapability {

@@ -51,10 +51,12 @@ impl Error {
     }
 
     /// A volume id the node cannot use: none at all is INVALID_ARGUMENT;
-    /// one this driver never issued names nothing here, NOT_FOUND.
+    /// one with a malformed generation too; one this driver never issued
+    /// names nothing here, NOT_FOUND.
     pub fn volume_id(e: IdError) -> Self {
         match e {
             IdError::Missing => Error::invalid("volume_id", "missing"),
+            IdError::BadGeneration(_) => Error::invalid("volume_id", e.to_string()),
             IdError::NotOurs(_) => Error::NotFound(format!("volume {e}")),
         }
     }

@@ -2,7 +2,10 @@
 # bench: in ONE VM run on the same kernel, snapshot and delete timed with our
 # engine, with the same steps as separate dmsetup processes, and with lvm2;
 # a 16-origin group snapshot; and scale (10 000 thin devices in our pool,
-# 600 thin LVs in lvm2's VG). Writes bench/results/engine-<date>.md.
+# 600 thin LVs in lvm2's VG); churn of the pool record against the real
+# apiserver (CHURN_N allocations, default 100 000: `BENCH churn-N`, object
+# size and time per allocation at the end within 1.2x of the start, two
+# checks). Writes bench/results/engine-<date>.md.
 # BENCH lines are measurements, not checks: the suite's PASS/FAIL count is
 # its few real checks (CRDs, the nodes' pools), and each measurement that
 # e2e/expected-checks names (bench-measurements) and did not come is a FAIL.
@@ -29,6 +32,7 @@ cluster_bench() {
 	export KUBECONFIG=$RUN/admin.kubeconfig
 	if (cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2); then
 		checked "$log" "cluster_e2e crds" "$CARGO_TARGET_DIR/debug/examples/cluster_e2e" crds >/dev/null
+		checked "$log" "cluster_e2e churn" "$CARGO_TARGET_DIR/debug/examples/cluster_e2e" churn "churn-$$" "${CHURN_N:-100000}" 100 >/dev/null
 		source "$E2E/suites/cluster-nodes.sh"
 		node_tests bench
 	else
@@ -59,10 +63,14 @@ if [[ $lines -gt 0 && ${THIN_CSI_BENCH_PARTS:-all} == all ]]; then
 		echo
 		echo "| op | tool | median µs | p90 µs | n |"
 		echo "|---|---|---:|---:|---:|"
-		grep '^BENCH .* median_us=' "$log" | grep -v warmup |
+		grep '^BENCH .* median_us=' "$log" | grep -v -e warmup -e '^BENCH churn-' |
 			sed -E 's/^BENCH ([^ ]+) ([^ ]+) median_us=([0-9]+) p90_us=([0-9]+) n=([0-9]+).*/| \1 | \2 | \3 | \4 | \5 |/'
 		echo
 		grep '^filled' "$log" | sed 's/^/- /'
+		echo
+		echo "Pool record churn (real apiserver, the node's reports played; CHURN_N=${CHURN_N:-100000}):"
+		echo
+		grep -E '^(BENCH churn-|PASS churn|FAIL churn)' "$log" | sed 's/^/    /'
 		awk '/^BENCH snapshot (thin-csi|lvm2|dmsetup|raw-ioctl) / { split($4, a, "="); m[$3] = a[2] }
 			END { if (m["thin-csi"] > 0 && m["raw-ioctl"] > 0) printf "\nRatios of snapshot medians: lvm2 / thin-csi = %.1f×, dmsetup / thin-csi = %.1f×, thin-csi / raw-ioctl floor = %.2f×\n", m["lvm2"] / m["thin-csi"], m["dmsetup"] / m["thin-csi"], m["thin-csi"] / m["raw-ioctl"] }' "$log"
 	} >"$out"

@@ -74,6 +74,11 @@ step verify "$pool" 200 "$RUN/alloc-1.txt" "$RUN/alloc-2.txt"
 # Ids freed only once the node reports the delete finished; unhealthy pools get nothing.
 step reuse "reuse-$$"
 
+# Records bounded by what is live: CLUSTER_CHURN_N allocations (creates and
+# deletes of 100 live devices, the node's reports played), the pool object's
+# size and the time per allocation at the end within 1.2x of the start.
+step churn "churn-$$" "${CLUSTER_CHURN_N:-2000}" 100
+
 # (c) schema validation
 step reject
 

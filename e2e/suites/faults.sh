@@ -6,7 +6,9 @@
 # broke an invariant) and `FAULTS: explored N paths, M states, V violations`;
 # then checks that the search still finds defects put back on purpose.
 # CI: one replica, 2 requests, 2 faults; two replicas, 1 request, 2 faults
-# and 2 requests, 1 fault (~0.67 M states, ~10 s of CPU). FAULTS_WIDE=1 (= e2e/run
+# and 2 requests, 1 fault; one replica, 3 requests, no fault (where a create
+# aborts, another request's allocation prunes it and reuses its id, and the
+# first waiter reads late) (~1 M states, ~25 s of CPU). FAULTS_WIDE=1 (= e2e/run
 # faults-wide): 3 requests with 1 fault, 4 requests with 0 and then 1 fault,
 # two replicas at 3 requests with 1 fault, within FAULTS_TIME_BUDGET seconds
 # (default 1500; scenarios not started by then are listed and fail the run).
@@ -15,7 +17,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 ensure_build_deps
 suite=faults
-default="1:2:2 2:1:2 2:2:1"
+default="1:2:2 2:1:2 2:2:1 1:3:0"
 extra=()
 if [[ ${FAULTS_WIDE:-0} == 1 ]]; then
 	suite=faults-wide
@@ -49,4 +51,10 @@ mutant plain-status-patch "left fields it meant to clear" --pass 1:2:1 --only "$
 mutant abort-reported-committed "aborted but is reported committed" --pass 1:2:1 --only "$open_delete"
 mutant record-not-marked "cursor" --pass 1:1:2 --only "[Create]"
 mutant aborted-delete-succeeds "succeeded but device" --pass 1:2:0 --only "$open_delete"
+# Issue 10 (ids reused at once): an aborted create, pruned by another
+# request's allocation that reuses its id, judged from the free ids by its
+# late waiter; and a DeleteVolume retried after its device delete committed
+# and the id went to a new volume, looked up without the generation.
+mutant free-list-judgement "which the pool does not hold" --pass 1:3:0 --only "[Create, SnapshotUnfrozen { of: 0 }, Create]"
+mutant lookup-ignores-generation "which the pool does not hold" --pass 1:3:1 --only "[Create, Delete { of: 0 }, Create]"
 summarize "$suite" "$log"

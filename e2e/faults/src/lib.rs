@@ -120,6 +120,10 @@ use tonic::Code;
 pub enum Op {
     Create,
     Snapshot { of: usize },
+    /// A snapshot of a volume whose filesystem will not freeze: the origin's
+    /// suspend fails and the create aborts (its id is freed and, pruned by
+    /// a later request, handed out again while a waiter may still read it).
+    SnapshotUnfrozen { of: usize },
     Delete { of: usize },
     /// A create when pool metadata is full (the kernel says ENOSPC).
     CreateNoSpace,
@@ -165,10 +169,24 @@ pub enum Mutation {
     /// Found by the search (97de2f6): a DeleteVolume whose delete was
     /// aborted (the volume still mounted) is answered as a success.
     AbortedDeleteSucceeds,
+    /// Issue 10: a pruned transaction judged from the free ids, as before
+    /// ids were reused at once (an aborted create freed its id; a committed
+    /// delete freed it), instead of from the tombstones.
+    FreeListJudgement,
+    /// Issue 10: a lookup by CSI id that ignores the generation (pool and
+    /// device only), as before ids carried one.
+    LookupIgnoresGeneration,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 4] = [Mutation::PlainStatusPatch, Mutation::AbortReportedCommitted, Mutation::RecordNotMarked, Mutation::AbortedDeleteSucceeds];
+    pub const ALL: [Mutation; 6] = [
+        Mutation::PlainStatusPatch,
+        Mutation::AbortReportedCommitted,
+        Mutation::RecordNotMarked,
+        Mutation::AbortedDeleteSucceeds,
+        Mutation::FreeListJudgement,
+        Mutation::LookupIgnoresGeneration,
+    ];
 
     pub fn parse(s: &str) -> Option<Mutation> {
         Mutation::ALL.into_iter().find(|m| format!("{m:?}").eq_ignore_ascii_case(&s.replace('-', "")))
@@ -281,11 +299,15 @@ pub struct World {
     reqs: Vec<Request>,
     faults: u8,
     truth: BTreeMap<u64, Truth>,
-    /// CSI creates answered with success and not deleted since: name → device.
-    live: BTreeMap<String, u32>,
+    /// The ids each recorded transaction creates (ghost state: with ids
+    /// reused, which transaction made the device now under an id).
+    created_by: BTreeMap<u64, Vec<u32>>,
+    /// CSI creates answered with success and not deleted since: name → the
+    /// CSI id (device, generation = create transaction).
+    live: BTreeMap<String, CsiId>,
     /// Live volumes a DeleteVolume was issued for: the CO expects nothing of
     /// their data any more; back to `live` if the delete finally fails.
-    deleting: BTreeMap<String, u32>,
+    deleting: BTreeMap<String, CsiId>,
     /// Volumes the harness (as kubelet) keeps mounted.
     mounted: BTreeSet<u32>,
     /// Misbehaviour of the node's status writes, seen when they happen.
@@ -293,6 +315,9 @@ pub struct World {
     /// Constant for a search.
     mutation: Option<Mutation>,
 }
+
+/// What a CSI id names: a device id and its generation (create transaction).
+type CsiId = (u32, u64);
 
 const POOL: &str = "pool-uuid";
 const NODE: &str = "node-a";
@@ -390,7 +415,7 @@ impl Enc {
         m.generation.hash(self);
         m.name.hash(self);
         let s = &p.spec;
-        (&s.node, &s.pool_name, &s.pool_uuid, s.next_device_id, &s.free_device_ids, s.last_assigned_transaction, s.devices_unknown_at_transaction).hash(self);
+        (&s.node, &s.pool_name, &s.pool_uuid, s.next_device_id, &s.free_device_ranges, &s.aborted_transactions, s.last_assigned_transaction, s.devices_unknown_at_transaction).hash(self);
         s.pending_transactions.len().hash(self);
         for t in &s.pending_transactions {
             t.id.hash(self);
@@ -534,7 +559,7 @@ impl World {
                     // volume object's, which only ever goes away.
                     Step::DeletePlan { read } if cfg.reduce && read.metadata.resource_version.as_ref() != current_rv => {
                         e.write_u8(11);
-                        match self.objects.get(&self.target(i)).map(|o| plan(read, &[Alloc::Delete { id: thin(o.device) }])) {
+                        match self.target_object(i).map(|(_, o)| plan(read, &[Alloc::DeleteOf { id: thin(o.device), generation: o.txn }])) {
                             None => e.write_u8(0),
                             Some(Ok(_)) => e.write_u8(1),
                             Some(Err(AllocError::NotAllocated { .. })) => e.write_u8(2),
@@ -550,7 +575,7 @@ impl World {
             self.faults.hash(&mut e);
         }
         e.marks.push(e.buf.len());
-        (&self.truth, &self.live, &self.deleting, &self.mounted, &self.node_defects).hash(&mut e);
+        (&self.truth, &self.created_by, &self.live, &self.deleting, &self.mounted, &self.node_defects).hash(&mut e);
         e
     }
 }
@@ -702,6 +727,7 @@ impl World {
                 .collect(),
             faults: 0,
             truth: BTreeMap::new(),
+            created_by: BTreeMap::new(),
             live: BTreeMap::new(),
             deleting: BTreeMap::new(),
             mounted: BTreeSet::new(),
@@ -753,7 +779,7 @@ impl World {
 
     fn request_ready(&self, i: usize) -> bool {
         let dep = match self.reqs[i].op {
-            Op::Snapshot { of } | Op::Delete { of } | Op::DeleteOpen { of } => Some(of),
+            Op::Snapshot { of } | Op::SnapshotUnfrozen { of } | Op::Delete { of } | Op::DeleteOpen { of } => Some(of),
             _ => None,
         };
         // Requests are issued in order (one CO, one provisioner queue); a
@@ -766,20 +792,25 @@ impl World {
         self.reqs[i].reply = Some(reply);
         let name = self.reqs[i].name.clone();
         match (self.reqs[i].op, reply) {
-            (Op::Create | Op::CreateNoSpace | Op::Snapshot { .. }, Reply::Ok(d)) => {
-                self.live.insert(name, d);
+            (Op::Create | Op::CreateNoSpace | Op::Snapshot { .. } | Op::SnapshotUnfrozen { .. }, Reply::Ok(d)) => {
+                // The id answered carries the object's create transaction.
+                let generation = self.objects.get(&name).map_or(0, |o| o.txn);
+                self.live.insert(name, (d, generation));
                 // The harness stages (activates and mounts) every new volume:
                 // snapshots then suspend a live origin, deletes must unstage.
-                if !matches!(self.reqs[i].op, Op::Snapshot { .. }) && Rc::make_mut(&mut self.kernel).activate_thin(thin(d), Sectors(8)).is_ok() {
+                if self.reqs.iter().any(|r| r.op == Op::SnapshotUnfrozen { of: i }) {
+                    Rc::make_mut(&mut self.kernel).refuse_suspend(Some(thin(d)));
+                }
+                if !matches!(self.reqs[i].op, Op::Snapshot { .. } | Op::SnapshotUnfrozen { .. }) && Rc::make_mut(&mut self.kernel).activate_thin(thin(d), Sectors(8)).is_ok() {
                     let _ = Rc::make_mut(&mut self.kernel).open(thin(d));
                     self.mounted.insert(d);
                 }
             }
             (Op::Delete { of } | Op::DeleteOpen { of }, Reply::Ok(_)) => {
                 let target = self.reqs[of].name.clone();
-                if let Some(d) = self.deleting.remove(&target) {
-                    if self.kernel.content(thin(d)).is_some() {
-                        self.node_defects.push(format!("DeleteVolume of {target} succeeded but device {d} is still in the pool"));
+                if let Some(id) = self.deleting.remove(&target) {
+                    if self.holds(id) {
+                        self.node_defects.push(format!("DeleteVolume of {target} succeeded but device {} is still in the pool", id.0));
                     }
                 }
             }
@@ -787,14 +818,68 @@ impl World {
                 // The delete finally failed: if its device is still there, the
                 // volume (object and data) must be too.
                 let target = self.reqs[of].name.clone();
-                if let Some(d) = self.deleting.get(&target).copied() {
-                    if self.kernel.content(thin(d)).is_some() {
+                if let Some(id) = self.deleting.get(&target).copied() {
+                    if self.holds(id) {
                         self.deleting.remove(&target);
-                        self.live.insert(target, d);
+                        self.live.insert(target, id);
                     }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Whether the pool holds the device of CSI id `id`: the device id, made
+    /// by that create transaction (not a newer device that reused the id).
+    fn holds(&self, (device, generation): CsiId) -> bool {
+        self.kernel.content(thin(device)).is_some() && self.born(device) == Some(generation)
+    }
+
+    /// The transaction that made the device now under `device`: the newest
+    /// recorded create of the id that did not abort (an id is handed out
+    /// again only once the device under it is deleted, so a newer create,
+    /// even one still running, is what the pool holds under it).
+    fn born(&self, device: u32) -> Option<u64> {
+        self.created_by.iter().rev().find(|(t, ids)| ids.contains(&device) && !matches!(self.truth.get(t), Some(Truth::Aborted { .. }))).map(|(t, _)| *t)
+    }
+
+    /// The object a delete request's CSI id names (`Devices::find`: by pool
+    /// and device label, then the generation), with its name; none when the
+    /// CO holds no id for its target (the create never answered one).
+    fn target_object(&self, i: usize) -> Option<(String, CsiObject)> {
+        let target = self.target(i);
+        let (device, generation) = self.deleting.get(&target).or_else(|| self.live.get(&target)).copied()?;
+        let ignore = self.mutation == Some(Mutation::LookupIgnoresGeneration);
+        self.objects.iter().find(|(_, o)| o.device == device && (ignore || o.txn == generation)).map(|(n, o)| (n.clone(), o.clone()))
+    }
+
+    /// [`csi_controller::wait::outcome_in`], or the free-list judgement of
+    /// a pruned transaction under [`Mutation::FreeListJudgement`].
+    fn outcome(&self, pool: &ThinPool, txn: u64, uid: Option<&str>, subject: csi_controller::wait::Subject, device: u32) -> Result<Option<Finished>, csi_controller::wait::WaitError> {
+        let real = csi_controller::wait::outcome_in(pool, txn, uid, subject);
+        let pruned = !pool.spec.pending_transactions.iter().any(|p| p.id == txn);
+        let reported = pool.status.as_ref().is_some_and(|s| s.aborted(txn).is_some());
+        if self.mutation != Some(Mutation::FreeListJudgement) || !pruned || reported || !matches!(real, Ok(Some(_))) {
+            return real;
+        }
+        let free = pool.spec.is_free(thin(device));
+        let lost = Finished::Aborted(thin_csi_api::AbortedTransaction { id: txn, reason: thin_csi_api::AbortReason::ReasonLost, message: String::new() });
+        Ok(Some(match subject {
+            csi_controller::wait::Subject::Create if free => lost,
+            csi_controller::wait::Subject::Delete(_) if !free => lost,
+            _ => Finished::Committed,
+        }))
+    }
+
+    /// `Allocator::forget`: drops an aborted create's tombstone once its
+    /// object is gone (one immediate write, best effort).
+    fn forget(&mut self, txn: u64) {
+        if let Some(p) = self.pool.clone() {
+            if let Ok(Some(spec)) = csi_controller::alloc::forget(&p, txn) {
+                let mut obj = (*p).clone();
+                obj.spec = spec;
+                self.store_pool(obj);
+            }
         }
     }
 
@@ -823,13 +908,13 @@ impl World {
                 w.reqs[i].execs.push(Step::Start);
                 if let Op::Delete { of } | Op::DeleteOpen { of } = r.op {
                     let target = w.reqs[of].name.clone();
-                    if let Some(d) = w.live.remove(&target) {
-                        w.deleting.insert(target, d);
+                    if let Some(id) = w.live.remove(&target) {
+                        w.deleting.insert(target, id);
                     }
                 }
                 if let Op::Delete { of } = r.op {
                     // The kubelet unstages before the CO deletes.
-                    if let Some(d) = w.deleting.get(&w.reqs[of].name).copied() {
+                    if let Some((d, _)) = w.deleting.get(&w.reqs[of].name).copied() {
                         if w.mounted.remove(&d) {
                             let k = Rc::make_mut(&mut w.kernel);
                             let _ = k.close(thin(d));
@@ -887,7 +972,7 @@ impl World {
     /// state the invariants read.
     fn local_step(&self) -> Option<Vec<(String, World)>> {
         for (i, r) in self.reqs.iter().enumerate() {
-            let issue = !r.started && self.request_ready(i) && matches!(r.op, Op::Create | Op::CreateNoSpace | Op::Snapshot { .. });
+            let issue = !r.started && self.request_ready(i) && matches!(r.op, Op::Create | Op::CreateNoSpace | Op::Snapshot { .. } | Op::SnapshotUnfrozen { .. });
             let retry = r.started && r.execs.is_empty() && !r.done();
             if issue || retry {
                 let mut w = self.clone();
@@ -924,8 +1009,8 @@ impl World {
             }
             Step::Plan { read } => {
                 let request = match r.op {
-                    Op::Snapshot { of } => match self.live.get(&self.reqs[of].name) {
-                        Some(d) => Alloc::CreateSnapshot { origin: thin(*d) },
+                    Op::Snapshot { of } | Op::SnapshotUnfrozen { of } => match self.live.get(&self.reqs[of].name) {
+                        Some((d, _)) => Alloc::CreateSnapshot { origin: thin(*d) },
                         None => {
                             w.reply(i, e, Reply::Err(Code::NotFound));
                             out.push((label("finds no source volume"), w));
@@ -959,8 +1044,8 @@ impl World {
                 // clear_stale: objects naming the id just handed out are removed.
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
-                    // clear_stale: only objects of the same record.
-                    Rc::make_mut(&mut w.objects).retain(|_, o| o.device != device || (o.pool_uid.is_some() && uid.is_some() && o.pool_uid != uid));
+                    // clear_stale: only older generations of the same record.
+                    Rc::make_mut(&mut w.objects).retain(|_, o| o.device != device || o.txn >= txn || (o.pool_uid.is_some() && uid.is_some() && o.pool_uid != uid));
                     let exists = w.objects.contains_key(&r.name);
                     if outcome.takes_effect() && !exists {
                         Rc::make_mut(&mut w.objects).insert(r.name.clone(), CsiObject { device, txn, pool_uid: uid.clone(), ready: false });
@@ -984,7 +1069,7 @@ impl World {
                     out.push((label("waits: pool object gone"), w));
                     return out;
                 };
-                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Create(thin(device))) {
+                match self.outcome(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Create, device) {
                     Ok(None) => {} // blocked until the status changes
                     Err(err) => {
                         if matches!(err, csi_controller::wait::WaitError::TransactionUnknown { .. }) {
@@ -999,7 +1084,11 @@ impl World {
                         out.push((label(&format!("sees transaction {txn} committed")), w));
                     }
                     Ok(Some(Finished::Aborted(aborted))) => {
-                        Rc::make_mut(&mut w.objects).remove(&r.name);
+                        // Its object (this create's, not one re-made under the name), then its tombstone.
+                        if w.objects.get(&r.name).is_some_and(|o| o.txn == txn) {
+                            Rc::make_mut(&mut w.objects).remove(&r.name);
+                            w.forget(txn);
+                        }
                         let code = csi_controller::controller::aborted_create(POOL, aborted).code();
                         w.reply(i, e, Reply::Err(code));
                         out.push((label(&format!("sees transaction {txn} aborted")), w));
@@ -1008,22 +1097,33 @@ impl World {
             }
             Step::GiveBack { txn, device, code } => {
                 let done = match &self.pool {
-                    None => Some(false),
-                    Some(p) => match csi_controller::wait::outcome_in(p, txn, None, csi_controller::wait::Subject::Create(thin(device))) {
+                    None => Some(Err(false)),
+                    Some(p) => match self.outcome(p, txn, None, csi_controller::wait::Subject::Create, device) {
                         Ok(None) => None,
-                        Ok(Some(Finished::Committed)) => Some(true),
-                        Ok(Some(Finished::Aborted(_))) | Err(_) => Some(false),
+                        Ok(Some(Finished::Committed)) => Some(Ok(())),
+                        Ok(Some(Finished::Aborted(_))) => Some(Err(true)),
+                        Err(_) => Some(Err(false)),
                     },
                 };
                 if let Some(committed) = done {
-                    if committed {
-                        w.give_back(device);
+                    match committed {
+                        Ok(()) => w.give_back(device, txn),
+                        Err(true) => w.forget(txn),
+                        Err(false) => {}
                     }
                     w.reply(i, e, Reply::Err(code));
                     out.push((label(&format!("gives back device {device}")), w));
                 }
             }
-            Step::MarkReady { device, .. } => {
+            Step::MarkReady { device, txn } => {
+                // A replace at the version read (`Devices::mark_ready`): only
+                // the object of the awaited create; one re-made under the
+                // name since is another create's (ABORTED).
+                if self.objects.get(&r.name).is_some_and(|o| o.txn != txn) {
+                    w.reply(i, e, Reply::Err(Code::Aborted));
+                    out.push((label("finds its object re-created, another create's"), w));
+                    return out;
+                }
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
                     if outcome.takes_effect() {
@@ -1043,8 +1143,7 @@ impl World {
                 }
             }
             Step::Start => {
-                let target = self.target(i);
-                match w.objects.get(&target).cloned() {
+                match self.target_object(i).map(|(_, o)| o) {
                     None => w.reply(i, e, Reply::Ok(0)),
                     Some(o) if !o.ready => w.reqs[i].execs[e] = Step::DeleteSettle { txn: o.txn },
                     Some(_) => match &w.pool {
@@ -1061,16 +1160,18 @@ impl World {
                     out.push((label("settles: pool object gone"), w));
                     return out;
                 };
-                let device = self.objects.get(&self.target(i)).map_or(u32::MAX, |o| o.device);
-                match csi_controller::wait::outcome_in(pool, txn, None, csi_controller::wait::Subject::Create(thin(device))) {
+                let device = self.target_object(i).map_or(u32::MAX, |(_, o)| o.device);
+                match self.outcome(pool, txn, None, csi_controller::wait::Subject::Create, device) {
                     Ok(None) => {}
                     Err(_) => {
                         w.reply(i, e, Reply::Err(Code::Unavailable));
                         out.push((label("settles: pool unhealthy"), w));
                     }
                     Ok(Some(Finished::Aborted(_))) => {
-                        let target = self.target(i);
-                        Rc::make_mut(&mut w.objects).remove(&target);
+                        if let Some((name, _)) = self.target_object(i) {
+                            Rc::make_mut(&mut w.objects).remove(&name);
+                            w.forget(txn);
+                        }
                         w.reply(i, e, Reply::Ok(0));
                         out.push((label("settles: its create aborted, nothing to delete"), w));
                     }
@@ -1084,14 +1185,14 @@ impl World {
                 }
             }
             Step::DeletePlan { read } => {
-                let target = self.target(i);
-                let Some(device) = self.objects.get(&target).map(|o| o.device) else {
+                let Some(device) = self.target_object(i).map(|(_, o)| o.device) else {
                     w.reply(i, e, Reply::Ok(0));
                     out.push((label("its object is gone"), w));
                     return out;
                 };
                 let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.clone());
-                match plan(&read, &[Alloc::Delete { id: thin(device) }]) {
+                let generation = self.target_object(i).map_or(0, |(_, o)| o.txn);
+                match plan(&read, &[Alloc::DeleteOf { id: thin(device), generation }]) {
                     Err(AllocError::NotAllocated { .. }) => {
                         w.reqs[i].execs[e] = Step::DeleteObject;
                         out.push((label("device not allocated: already deleted"), w));
@@ -1121,7 +1222,8 @@ impl World {
                     out.push((label("delete waits: pool object gone"), w));
                     return out;
                 };
-                match csi_controller::wait::outcome_in(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Delete(thin(self.objects.get(&self.target(i)).map_or(ThinId::MAX.get(), |o| o.device)))) {
+                let device = self.target_object(i).map_or(ThinId::MAX.get(), |(_, o)| o.device);
+                match self.outcome(pool, txn, uid.as_deref(), csi_controller::wait::Subject::Delete(thin(device)), device) {
                     Ok(None) => {}
                     Err(_) => {
                         w.reply(i, e, Reply::Err(Code::Unavailable));
@@ -1145,8 +1247,9 @@ impl World {
                 for outcome in Write::all(self, cfg) {
                     let mut w = self.clone();
                     if outcome.takes_effect() {
-                        let target = self.target(i);
-                        Rc::make_mut(&mut w.objects).remove(&target);
+                        if let Some((name, _)) = self.target_object(i) {
+                            Rc::make_mut(&mut w.objects).remove(&name);
+                        }
                     }
                     if outcome.is_fault() {
                         w.faults += 1;
@@ -1173,6 +1276,9 @@ impl World {
                 let mut obj = read.clone();
                 obj.spec = p.spec.clone();
                 w.store_pool(obj);
+                if !p.created.is_empty() {
+                    w.created_by.insert(p.transaction.id().get(), p.created.iter().map(|d| d.get()).collect());
+                }
             }
             w.faults += outcome.is_fault() as u8;
             if w.pool.as_ref().is_some_and(|now| csi_controller::alloc::recorded(now, &p.transaction)) {
@@ -1187,9 +1293,9 @@ impl World {
     }
 
     /// `give_back`: one immediate allocation of a delete, not awaited.
-    fn give_back(&mut self, device: u32) {
+    fn give_back(&mut self, device: u32, generation: u64) {
         if let Some(p) = self.pool.clone() {
-            if let Ok(plan) = plan(&p, &[Alloc::Delete { id: thin(device) }]) {
+            if let Ok(plan) = plan(&p, &[Alloc::DeleteOf { id: thin(device), generation }]) {
                 let mut obj = (*p).clone();
                 obj.spec = plan.spec;
                 self.store_pool(obj);
@@ -1427,16 +1533,23 @@ impl World {
         let mut v = self.node_defects.clone();
         let devices: BTreeSet<u32> = self.kernel.devices().map(|d| d.get()).collect();
         let mut owners: BTreeMap<u32, &str> = BTreeMap::new();
-        for (name, d) in &self.live {
-            if !devices.contains(d) {
-                v.push(format!("CSI create {name} succeeded with device {d}, which the pool does not hold"));
+        for (name, &(d, generation)) in &self.live {
+            // Its device: the id, made by its create transaction (not a newer
+            // device that reused the id).
+            if !self.holds((d, generation)) {
+                v.push(format!("CSI create {name} succeeded with device {d} (created by transaction {generation}), which the pool does not hold"));
             }
-            if let Some(other) = owners.insert(*d, name) {
+            if let Some(other) = owners.insert(d, name) {
                 v.push(format!("device {d} belongs to two live volumes: {other} and {name}"));
             }
             match self.objects.get(name) {
-                Some(o) if o.device == *d => {}
+                Some(o) if o.device == d && o.txn == generation => {}
                 _ => v.push(format!("the object of live volume {name} (device {d}) was removed or changed")),
+            }
+            if let Some(p) = &self.pool {
+                if p.spec.devices_unknown_at_transaction.is_none() && p.spec.is_free(thin(d)) {
+                    v.push(format!("device {d} of live volume {name} is free in the record"));
+                }
             }
         }
         for (n, t) in &self.truth {
@@ -1447,9 +1560,9 @@ impl World {
             }
         }
         if let Some(p) = &self.pool {
-            for id in &p.spec.free_device_ids {
-                if devices.contains(&id.get()) {
-                    v.push(format!("device id {} is on the free list but the pool holds it", id));
+            for r in &p.spec.free_device_ranges {
+                if let Some(d) = devices.range(r.first..=r.last).next() {
+                    v.push(format!("device id {d} is in a free range ({}..={}) but the pool holds it", r.first, r.last));
                 }
             }
             // A record marked as not knowing the pool's devices hands out nothing.
@@ -1634,6 +1747,7 @@ pub fn scenarios(len: usize) -> Vec<Vec<Op>> {
         }
         for &c in creates.iter().filter(|c| !deleted.contains(c)) {
             next.push(Op::Snapshot { of: c });
+            next.push(Op::SnapshotUnfrozen { of: c });
             next.push(Op::Delete { of: c });
             next.push(Op::DeleteOpen { of: c });
         }
@@ -1662,7 +1776,7 @@ mod tests {
     fn scenarios_reference_earlier_creates_only() {
         for ops in scenarios(3) {
             for (i, op) in ops.iter().enumerate() {
-                if let Op::Snapshot { of } | Op::Delete { of } | Op::DeleteOpen { of } = op {
+                if let Op::Snapshot { of } | Op::SnapshotUnfrozen { of } | Op::Delete { of } | Op::DeleteOpen { of } = op {
                     assert!(*of < i && ops[*of] == Op::Create, "{ops:?}");
                 }
             }

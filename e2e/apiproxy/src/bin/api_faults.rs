@@ -240,7 +240,8 @@ enum Target {
     NodeStatus,
     /// POST of the ThinVolume/ThinSnapshot object.
     ObjectCreate,
-    /// The controller's status patch marking the object ready.
+    /// The controller's status write marking the object ready (a replace at
+    /// the version it read: `Devices::mark_ready`).
     ObjectReady,
     /// DELETE of the object.
     ObjectDelete,
@@ -279,7 +280,7 @@ impl Scenario {
             Target::PoolRecord => ("PUT", format!("^{GROUP}/thinpools/{pool}$")),
             Target::NodeStatus => ("PATCH", format!("^{GROUP}/thinpools/{pool}/status$")),
             Target::ObjectCreate => ("POST", format!("^{GROUP}/{plural}$")),
-            Target::ObjectReady => ("PATCH", format!("^{GROUP}/{plural}/{obj}/status$")),
+            Target::ObjectReady => ("PUT", format!("^{GROUP}/{plural}/{obj}/status$")),
             Target::ObjectDelete => ("DELETE", format!("^{GROUP}/{plural}/{obj}$")),
         };
         // The allocation's first PUT often loses a 409 race with the node's
