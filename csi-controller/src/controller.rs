@@ -246,6 +246,7 @@ impl Inner {
         if req.source_volume_id.is_empty() {
             return Err(Error::invalid("source_volume_id", "missing"));
         }
+        crate::objects::parse_id("source_volume_id", &req.source_volume_id)?;
         check_snapshot_params(&req.parameters)?;
         self.check_leading()?;
         let _busy = self.busy(format!("snapshot name {:?}", req.name))?;

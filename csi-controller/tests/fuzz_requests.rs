@@ -110,7 +110,7 @@ fn codes(list: &[Code]) -> BTreeSet<i32> {
 }
 
 /// An id this plugin could have issued (it parses), naming nothing here.
-const OUR_ID: &str = "pool-a:5";
+const OUR_ID: &str = "pool-a:5:3";
 
 fn cap(access: AccessType, mode: i32) -> VolumeCapability {
     VolumeCapability { access_type: Some(access), access_mode: Some(AccessMode { mode }) }
@@ -329,8 +329,41 @@ fn single_id_mutations() -> Vec<Mutation<String>> {
     vec![(|r, _| r.clear(), Some(Code::InvalidArgument), "id: empty"), (|r, t| *r = format!("v{t}"), None, "id: any"), (|r, _| *r = OUR_ID.into(), None, "id: of ours")]
 }
 
+/// An id of our shape with a malformed generation is bad input
+/// (csi_contract::IdError::BadGeneration); any other id we did not issue
+/// names nothing (a state answer).
+fn id_is_bad(id: &str) -> bool {
+    csi_contract::DeviceRef::parse(id).is_err_and(|e| e.is_invalid())
+}
+
+/// The ids a request names (not paging tokens: any token we did not issue is ABORTED).
+fn ids_of(req: &Req) -> Vec<&str> {
+    match req {
+        Req::CreateVolume(r) => match r.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            Some(SourceType::Snapshot(s)) => vec![s.snapshot_id.as_str()],
+            Some(SourceType::Volume(v)) => vec![v.volume_id.as_str()],
+            None => vec![],
+        },
+        Req::CreateSnapshot(r) => vec![r.source_volume_id.as_str()],
+        Req::DeleteVolume(r) => vec![r.volume_id.as_str()],
+        Req::DeleteSnapshot(r) => vec![r.snapshot_id.as_str()],
+        Req::Expand(r) => vec![r.volume_id.as_str()],
+        Req::GetVolume(r) => vec![r.volume_id.as_str()],
+        _ => vec![],
+    }
+}
+
 /// A request built from a valid one by 1..=3 mutations, with what it may be answered.
 fn mutated_case() -> impl Strategy<Value = Case> {
+    mutated_fields().prop_map(|mut case| {
+        if ids_of(&case.req).iter().any(|id| !id.is_empty() && id_is_bad(id)) {
+            case.bad.insert(Code::InvalidArgument as i32);
+        }
+        case
+    })
+}
+
+fn mutated_fields() -> impl Strategy<Value = Case> {
     use Code::*;
     let picks = prop::collection::vec((any::<usize>(), "[a-z0-9:]{0,12}"), 1..=3);
     (0..8usize, picks).prop_map(|(rpc, picks)| {

@@ -135,7 +135,7 @@ fn a_header_with_a_good_checksum_but_an_impossible_layout_is_refused() {
                 _ => bad.block_size = Sectors(if value % 128 == 0 { value / 128 * 128 + 64 } else { value % 0x1_0000_0000 }),
             }
             prop_assume!(bad != h);
-            let mut bytes = bad.encode();
+            let bytes = bad.encode();
             prop_assert!(matches!(identify(&bytes), Contents::Foreign(_)), "{bad:?} accepted");
             Ok(())
         })
