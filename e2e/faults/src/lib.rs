@@ -86,6 +86,24 @@
 //!   (a request not yet issued, a retry), so no cycle can postpone another
 //!   step forever. A delete's issue is not one: the kubelet's unstage
 //!   before it touches the kernel and the ghost state the checks read.
+//! - **Interchangeable requests are one (symmetry).** Two issued requests
+//!   of the same op that no other request snapshots or deletes differ only
+//!   by their names: every step reads a request through its own fields and
+//!   the object and ghost entries under its own name (the allocator hands
+//!   out ids by the order of the writes, not by who writes), the ones that
+//!   are not yet issued wait only on the *earlier* request's `started`
+//!   (true for both), and every invariant is a statement over all requests
+//!   and names alike (a violation's kind is compared without its digits, so
+//!   without names). Swapping two such requests, with their names in the
+//!   objects and the ghost maps, maps the full state graph onto itself and
+//!   each violation onto one of the same kind; so the key encodes them
+//!   sorted by what they hold and names by the position they are encoded
+//!   at, and a state stands for each of its permutations. The order among
+//!   the CO's own steps (below) picks by index, but those steps commute and
+//!   all run before anything else, so the states they lead to are again
+//!   permutations of each other. A test swaps two such requests in every
+//!   state of small searches and requires the same key, the same
+//!   violations and successors with the same keys.
 //! - **Only a request's last answer is kept.** Every answer is checked in
 //!   the state that gives it (a broken state is not explored past), and
 //!   later steps read only the last one (`Request::done`).
@@ -125,6 +143,16 @@ pub enum Op {
     CreateNoSpace,
     /// A DeleteVolume of a volume that is still mounted (open).
     DeleteOpen { of: usize },
+}
+
+impl Op {
+    /// The earlier request this one snapshots or deletes.
+    fn source(self) -> Option<usize> {
+        match self {
+            Op::Snapshot { of } | Op::Delete { of } | Op::DeleteOpen { of } => Some(of),
+            Op::Create | Op::CreateNoSpace => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -488,9 +516,19 @@ impl World {
         e.marks.push(e.buf.len());
         e.pool(self.pool.as_deref());
         e.marks.push(e.buf.len());
+        // Interchangeable requests are encoded in a canonical order, and
+        // every name as the position it is encoded at (symmetry, module docs).
+        let order = self.request_order(cfg);
+        let slot_of = |name: &str| order.iter().position(|&m| self.reqs[m].name == name).expect("objects and ghost entries are named by requests");
+        let by_slot = |names: &mut dyn Iterator<Item = &String>| -> Vec<(usize, String)> {
+            let mut v: Vec<(usize, String)> = names.map(|n| (slot_of(n), n.clone())).collect();
+            v.sort();
+            v
+        };
         self.objects.len().hash(&mut e);
-        for (name, o) in self.objects.iter() {
-            (name, o.device, o.txn, o.ready).hash(&mut e);
+        for (slot, name) in by_slot(&mut self.objects.keys()) {
+            let o = &self.objects[&name];
+            (slot, o.device, o.txn, o.ready).hash(&mut e);
             e.uid(&o.pool_uid);
         }
         e.marks.push(e.buf.len());
@@ -515,7 +553,8 @@ impl World {
         }
         e.marks.push(e.buf.len());
         let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.as_ref());
-        for (i, r) in self.reqs.iter().enumerate() {
+        for &i in &order {
+            let r = &self.reqs[i];
             (r.started, r.retries_left, r.reply, r.execs.len()).hash(&mut e);
             for s in &r.execs {
                 match s {
@@ -550,8 +589,57 @@ impl World {
             self.faults.hash(&mut e);
         }
         e.marks.push(e.buf.len());
-        (&self.truth, &self.live, &self.deleting, &self.mounted, &self.node_defects).hash(&mut e);
+        self.truth.hash(&mut e);
+        for names in [&self.live, &self.deleting] {
+            names.len().hash(&mut e);
+            for (slot, name) in by_slot(&mut names.keys()) {
+                (slot, names[&name]).hash(&mut e);
+            }
+        }
+        (&self.mounted, &self.node_defects).hash(&mut e);
         e
+    }
+
+    /// The order in which the key encodes the requests: index order, except
+    /// that requests of one class of interchangeable ones (the same op,
+    /// issued, and not the source or target of any other request) are
+    /// sorted among their positions by what they hold (their steps and
+    /// answer, and their object and ghost entries), so that states which
+    /// differ only by a permutation of such requests encode alike.
+    fn request_order(&self, cfg: &Config) -> Vec<usize> {
+        let n = self.reqs.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        if !cfg.reduce {
+            return order;
+        }
+        let referenced: BTreeSet<usize> = self.reqs.iter().filter_map(|r| r.op.source()).collect();
+        let free = |i: usize| self.reqs[i].started && !referenced.contains(&i);
+        for i in (0..n).filter(|&i| free(i)) {
+            let class: Vec<usize> = (0..n).filter(|&j| free(j) && self.reqs[j].op == self.reqs[i].op).collect();
+            if class[0] != i || class.len() < 2 {
+                continue;
+            }
+            let mut members = class.clone();
+            members.sort_by_cached_key(|&j| self.signature(j));
+            for (&slot, m) in class.iter().zip(members) {
+                order[slot] = m;
+            }
+        }
+        order
+    }
+
+    /// Everything of request `j` that the key holds (raw: only its order
+    /// among interchangeable requests depends on it).
+    fn signature(&self, j: usize) -> Vec<u8> {
+        let r = &self.reqs[j];
+        let mut e = Enc::new(true);
+        (r.retries_left, r.reply, r.execs.len()).hash(&mut e);
+        for s in &r.execs {
+            e.step(s);
+        }
+        self.objects.get(&r.name).hash(&mut e);
+        (self.live.get(&r.name), self.deleting.get(&r.name)).hash(&mut e);
+        e.buf
     }
 }
 
@@ -807,13 +895,18 @@ impl World {
 
     /// Every action enabled in this state, with its label and whether it is a fault.
     fn successors(&self, cfg: &Config) -> Vec<(String, World)> {
-        let mut out = Vec::new();
-        let can_fault = self.faults < cfg.max_faults;
         if cfg.reduce {
             if let Some(only) = self.local_step() {
                 return only;
             }
         }
+        self.all_successors(cfg)
+    }
+
+    /// Every enabled action, with no partial-order reduction.
+    fn all_successors(&self, cfg: &Config) -> Vec<(String, World)> {
+        let mut out = Vec::new();
+        let can_fault = self.faults < cfg.max_faults;
         // CO: issue a request, or retry one that failed.
         for i in 0..self.reqs.len() {
             let r = &self.reqs[i];
@@ -1699,7 +1792,16 @@ mod tests {
     /// finds the same kinds of violation as the plain one, in fewer states.
     #[test]
     fn the_reductions_lose_no_violation() {
-        let scenarios: [(&[Op], u8, u8); 4] = [(&[Op::Create], 2, 1), (&[Op::CreateNoSpace], 2, 1), (&[Op::Create, Op::DeleteOpen { of: 0 }], 1, 1), (&[Op::Create], 1, 2)];
+        let scenarios: [(&[Op], u8, u8); 7] = [
+            (&[Op::Create], 2, 1),
+            (&[Op::CreateNoSpace], 2, 1),
+            (&[Op::Create, Op::DeleteOpen { of: 0 }], 1, 1),
+            (&[Op::Create], 1, 2),
+            // Interchangeable requests (symmetry).
+            (&[Op::Create, Op::Create], 1, 1),
+            (&[Op::Create, Op::Create], 1, 2),
+            (&[Op::Create, Op::Create, Op::Create], 0, 1),
+        ];
         for (ops, faults, replicas) in scenarios {
             for m in std::iter::once(None).chain(Mutation::ALL.map(Some)) {
                 let cfg = Config { max_faults: faults, replicas, mutation: m, ..Config::default() };
@@ -1745,6 +1847,57 @@ mod tests {
             }
         }
         assert!(compared > 100, "{compared}");
+    }
+
+    /// `w` with requests `a` and `b` (of the same op) swapped: their steps,
+    /// answers and retries, and the objects and ghost entries their names hold.
+    fn swapped(w: &World, a: usize, b: usize) -> World {
+        let mut s = w.clone();
+        let (na, nb) = (w.reqs[a].name.clone(), w.reqs[b].name.clone());
+        s.reqs.swap(a, b);
+        s.reqs[a].name = na.clone();
+        s.reqs[b].name = nb.clone();
+        let rename = |n: &String| if *n == na { nb.clone() } else if *n == nb { na.clone() } else { n.clone() };
+        s.objects = Rc::new(w.objects.iter().map(|(n, o)| (rename(n), o.clone())).collect());
+        s.live = w.live.iter().map(|(n, d)| (rename(n), *d)).collect();
+        s.deleting = w.deleting.iter().map(|(n, d)| (rename(n), *d)).collect();
+        s
+    }
+
+    /// The symmetry the key relies on holds: in every state of small
+    /// searches, swapping two interchangeable requests gives a state with
+    /// the same key, the same violations, and successors with the same keys.
+    #[test]
+    fn interchangeable_requests_are_symmetric() {
+        let mut compared = 0;
+        let cases: [(&[Op], u8, u8, (usize, usize)); 3] = [(&[Op::Create, Op::Create], 1, 1, (0, 1)), (&[Op::Create, Op::Create], 1, 2, (0, 1)), (&[Op::Create, Op::Create, Op::Create], 0, 1, (1, 2))];
+        for (ops, max_faults, replicas, (a, b)) in cases {
+            let cfg = Config { max_faults, replicas, ..Config::default() };
+            let mut stack = vec![World::new(ops, &cfg)];
+            let mut seen = HashSet::new();
+            while let Some(w) = stack.pop() {
+                if !seen.insert(w.key(&Config { reduce: false, ..cfg })) {
+                    continue;
+                }
+                if w.reqs[a].started && w.reqs[b].started {
+                    let s = swapped(&w, a, b);
+                    assert!(s.key(&cfg) == w.key(&cfg), "{ops:?}");
+                    let strip = |v: Vec<String>| -> BTreeSet<String> { v.into_iter().map(|x| x.chars().filter(|c| !c.is_ascii_digit()).collect()).collect() };
+                    assert_eq!(strip(s.check()), strip(w.check()));
+                    let keys = |w: &World| -> Vec<Fingerprint> {
+                        let mut k: Vec<Fingerprint> = w.all_successors(&cfg).iter().map(|(_, n)| n.key(&cfg)).collect();
+                        k.sort();
+                        k
+                    };
+                    assert_eq!(keys(&s), keys(&w), "{ops:?}");
+                    compared += 1;
+                }
+                if w.check().is_empty() {
+                    stack.extend(w.successors(&Config { reduce: false, ..cfg }).into_iter().map(|(_, n)| n));
+                }
+            }
+        }
+        assert!(compared > 1000, "{compared}");
     }
 
     #[test]
