@@ -6,7 +6,8 @@
 # broke an invariant) and `FAULTS: explored N paths, M states, V violations`;
 # then checks that the search still finds defects put back on purpose.
 # CI: one replica, 2 requests, 2 faults; two replicas, 1 request, 2 faults
-# and 2 requests, 1 fault (~0.67 M states, ~10 s of CPU). FAULTS_WIDE=1 (= e2e/run
+# and 2 requests, 1 fault; one replica, 3 requests, no fault (~0.69 M
+# states, ~17 s of CPU). FAULTS_WIDE=1 (= e2e/run
 # faults-wide): 3 requests with 1 fault, 4 requests with 0 and then 1 fault,
 # two replicas at 3 requests with 1 fault, within FAULTS_TIME_BUDGET seconds
 # (default 1500; scenarios not started by then are listed and fail the run).
@@ -15,7 +16,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 ensure_build_deps
 suite=faults
-default="1:2:2 2:1:2 2:2:1"
+default="1:2:2 2:1:2 2:2:1 1:3:0"
 extra=()
 if [[ ${FAULTS_WIDE:-0} == 1 ]]; then
 	suite=faults-wide

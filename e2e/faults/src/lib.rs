@@ -86,6 +86,29 @@
 //!   (a request not yet issued, a retry), so no cycle can postpone another
 //!   step forever. A delete's issue is not one: the kubelet's unstage
 //!   before it touches the kernel and the ghost state the checks read.
+//! - **Once the pool object is gone for good, requests fail one at a
+//!   time.** With no pool object, the fault budget spent and the node up,
+//!   no object can come back (a record write needs its read to be the
+//!   current version, a give-back needs the object, the node registers
+//!   only after a restart, which needs a fault) and the node has no step.
+//!   Then a step of a request's only execution that reads the missing
+//!   object, what the request holds, and at most its own volume object
+//!   while nothing can change that one (no request is at the step that
+//!   clears stale objects, none can reach it again, no delete of it is
+//!   still to run), and that writes only the request's own steps and an
+//!   error answer (`World::step_without_pool` lists them) commutes with
+//!   every step of every other request: none reads or writes what it does,
+//!   and it disables nothing (it can only make its request `done()`, which
+//!   enables a dependent request's issue and disables none). It is the
+//!   only successor explored (a singleton ample set), and only when the
+//!   state it leads to breaks no invariant; since only the request's own
+//!   steps change its answer, every state a path reaches without it then
+//!   carries the same violations with it done first, and every end state
+//!   has it done (it stays enabled until taken). Each such step removes an
+//!   execution or moves it from its lookup to its wait, so no cycle is made
+//!   of them (the cycle proviso). A success (it writes the ghost state) and
+//!   a delete's last failure (which puts the volume back in `live`) are not
+//!   taken so.
 //! - **Interchangeable requests are one (symmetry).** Two issued requests
 //!   of the same op that no other request snapshots or deletes differ only
 //!   by their names: every step reads a request through its own fields and
@@ -896,11 +919,63 @@ impl World {
     /// Every action enabled in this state, with its label and whether it is a fault.
     fn successors(&self, cfg: &Config) -> Vec<(String, World)> {
         if cfg.reduce {
-            if let Some(only) = self.local_step() {
+            if let Some(only) = self.local_step().or_else(|| self.step_without_pool(cfg).map(|(_, next)| next)) {
                 return only;
             }
         }
         self.all_successors(cfg)
+    }
+
+    /// Once the pool object is gone for good, a step of a request that
+    /// reads only what can no longer change and writes only that request's
+    /// own fields, if one is enabled: then it alone is explored (a singleton
+    /// ample set; module docs). The pool object is gone for good when it is
+    /// missing, the fault budget is spent and the node is up: only a record
+    /// write (which needs the version it read to be current), a give-back
+    /// (which needs the object), the node's registration (which needs a
+    /// restart, which needs the node down, which needs a fault) or the
+    /// person (a fault) could bring one, and with none the node has no step
+    /// at all. The steps taken so: a create's, snapshot's or delete's wait
+    /// or give-back (the answer is NOT_FOUND or the give-back's code), a
+    /// create's plan on the read it holds (its refusal, or a 409 and then
+    /// NOT_FOUND), a create's or snapshot's lookup of its own object when
+    /// that is missing or not ready (NOT_FOUND, or on to its wait) while no
+    /// request is at the step that clears stale objects (nothing can reach
+    /// it again) and no delete of it is still to run. Each runs on a
+    /// request's only execution (a second one needs a fault), answers with
+    /// an error (a success writes the ghost state) and, for a delete, only
+    /// while it has a retry left (its final failure writes the ghost state),
+    /// and is taken only when the state it leads to breaks no invariant.
+    fn step_without_pool(&self, cfg: &Config) -> Option<(usize, Vec<(String, World)>)> {
+        if self.pool.is_some() || self.faults < cfg.max_faults || !self.node.up {
+            return None;
+        }
+        let clearing = self.reqs.iter().any(|r| r.execs.iter().any(|s| matches!(s, Step::Allocated { .. })));
+        for (i, r) in self.reqs.iter().enumerate() {
+            let [step] = &r.execs[..] else { continue };
+            let alone = match step {
+                Step::Wait { .. } | Step::GiveBack { .. } => true,
+                Step::DeleteSettle { .. } | Step::DeleteWait { .. } => r.retries_left > 0,
+                Step::Plan { .. } => matches!(r.op, Op::Create | Op::CreateNoSpace),
+                Step::Start => {
+                    r.op.source().is_none_or(|_| matches!(r.op, Op::Snapshot { .. }))
+                        && !clearing
+                        && !self.objects.get(&r.name).is_some_and(|o| o.ready)
+                        && !self.reqs.iter().any(|d| matches!(d.op, Op::Delete { of } | Op::DeleteOpen { of } if of == i) && !d.done())
+                }
+                _ => false,
+            };
+            if !alone {
+                continue;
+            }
+            let next = self.controller_step(i, 0, cfg);
+            if let [(_, w)] = &next[..] {
+                if w.check().is_empty() && !matches!(w.reqs[i].reply, Some(Reply::Ok(_))) {
+                    return Some((i, next));
+                }
+            }
+        }
+        None
     }
 
     /// Every enabled action, with no partial-order reduction.
@@ -1898,6 +1973,40 @@ mod tests {
             }
         }
         assert!(compared > 1000, "{compared}");
+    }
+
+    /// The steps taken alone once the pool object is gone for good commute
+    /// with every other enabled step: in every state of small searches
+    /// where one is taken, each other step `u` can still run after it and
+    /// it after `u`, and both orders reach the same key.
+    #[test]
+    fn steps_without_the_pool_commute() {
+        let mut compared = 0;
+        for (ops, max_faults) in [(&[Op::Create, Op::Create][..], 1), (&[Op::Create, Op::DeleteOpen { of: 0 }], 1), (&[Op::Create, Op::Snapshot { of: 0 }], 1), (&[Op::CreateNoSpace, Op::Create], 1)] {
+            let cfg = Config { max_faults, ..Config::default() };
+            let mut stack = vec![World::new(ops, &cfg)];
+            let mut seen = HashSet::new();
+            while let Some(w) = stack.pop() {
+                if !seen.insert(w.key(&cfg)) {
+                    continue;
+                }
+                if let Some((i, t)) = w.step_without_pool(&cfg) {
+                    let (t_label, tw) = &t[0];
+                    for (label, uw) in w.all_successors(&cfg).into_iter().filter(|(l, _)| l != t_label) {
+                        let after_u = uw.controller_step(i, 0, &cfg);
+                        assert_eq!(after_u.len(), 1, "{ops:?}: {t_label} after {label}");
+                        let after_t: Vec<_> = tw.all_successors(&cfg).into_iter().filter(|(l, _)| *l == label).collect();
+                        assert_eq!(after_t.len(), 1, "{ops:?}: {label} after {t_label}");
+                        assert!(after_u[0].1.key(&cfg) == after_t[0].1.key(&cfg), "{ops:?}: {t_label} and {label}");
+                        compared += 1;
+                    }
+                }
+                if w.check().is_empty() {
+                    stack.extend(w.all_successors(&cfg).into_iter().map(|(_, n)| n));
+                }
+            }
+        }
+        assert!(compared > 100, "{compared}");
     }
 
     #[test]
