@@ -86,6 +86,47 @@
 //!   (a request not yet issued, a retry), so no cycle can postpone another
 //!   step forever. A delete's issue is not one: the kubelet's unstage
 //!   before it touches the kernel and the ghost state the checks read.
+//! - **Once the pool object is gone for good, requests fail one at a
+//!   time.** With no pool object, the fault budget spent and the node up,
+//!   no object can come back (a record write needs its read to be the
+//!   current version, a give-back needs the object, the node registers
+//!   only after a restart, which needs a fault) and the node has no step.
+//!   Then a step of a request's only execution that reads the missing
+//!   object, what the request holds, and at most its own volume object
+//!   while nothing can change that one (no request is at the step that
+//!   clears stale objects, none can reach it again, no delete of it is
+//!   still to run), and that writes only the request's own steps and an
+//!   error answer (`World::step_without_pool` lists them) commutes with
+//!   every step of every other request: none reads or writes what it does,
+//!   and it disables nothing (it can only make its request `done()`, which
+//!   enables a dependent request's issue and disables none). It is the
+//!   only successor explored (a singleton ample set), and only when the
+//!   state it leads to breaks no invariant; since only the request's own
+//!   steps change its answer, every state a path reaches without it then
+//!   carries the same violations with it done first, and every end state
+//!   has it done (it stays enabled until taken). Each such step removes an
+//!   execution or moves it from its lookup to its wait, so no cycle is made
+//!   of them (the cycle proviso). A success (it writes the ghost state) and
+//!   a delete's last failure (which puts the volume back in `live`) are not
+//!   taken so.
+//! - **Interchangeable requests are one (symmetry).** Two issued requests
+//!   of the same op that no other request snapshots or deletes differ only
+//!   by their names: every step reads a request through its own fields and
+//!   the object and ghost entries under its own name (the allocator hands
+//!   out ids by the order of the writes, not by who writes), the ones that
+//!   are not yet issued wait only on the *earlier* request's `started`
+//!   (true for both), and every invariant is a statement over all requests
+//!   and names alike (a violation's kind is compared without its digits, so
+//!   without names). Swapping two such requests, with their names in the
+//!   objects and the ghost maps, maps the full state graph onto itself and
+//!   each violation onto one of the same kind; so the key encodes them
+//!   sorted by what they hold and names by the position they are encoded
+//!   at, and a state stands for each of its permutations. The order among
+//!   the CO's own steps (below) picks by index, but those steps commute and
+//!   all run before anything else, so the states they lead to are again
+//!   permutations of each other. A test swaps two such requests in every
+//!   state of small searches and requires the same key, the same
+//!   violations and successors with the same keys.
 //! - **Only a request's last answer is kept.** Every answer is checked in
 //!   the state that gives it (a broken state is not explored past), and
 //!   later steps read only the last one (`Request::done`).
@@ -129,6 +170,16 @@ pub enum Op {
     CreateNoSpace,
     /// A DeleteVolume of a volume that is still mounted (open).
     DeleteOpen { of: usize },
+}
+
+impl Op {
+    /// The earlier request this one snapshots or deletes.
+    fn source(self) -> Option<usize> {
+        match self {
+            Op::Snapshot { of } | Op::Delete { of } | Op::DeleteOpen { of } => Some(of),
+            Op::Create | Op::CreateNoSpace => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -513,9 +564,19 @@ impl World {
         e.marks.push(e.buf.len());
         e.pool(self.pool.as_deref());
         e.marks.push(e.buf.len());
+        // Interchangeable requests are encoded in a canonical order, and
+        // every name as the position it is encoded at (symmetry, module docs).
+        let order = self.request_order(cfg);
+        let slot_of = |name: &str| order.iter().position(|&m| self.reqs[m].name == name).expect("objects and ghost entries are named by requests");
+        let by_slot = |names: &mut dyn Iterator<Item = &String>| -> Vec<(usize, String)> {
+            let mut v: Vec<(usize, String)> = names.map(|n| (slot_of(n), n.clone())).collect();
+            v.sort();
+            v
+        };
         self.objects.len().hash(&mut e);
-        for (name, o) in self.objects.iter() {
-            (name, o.device, o.txn, o.ready).hash(&mut e);
+        for (slot, name) in by_slot(&mut self.objects.keys()) {
+            let o = &self.objects[&name];
+            (slot, o.device, o.txn, o.ready).hash(&mut e);
             e.uid(&o.pool_uid);
         }
         e.marks.push(e.buf.len());
@@ -540,7 +601,8 @@ impl World {
         }
         e.marks.push(e.buf.len());
         let current_rv = self.pool.as_ref().and_then(|p| p.metadata.resource_version.as_ref());
-        for (i, r) in self.reqs.iter().enumerate() {
+        for &i in &order {
+            let r = &self.reqs[i];
             (r.started, r.retries_left, r.reply, r.execs.len()).hash(&mut e);
             for s in &r.execs {
                 match s {
@@ -575,8 +637,57 @@ impl World {
             self.faults.hash(&mut e);
         }
         e.marks.push(e.buf.len());
-        (&self.truth, &self.created_by, &self.live, &self.deleting, &self.mounted, &self.node_defects).hash(&mut e);
+        (&self.truth, &self.created_by).hash(&mut e);
+        for names in [&self.live, &self.deleting] {
+            names.len().hash(&mut e);
+            for (slot, name) in by_slot(&mut names.keys()) {
+                (slot, names[&name]).hash(&mut e);
+            }
+        }
+        (&self.mounted, &self.node_defects).hash(&mut e);
         e
+    }
+
+    /// The order in which the key encodes the requests: index order, except
+    /// that requests of one class of interchangeable ones (the same op,
+    /// issued, and not the source or target of any other request) are
+    /// sorted among their positions by what they hold (their steps and
+    /// answer, and their object and ghost entries), so that states which
+    /// differ only by a permutation of such requests encode alike.
+    fn request_order(&self, cfg: &Config) -> Vec<usize> {
+        let n = self.reqs.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        if !cfg.reduce {
+            return order;
+        }
+        let referenced: BTreeSet<usize> = self.reqs.iter().filter_map(|r| r.op.source()).collect();
+        let free = |i: usize| self.reqs[i].started && !referenced.contains(&i);
+        for i in (0..n).filter(|&i| free(i)) {
+            let class: Vec<usize> = (0..n).filter(|&j| free(j) && self.reqs[j].op == self.reqs[i].op).collect();
+            if class[0] != i || class.len() < 2 {
+                continue;
+            }
+            let mut members = class.clone();
+            members.sort_by_cached_key(|&j| self.signature(j));
+            for (&slot, m) in class.iter().zip(members) {
+                order[slot] = m;
+            }
+        }
+        order
+    }
+
+    /// Everything of request `j` that the key holds (raw: only its order
+    /// among interchangeable requests depends on it).
+    fn signature(&self, j: usize) -> Vec<u8> {
+        let r = &self.reqs[j];
+        let mut e = Enc::new(true);
+        (r.retries_left, r.reply, r.execs.len()).hash(&mut e);
+        for s in &r.execs {
+            e.step(s);
+        }
+        self.objects.get(&r.name).hash(&mut e);
+        (self.live.get(&r.name), self.deleting.get(&r.name)).hash(&mut e);
+        e.buf
     }
 }
 
@@ -892,13 +1003,70 @@ impl World {
 
     /// Every action enabled in this state, with its label and whether it is a fault.
     fn successors(&self, cfg: &Config) -> Vec<(String, World)> {
-        let mut out = Vec::new();
-        let can_fault = self.faults < cfg.max_faults;
         if cfg.reduce {
-            if let Some(only) = self.local_step() {
+            if let Some(only) = self.local_step().or_else(|| self.step_without_pool(cfg).map(|(_, next)| next)) {
                 return only;
             }
         }
+        self.all_successors(cfg)
+    }
+
+    /// Once the pool object is gone for good, a step of a request that
+    /// reads only what can no longer change and writes only that request's
+    /// own fields, if one is enabled: then it alone is explored (a singleton
+    /// ample set; module docs). The pool object is gone for good when it is
+    /// missing, the fault budget is spent and the node is up: only a record
+    /// write (which needs the version it read to be current), a give-back
+    /// (which needs the object), the node's registration (which needs a
+    /// restart, which needs the node down, which needs a fault) or the
+    /// person (a fault) could bring one, and with none the node has no step
+    /// at all. The steps taken so: a create's, snapshot's or delete's wait
+    /// or give-back (the answer is NOT_FOUND or the give-back's code), a
+    /// create's plan on the read it holds (its refusal, or a 409 and then
+    /// NOT_FOUND), a create's or snapshot's lookup of its own object when
+    /// that is missing or not ready (NOT_FOUND, or on to its wait) while no
+    /// request is at the step that clears stale objects (nothing can reach
+    /// it again) and no delete of it is still to run. Each runs on a
+    /// request's only execution (a second one needs a fault), answers with
+    /// an error (a success writes the ghost state) and, for a delete, only
+    /// while it has a retry left (its final failure writes the ghost state),
+    /// and is taken only when the state it leads to breaks no invariant.
+    fn step_without_pool(&self, cfg: &Config) -> Option<(usize, Vec<(String, World)>)> {
+        if self.pool.is_some() || self.faults < cfg.max_faults || !self.node.up {
+            return None;
+        }
+        let clearing = self.reqs.iter().any(|r| r.execs.iter().any(|s| matches!(s, Step::Allocated { .. })));
+        for (i, r) in self.reqs.iter().enumerate() {
+            let [step] = &r.execs[..] else { continue };
+            let alone = match step {
+                Step::Wait { .. } | Step::GiveBack { .. } => true,
+                Step::DeleteSettle { .. } | Step::DeleteWait { .. } => r.retries_left > 0,
+                Step::Plan { .. } => matches!(r.op, Op::Create | Op::CreateNoSpace),
+                Step::Start => {
+                    r.op.source().is_none_or(|_| matches!(r.op, Op::Snapshot { .. }))
+                        && !clearing
+                        && !self.objects.get(&r.name).is_some_and(|o| o.ready)
+                        && !self.reqs.iter().any(|d| matches!(d.op, Op::Delete { of } | Op::DeleteOpen { of } if of == i) && !d.done())
+                }
+                _ => false,
+            };
+            if !alone {
+                continue;
+            }
+            let next = self.controller_step(i, 0, cfg);
+            if let [(_, w)] = &next[..] {
+                if w.check().is_empty() && !matches!(w.reqs[i].reply, Some(Reply::Ok(_))) {
+                    return Some((i, next));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every enabled action, with no partial-order reduction.
+    fn all_successors(&self, cfg: &Config) -> Vec<(String, World)> {
+        let mut out = Vec::new();
+        let can_fault = self.faults < cfg.max_faults;
         // CO: issue a request, or retry one that failed.
         for i in 0..self.reqs.len() {
             let r = &self.reqs[i];
@@ -1813,7 +1981,16 @@ mod tests {
     /// finds the same kinds of violation as the plain one, in fewer states.
     #[test]
     fn the_reductions_lose_no_violation() {
-        let scenarios: [(&[Op], u8, u8); 4] = [(&[Op::Create], 2, 1), (&[Op::CreateNoSpace], 2, 1), (&[Op::Create, Op::DeleteOpen { of: 0 }], 1, 1), (&[Op::Create], 1, 2)];
+        let scenarios: [(&[Op], u8, u8); 7] = [
+            (&[Op::Create], 2, 1),
+            (&[Op::CreateNoSpace], 2, 1),
+            (&[Op::Create, Op::DeleteOpen { of: 0 }], 1, 1),
+            (&[Op::Create], 1, 2),
+            // Interchangeable requests (symmetry).
+            (&[Op::Create, Op::Create], 1, 1),
+            (&[Op::Create, Op::Create], 1, 2),
+            (&[Op::Create, Op::Create, Op::Create], 0, 1),
+        ];
         for (ops, faults, replicas) in scenarios {
             for m in std::iter::once(None).chain(Mutation::ALL.map(Some)) {
                 let cfg = Config { max_faults: faults, replicas, mutation: m, ..Config::default() };
@@ -1855,6 +2032,91 @@ mod tests {
                 }
                 if w.check().is_empty() {
                     stack.extend(w.successors(&cfg).into_iter().map(|(_, n)| n));
+                }
+            }
+        }
+        assert!(compared > 100, "{compared}");
+    }
+
+    /// `w` with requests `a` and `b` (of the same op) swapped: their steps,
+    /// answers and retries, and the objects and ghost entries their names hold.
+    fn swapped(w: &World, a: usize, b: usize) -> World {
+        let mut s = w.clone();
+        let (na, nb) = (w.reqs[a].name.clone(), w.reqs[b].name.clone());
+        s.reqs.swap(a, b);
+        s.reqs[a].name = na.clone();
+        s.reqs[b].name = nb.clone();
+        let rename = |n: &String| if *n == na { nb.clone() } else if *n == nb { na.clone() } else { n.clone() };
+        s.objects = Rc::new(w.objects.iter().map(|(n, o)| (rename(n), o.clone())).collect());
+        s.live = w.live.iter().map(|(n, d)| (rename(n), *d)).collect();
+        s.deleting = w.deleting.iter().map(|(n, d)| (rename(n), *d)).collect();
+        s
+    }
+
+    /// The symmetry the key relies on holds: in every state of small
+    /// searches, swapping two interchangeable requests gives a state with
+    /// the same key, the same violations, and successors with the same keys.
+    #[test]
+    fn interchangeable_requests_are_symmetric() {
+        let mut compared = 0;
+        let cases: [(&[Op], u8, u8, (usize, usize)); 3] = [(&[Op::Create, Op::Create], 1, 1, (0, 1)), (&[Op::Create, Op::Create], 1, 2, (0, 1)), (&[Op::Create, Op::Create, Op::Create], 0, 1, (1, 2))];
+        for (ops, max_faults, replicas, (a, b)) in cases {
+            let cfg = Config { max_faults, replicas, ..Config::default() };
+            let mut stack = vec![World::new(ops, &cfg)];
+            let mut seen = HashSet::new();
+            while let Some(w) = stack.pop() {
+                if !seen.insert(w.key(&Config { reduce: false, ..cfg })) {
+                    continue;
+                }
+                if w.reqs[a].started && w.reqs[b].started {
+                    let s = swapped(&w, a, b);
+                    assert!(s.key(&cfg) == w.key(&cfg), "{ops:?}");
+                    let strip = |v: Vec<String>| -> BTreeSet<String> { v.into_iter().map(|x| x.chars().filter(|c| !c.is_ascii_digit()).collect()).collect() };
+                    assert_eq!(strip(s.check()), strip(w.check()));
+                    let keys = |w: &World| -> Vec<Fingerprint> {
+                        let mut k: Vec<Fingerprint> = w.all_successors(&cfg).iter().map(|(_, n)| n.key(&cfg)).collect();
+                        k.sort();
+                        k
+                    };
+                    assert_eq!(keys(&s), keys(&w), "{ops:?}");
+                    compared += 1;
+                }
+                if w.check().is_empty() {
+                    stack.extend(w.successors(&Config { reduce: false, ..cfg }).into_iter().map(|(_, n)| n));
+                }
+            }
+        }
+        assert!(compared > 1000, "{compared}");
+    }
+
+    /// The steps taken alone once the pool object is gone for good commute
+    /// with every other enabled step: in every state of small searches
+    /// where one is taken, each other step `u` can still run after it and
+    /// it after `u`, and both orders reach the same key.
+    #[test]
+    fn steps_without_the_pool_commute() {
+        let mut compared = 0;
+        for (ops, max_faults) in [(&[Op::Create, Op::Create][..], 1), (&[Op::Create, Op::DeleteOpen { of: 0 }], 1), (&[Op::Create, Op::Snapshot { of: 0 }], 1), (&[Op::CreateNoSpace, Op::Create], 1)] {
+            let cfg = Config { max_faults, ..Config::default() };
+            let mut stack = vec![World::new(ops, &cfg)];
+            let mut seen = HashSet::new();
+            while let Some(w) = stack.pop() {
+                if !seen.insert(w.key(&cfg)) {
+                    continue;
+                }
+                if let Some((i, t)) = w.step_without_pool(&cfg) {
+                    let (t_label, tw) = &t[0];
+                    for (label, uw) in w.all_successors(&cfg).into_iter().filter(|(l, _)| l != t_label) {
+                        let after_u = uw.controller_step(i, 0, &cfg);
+                        assert_eq!(after_u.len(), 1, "{ops:?}: {t_label} after {label}");
+                        let after_t: Vec<_> = tw.all_successors(&cfg).into_iter().filter(|(l, _)| *l == label).collect();
+                        assert_eq!(after_t.len(), 1, "{ops:?}: {label} after {t_label}");
+                        assert!(after_u[0].1.key(&cfg) == after_t[0].1.key(&cfg), "{ops:?}: {t_label} and {label}");
+                        compared += 1;
+                    }
+                }
+                if w.check().is_empty() {
+                    stack.extend(w.all_successors(&cfg).into_iter().map(|(_, n)| n));
                 }
             }
         }
