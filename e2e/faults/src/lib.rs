@@ -176,7 +176,7 @@ impl Op {
     /// The earlier request this one snapshots or deletes.
     fn source(self) -> Option<usize> {
         match self {
-            Op::Snapshot { of } | Op::Delete { of } | Op::DeleteOpen { of } => Some(of),
+            Op::Snapshot { of } | Op::SnapshotUnfrozen { of } | Op::Delete { of } | Op::DeleteOpen { of } => Some(of),
             Op::Create | Op::CreateNoSpace => None,
         }
     }
