@@ -5,8 +5,8 @@
 #
 # From the repository root (resize2fs and xfs_growfs as --bin until the
 # base image carries them):
-#   cargo build --release -p csi-node --example fs_vmtest
-#   e2e/vm/boot --bin target/release/examples/fs_vmtest \
+#   (e2e/run node runs it; by hand:) cargo build --release -p thin-e2e --bin fs_vmtest
+#   e2e/vm/boot --bin $CARGO_TARGET_DIR/release/fs_vmtest \
 #     --bin /usr/sbin/resize2fs --bin /usr/sbin/xfs_growfs \
 #     --mem 1024 --timeout 600 -- e2e/guest/fs.sh
 set -u

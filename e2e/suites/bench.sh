@@ -27,8 +27,8 @@ cluster_bench() {
 	env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || { echo "FAIL control plane up (logs in $RUN/logs)" >>"$log"; cleanup; return; }
 	eval "$env_out"
 	export KUBECONFIG=$RUN/admin.kubeconfig
-	if (cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2); then
-		checked "$log" "cluster_e2e crds" "$CARGO_TARGET_DIR/debug/examples/cluster_e2e" crds >/dev/null
+	if (cd "$REPO" && cargo build -q -p thin-e2e --bin cluster_e2e >&2); then
+		checked "$log" "cluster_e2e crds" "$CARGO_TARGET_DIR/debug/cluster_e2e" crds >/dev/null
 		source "$E2E/suites/cluster-nodes.sh"
 		node_tests bench
 	else

@@ -81,7 +81,7 @@ node_tests() {
 	NODE_VM_RESTARTS=$((30 + 8 * node_rounds))
 	NODE_VM_TIMEOUT=$((1800 + 120 * (node_rounds + ctl_rounds - 2)))
 	echo "building csi-node (release, for the VM) and node_e2e" >&2
-	if ! (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 && cargo build -q -p csi-controller --example node_e2e >&2); then
+	if ! (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 && cargo build -q -p thin-e2e --bin node_e2e >&2); then
 		echo "FAIL build csi-node / node_e2e" | tee -a "$log"
 		return
 	fi
@@ -95,7 +95,7 @@ node_tests() {
 			echo "FAIL build csi-controller --features failpoints" | tee -a "$log"
 		fi
 	fi
-	NODE_E2E=$CARGO_TARGET_DIR/debug/examples/node_e2e
+	NODE_E2E=$CARGO_TARGET_DIR/debug/node_e2e
 	NODE_VM_PIDS=() NODE_VM_NAMES=()
 	# cleanup keeps the run dir when the exit status is not 0: hand it on
 	# (as an argument: $? inside the trap is no longer the script's).

@@ -24,13 +24,13 @@ cleanup() { # [RC]: the exit status, when called from another trap
 }
 trap cleanup EXIT
 
-echo "building csi-controller example cluster_e2e" >&2
-if ! (cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2); then
+echo "building the cluster_e2e driver" >&2
+if ! (cd "$REPO" && cargo build -q -p thin-e2e --bin cluster_e2e >&2); then
 	echo "FAIL build cluster_e2e" | tee -a "$log"
 	summarize cluster "$log"
 	exit 1
 fi
-BIN=$CARGO_TARGET_DIR/debug/examples/cluster_e2e
+BIN=$CARGO_TARGET_DIR/debug/cluster_e2e
 
 suite_start=$SECONDS
 t0=$(date +%s)
@@ -79,8 +79,8 @@ step reject
 
 # One active controller: a leader and a standby on one Lease; the leader is
 # SIGKILLed mid-run and the standby takes over the allocations.
-if (cd "$REPO" && cargo build -q -p csi-controller --example leader_e2e >&2); then
-	LEADER_E2E=$CARGO_TARGET_DIR/debug/examples/leader_e2e
+if (cd "$REPO" && cargo build -q -p thin-e2e --bin leader_e2e >&2); then
+	LEADER_E2E=$CARGO_TARGET_DIR/debug/leader_e2e
 	lpool=leader-$$
 	step create-pool "$lpool"
 	"$LEADER_E2E" run "$lpool" controller-1 100000 "$RUN/leader-1.txt" >"$RUN/leader-1.out" 2>>"$RUN/leader.stderr" &

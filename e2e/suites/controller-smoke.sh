@@ -37,7 +37,7 @@ fail_now() { echo "FAIL $*" | tee -a "$log"; summarize controller-smoke "$log"; 
 
 echo "building csi-node and csi-controller (release)" >&2
 (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 &&
-	cargo build -q -p csi-controller --example sanity_node_stub --example csi_e2e >&2) || fail_now "build"
+	cargo build -q -p thin-e2e --bin sanity_node_stub --bin csi_e2e >&2) || fail_now "build"
 CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
 eval "$("$E2E/cluster/build-tools" --print-paths csi-sanity kubectl 2>/dev/null)"
 [[ -x ${CSI_SANITY:-} ]] || fail_now "csi-sanity not built (e2e/cluster/build-tools csi-sanity)"
@@ -81,7 +81,7 @@ echo "PASS node smoke-node registered pool $pool" | tee -a "$log"
 # overprovisioning 10); expand to 2 GiB (a multiple of the 64 KiB block, as
 # sanity checks the returned size for equality).
 stub_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CARGO_TARGET_DIR/debug/examples/sanity_node_stub" "127.0.0.1:$stub_port" >"$RUN/logs/node-stub.log" 2>&1 &
+"$CARGO_TARGET_DIR/debug/sanity_node_stub" "127.0.0.1:$stub_port" >"$RUN/logs/node-stub.log" 2>&1 &
 STUB_PID=$!
 mkdir -p "$RUN/sanity"
 sanity_run() { # NAME NODE_ENDPOINT CONTROLLER_ENDPOINT FOCUS
@@ -109,7 +109,7 @@ kill "$STUB_PID" 2>/dev/null || true
 
 # The controller's own rules over gRPC (placement, restore on the source's
 # node, parameters, capacity per node, expansion, volume condition).
-checked "$log" "csi_e2e rules" "$CARGO_TARGET_DIR/debug/examples/csi_e2e" rules "$port" smoke-node "$pool" 2>>"$RUN/logs/csi_e2e.stderr"
+checked "$log" "csi_e2e rules" "$CARGO_TARGET_DIR/debug/csi_e2e" rules "$port" smoke-node "$pool" 2>>"$RUN/logs/csi_e2e.stderr"
 
 # A second replica stands by: it serves, but is not ready and refuses work.
 sb_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -117,7 +117,7 @@ sb_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0));
 	--csi-endpoint "tcp://127.0.0.1:$sb_port" >"$RUN/logs/csi-controller-standby.out" 2>"$RUN/logs/csi-controller-standby.log" &
 sb_pid=$!
 for _ in $(seq 100); do grep -q 'serving CSI' "$RUN/logs/csi-controller-standby.log" 2>/dev/null && break; sleep 0.1; done
-checked "$log" "csi_e2e standby" "$CARGO_TARGET_DIR/debug/examples/csi_e2e" standby "$sb_port" 2>>"$RUN/logs/csi_e2e.stderr"
+checked "$log" "csi_e2e standby" "$CARGO_TARGET_DIR/debug/csi_e2e" standby "$sb_port" 2>>"$RUN/logs/csi_e2e.stderr"
 kill "$sb_pid" 2>/dev/null || true
 wait "$sb_pid" 2>/dev/null || true
 # The unix socket endpoint (what the sidecars use), on another standby:

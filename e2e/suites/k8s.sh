@@ -57,14 +57,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 now_ms() { date +%s%3N; }
 
 # ---- builds ------------------------------------------------------------------
-echo "building csi-controller, csi-node (release) and the k8s_e2e example" >&2
-if ! (cd "$REPO" && cargo build -q --release -p csi-node -p csi-controller >&2 && cargo build -q -p csi-controller --example k8s_e2e >&2); then
+echo "building csi-controller, csi-node (release) and the k8s_e2e driver" >&2
+if ! (cd "$REPO" && cargo build -q --release -p csi-node -p csi-controller >&2 && cargo build -q -p thin-e2e --bin k8s_e2e >&2); then
 	fail "build"
 	finish
 fi
 CSI_CONTROLLER=$CARGO_TARGET_DIR/release/csi-controller
 CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
-K8S_E2E=$CARGO_TARGET_DIR/debug/examples/k8s_e2e
+K8S_E2E=$CARGO_TARGET_DIR/debug/k8s_e2e
 eval "$("$E2E/cluster/build-tools" --print-paths)"
 for t in CSI_PROVISIONER SNAPSHOT_CONTROLLER CSI_SNAPSHOTTER CSI_RESIZER KUBECTL; do
 	if [[ ! -x ${!t} ]]; then
