@@ -12,11 +12,7 @@
 set -u
 W=/tmp/fs
 
-loop() { # loop N FILE SIZE_MB: a zeroed sparse tmpfs file on /dev/loopN
-	[ -b /dev/loop$1 ] || mknod /dev/loop$1 b 7 $1
-	dd if=/dev/zero of=$2 bs=1M count=0 seek=$3 2>/dev/null
-	losetup /dev/loop$1 $2
-}
+. /guest/lib.sh
 
 mkdir -p $W
 # Tools the layer runs (busybox applets would shadow some in this shell,

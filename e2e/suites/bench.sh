@@ -7,7 +7,7 @@
 # its few real checks (CRDs, the nodes' pools), and each measurement that
 # e2e/expected-checks names (bench-measurements) and did not come is a FAIL.
 set -euo pipefail
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 vmtest=$(build_vmtest)
 log=$(mktemp "${TMPDIR:-/tmp}/thin-csi-bench.XXXXXX")
 args=("$@")
@@ -24,6 +24,7 @@ cluster_bench() {
 	local env_out
 	RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-bench-cluster.XXXXXX")
 	cleanup() { stop_node_vms 2>/dev/null || true; "$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true; }
+	trap cleanup EXIT
 	env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || { echo "FAIL control plane up (logs in $RUN/logs)" >>"$log"; cleanup; return; }
 	eval "$env_out"
 	export KUBECONFIG=$RUN/admin.kubeconfig
