@@ -11,3 +11,24 @@ loop() {
 	echo "FAIL setup: losetup /dev/loop$1 $2"
 	return 1
 }
+
+# serve_pool NODE CSI_PORT MAX_RESTARTS: csi-node on the pool on /dev/vda
+# (with the test hooks), restarted whenever it dies, as a DaemonSet would
+# be, until it exits 0 (asked to stop). CSI_PORT non-zero: it also serves
+# its Node service on tcp 0.0.0.0:CSI_PORT. More than MAX_RESTARTS deaths is
+# a crash loop: status 1.
+serve_pool() {
+	endpoint=
+	[ "$2" != 0 ] && endpoint="--csi-endpoint tcp://0.0.0.0:$2"
+	restarts=0
+	while :; do
+		# shellcheck disable=SC2086
+		csi-node --node-name "$1" --pool-device /dev/vda --kubeconfig /guest/kubeconfig --test-hooks true $endpoint
+		rc=$?
+		echo "csi-node exited with status $rc"
+		[ "$rc" -eq 0 ] && return 0
+		restarts=$((restarts + 1))
+		[ $restarts -gt "$3" ] && { echo "csi-node keeps dying"; return 1; }
+		sleep 1
+	done
+}
