@@ -95,7 +95,9 @@ fn run_cases(pool: DmPool, tally: &mut Report) -> Result<DmPool, String> {
 fn teardown_and_check(pool: DmPool, tally: &mut Report) {
     let name = pool.name().clone();
     match pool.teardown() {
-        Err(e) => tally.result("teardown", Err(e.to_string())),
+        Err(e) => {
+            tally.result("teardown", Err(e.to_string()));
+        }
         Ok(area) => {
             tally.result("teardown", Ok(()));
             tally.result("thin_check clean after teardown", thin_check(&area, &name));
