@@ -6,11 +6,7 @@ set -u
 T=thin-vmtest
 failed=0
 
-loop() { # loop N FILE SIZE_MB: a sparse tmpfs file on /dev/loopN
-	[ -b /dev/loop$1 ] || mknod /dev/loop$1 b 7 $1
-	dd if=/dev/zero of=$2 bs=1M count=0 seek=$3 2>/dev/null
-	losetup /dev/loop$1 $2 || fail "setup: losetup /dev/loop$1 $2"
-}
+. /guest/lib.sh
 fail() { echo "FAIL $*"; failed=1; }
 check() { # check NAME COMMAND...: PASS/FAIL from an exit status
 	name=$1; shift
@@ -28,16 +24,16 @@ run() {
 	grep -q '^FAIL ' /tmp/run.out || echo "FAIL $name: exit status $rc, no verdict printed"
 }
 
-loop 0 /tmp/one.img 512
-loop 1 /tmp/meta.img 16
-loop 2 /tmp/data.img 512
-loop 3 /tmp/ext4.img 64
-loop 4 /tmp/lvm.img 64
-loop 5 /tmp/crash.img 512
-loop 6 /tmp/gpt.img 64
-loop 7 /tmp/commit-point.img 512
-loop 9 /tmp/exhaust-data.img 256
-loop 11 /tmp/group.img 512
+loop 0 /tmp/one.img 512 || failed=1
+loop 1 /tmp/meta.img 16 || failed=1
+loop 2 /tmp/data.img 512 || failed=1
+loop 3 /tmp/ext4.img 64 || failed=1
+loop 4 /tmp/lvm.img 64 || failed=1
+loop 5 /tmp/crash.img 512 || failed=1
+loop 6 /tmp/gpt.img 64 || failed=1
+loop 7 /tmp/commit-point.img 512 || failed=1
+loop 9 /tmp/exhaust-data.img 256 || failed=1
+loop 11 /tmp/group.img 512 || failed=1
 # The exhaustion pool's metadata: 128 KiB (32 blocks). The smallest the
 # kernel accepts for this 4096-block data device is 48 KiB (measured: 32 KiB
 # formats but runs out at resume, 16 KiB ENOSPC, 8 KiB EINVAL); 128 KiB lets

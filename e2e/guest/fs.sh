@@ -5,18 +5,14 @@
 #
 # From the repository root (resize2fs and xfs_growfs as --bin until the
 # base image carries them):
-#   cargo build --release -p csi-node --example fs_vmtest
-#   e2e/vm/boot --bin target/release/examples/fs_vmtest \
+#   (e2e/run node runs it; by hand:) cargo build --release -p thin-e2e --bin fs_vmtest
+#   e2e/vm/boot --bin $CARGO_TARGET_DIR/release/fs_vmtest \
 #     --bin /usr/sbin/resize2fs --bin /usr/sbin/xfs_growfs \
 #     --mem 1024 --timeout 600 -- e2e/guest/fs.sh
 set -u
 W=/tmp/fs
 
-loop() { # loop N FILE SIZE_MB: a zeroed sparse tmpfs file on /dev/loopN
-	[ -b /dev/loop$1 ] || mknod /dev/loop$1 b 7 $1
-	dd if=/dev/zero of=$2 bs=1M count=0 seek=$3 2>/dev/null
-	losetup /dev/loop$1 $2
-}
+. /guest/lib.sh
 
 mkdir -p $W
 # Tools the layer runs (busybox applets would shadow some in this shell,

@@ -15,19 +15,7 @@ if [ "$cmd_port" != 0 ]; then
 	# busybox nc: -ll keeps listening; each connection runs the handler.
 	nc -ll -p "$cmd_port" -e /guest/k8s-data.sh serve >/tmp/cmd-server.log 2>&1 &
 fi
-endpoint=
-[ "$csi_port" != 0 ] && endpoint="--csi-endpoint tcp://0.0.0.0:$csi_port"
-[ "$http_port" != 0 ] && endpoint="$endpoint --http-address 0.0.0.0:$http_port"
-restarts=0
-while :; do
-	# shellcheck disable=SC2086
-	csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconfig --test-hooks true $endpoint
-	rc=$?
-	echo "csi-node exited with status $rc"
-	[ "$rc" -eq 0 ] && break
-	restarts=$((restarts + 1))
-	[ $restarts -gt 10 ] && { echo "csi-node keeps dying"; exit 1; }
-	sleep 1
-done
+. /guest/lib.sh
+serve_pool "$node" "$csi_port" 10 "$http_port" || exit 1
 echo "DM-TABLES $(dmsetup ls 2>/dev/null | awk '{print $1}' | tr '\n' ' ')"
 csi-node --list-devices /dev/vda

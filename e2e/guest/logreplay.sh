@@ -7,11 +7,7 @@
 # Args: COUNT EVERY [UNFLUSHED].
 set -u
 count=$1 every=$2 unflushed=${3:-0}
-loop() { # loop N FILE SIZE_MB: a sparse tmpfs file on /dev/loopN
-	[ -b /dev/loop$1 ] || mknod /dev/loop$1 b 7 $1
-	dd if=/dev/zero of=$2 bs=1M count=0 seek=$3 2>/dev/null
-	losetup /dev/loop$1 $2
-}
+. /guest/lib.sh
 insmod /lib/modules/extra/dm-log-writes.ko || { echo "FAIL dm-log-writes: insmod failed"; exit 1; }
 loop 0 /tmp/pool.img 256
 loop 1 /tmp/log.img 2048

@@ -3,7 +3,7 @@
 # csi-node runs its pool on /dev/vda (transaction executor) and serves
 # Identity + Node on a unix socket and on TCP loopback; node_grpc_vmtest
 # plays kubelet against it, with csi-controller on the host (10.0.2.2) making
-# and expanding the volumes. Driven from the host by e2e/guest/node-grpc-host.sh.
+# and expanding the volumes. Driven from the host by e2e/suites/node.sh (e2e/run node).
 # args: NODE_NAME CONTROLLER_PORT
 node=$1 port=$2
 export RUST_LOG=${RUST_LOG:-info}

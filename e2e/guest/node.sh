@@ -8,17 +8,6 @@
 # deaths than that is a crash loop.
 node=$1 csi_port=${2:-0} max_restarts=${3:-30}
 export RUST_LOG=info
-endpoint=
-[ "$csi_port" != 0 ] && endpoint="--csi-endpoint tcp://0.0.0.0:$csi_port"
-restarts=0
-while :; do
-	# shellcheck disable=SC2086
-	csi-node --node-name "$node" --pool-device /dev/vda --kubeconfig /guest/kubeconfig --test-hooks true $endpoint
-	rc=$?
-	echo "csi-node exited with status $rc"
-	[ "$rc" -eq 0 ] && break
-	restarts=$((restarts + 1))
-	[ $restarts -gt "$max_restarts" ] && { echo "csi-node keeps dying"; exit 1; }
-	sleep 1
-done
+. /guest/lib.sh
+serve_pool "$node" "$csi_port" "$max_restarts" || exit 1
 csi-node --list-devices /dev/vda

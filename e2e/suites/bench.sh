@@ -10,7 +10,7 @@
 # its few real checks (CRDs, the nodes' pools), and each measurement that
 # e2e/expected-checks names (bench-measurements) and did not come is a FAIL.
 set -euo pipefail
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 vmtest=$(build_vmtest)
 log=$(mktemp "${TMPDIR:-/tmp}/thin-csi-bench.XXXXXX")
 args=("$@")
@@ -27,12 +27,13 @@ cluster_bench() {
 	local env_out
 	RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-bench-cluster.XXXXXX")
 	cleanup() { stop_node_vms 2>/dev/null || true; "$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true; }
+	trap cleanup EXIT
 	env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || { echo "FAIL control plane up (logs in $RUN/logs)" >>"$log"; cleanup; return; }
 	eval "$env_out"
 	export KUBECONFIG=$RUN/admin.kubeconfig
-	if (cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2); then
-		checked "$log" "cluster_e2e crds" "$CARGO_TARGET_DIR/debug/examples/cluster_e2e" crds >/dev/null
-		checked "$log" "cluster_e2e churn" "$CARGO_TARGET_DIR/debug/examples/cluster_e2e" churn "churn-$$" "${CHURN_N:-100000}" 100 >/dev/null
+	if (cd "$REPO" && cargo build -q -p thin-e2e --bin cluster_e2e >&2); then
+		checked "$log" "cluster_e2e crds" "$CARGO_TARGET_DIR/debug/cluster_e2e" crds >/dev/null
+		checked "$log" "cluster_e2e churn" "$CARGO_TARGET_DIR/debug/cluster_e2e" churn "churn-$$" "${CHURN_N:-100000}" 100 >/dev/null
 		source "$E2E/suites/cluster-nodes.sh"
 		node_tests bench
 	else

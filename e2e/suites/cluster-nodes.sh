@@ -4,16 +4,7 @@
 # csi-node on its own pool and reaching the apiserver through qemu user
 # networking; the controller side (node_e2e) drives them through the API.
 
-node_e2e_step() { # like cluster.sh's step, for node_e2e
-	local out rc=0
-	out=$(mktemp)
-	"$NODE_E2E" "$@" >"$out" 2>>"$RUN/node_e2e.stderr" || rc=$?
-	tee -a "$log" <"$out"
-	if [[ $rc -ne 0 ]] && ! grep -q '^FAIL ' "$out"; then
-		echo "FAIL node_e2e $1 exited $rc (stderr in $RUN/node_e2e.stderr)" | tee -a "$log"
-	fi
-	rm -f "$out"
-}
+node_e2e_step() { run_driver "node_e2e $1" "$NODE_E2E" "$@"; }
 
 # Boots one node VM in the background; its console goes to $RUN/logs/vm-TAG.log
 # (TAG defaults to NODE; a later boot of the same disk takes another tag).
@@ -61,8 +52,6 @@ wait_node_vms() {
 	stop_node_vms
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # The node kill points, in the order a transaction meets them (unreported:
 # after the kernel work, here a commit, before the status write); each runs
 # NODE_CRASH_ROUNDS times, and so do crash-abort (an abort, then killed
@@ -81,7 +70,7 @@ node_tests() {
 	NODE_VM_RESTARTS=$((30 + 8 * node_rounds))
 	NODE_VM_TIMEOUT=$((1800 + 120 * (node_rounds + ctl_rounds - 2)))
 	echo "building csi-node (release, for the VM) and node_e2e" >&2
-	if ! (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 && cargo build -q -p csi-controller --example node_e2e >&2); then
+	if ! (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 && cargo build -q -p thin-e2e --bin node_e2e >&2); then
 		echo "FAIL build csi-node / node_e2e" | tee -a "$log"
 		return
 	fi
@@ -95,11 +84,9 @@ node_tests() {
 			echo "FAIL build csi-controller --features failpoints" | tee -a "$log"
 		fi
 	fi
-	NODE_E2E=$CARGO_TARGET_DIR/debug/examples/node_e2e
+	NODE_E2E=$CARGO_TARGET_DIR/debug/node_e2e
 	NODE_VM_PIDS=() NODE_VM_NAMES=()
-	# cleanup keeps the run dir when the exit status is not 0: hand it on
-	# (as an argument: $? inside the trap is no longer the script's).
-	trap 'nodes_rc=$?; stop_node_vms; cleanup "$nodes_rc"' EXIT
+	suite_stop() { stop_node_vms; } # called first by the suite's cleanup trap
 	node_port=$(free_port)
 	start_node_vm vm-a
 	start_node_vm vm-b vm-b "$node_port" # the controller matrix stages expanded volumes there

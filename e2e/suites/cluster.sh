@@ -10,53 +10,20 @@
 # CTL_CRASH_ROUNDS / NODE_CRASH_ROUNDS (default 1): runs per controller
 # failpoint / node kill point; CLUSTER_FULL=1 (e2e/run cluster-full, 20 of
 # each) also writes bench/results/cluster-crash-<date>.md.
-set -euo pipefail
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 ensure_build_deps
+suite_init cluster
 
-log=$(mktemp)
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-cluster-suite.XXXXXX")
-cleanup() { # [RC]: the exit status, when called from another trap
-	local rc=${1:-$?}
-	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
-	if [[ $rc -eq 0 ]]; then rm -rf "$RUN"; else echo "cluster: run dir kept for its logs: $RUN" >&2; fi
-	rm -f "$log"
-}
-trap cleanup EXIT
-
-echo "building csi-controller example cluster_e2e" >&2
-if ! (cd "$REPO" && cargo build -q -p csi-controller --example cluster_e2e >&2); then
-	echo "FAIL build cluster_e2e" | tee -a "$log"
-	summarize cluster "$log"
-	exit 1
-fi
-BIN=$CARGO_TARGET_DIR/debug/examples/cluster_e2e
+echo "building the cluster_e2e driver" >&2
+(cd "$REPO" && cargo build -q -p thin-e2e --bin cluster_e2e >&2) || fail_now "build cluster_e2e"
+BIN=$CARGO_TARGET_DIR/debug/cluster_e2e
 
 suite_start=$SECONDS
-t0=$(date +%s)
-if env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up"); then
-	eval "$env_out"
-	echo "ok control plane up ($(($(date +%s) - t0)) s, run dir $RUN)" | tee -a "$log"
-else
-	echo "FAIL control plane up (logs in $RUN/logs)" | tee -a "$log"
-	summarize cluster "$log"
-	exit 1
-fi
-export KUBECONFIG=$RUN/admin.kubeconfig
+control_plane_up
 
-# Runs one subcommand of the example; its PASS/FAIL lines go to the log. A
+# One subcommand of the driver: its PASS/FAIL lines go to the log; a
 # non-zero exit that printed no FAIL line (a crash) counts as a failure.
-step() {
-	local out rc=0
-	out=$(mktemp)
-	"$BIN" "$@" >"$out" 2>>"$RUN/cluster_e2e.stderr" || rc=$?
-	cat "$out" | tee -a "$log"
-	if [[ $rc -ne 0 ]] && ! grep -q '^FAIL ' "$out"; then
-		echo "FAIL cluster_e2e $1 exited $rc (stderr in $RUN/cluster_e2e.stderr)" | tee -a "$log"
-	fi
-	rm -f "$out"
-	return 0
-}
+step() { run_driver "cluster_e2e $1" "$BIN" "$@"; }
 
 # (a) CRDs
 step crds
@@ -84,14 +51,14 @@ step reject
 
 # One active controller: a leader and a standby on one Lease; the leader is
 # SIGKILLed mid-run and the standby takes over the allocations.
-if (cd "$REPO" && cargo build -q -p csi-controller --example leader_e2e >&2); then
-	LEADER_E2E=$CARGO_TARGET_DIR/debug/examples/leader_e2e
+if (cd "$REPO" && cargo build -q -p thin-e2e --bin leader_e2e >&2); then
+	LEADER_E2E=$CARGO_TARGET_DIR/debug/leader_e2e
 	lpool=leader-$$
 	step create-pool "$lpool"
-	"$LEADER_E2E" run "$lpool" controller-1 100000 "$RUN/leader-1.txt" >"$RUN/leader-1.out" 2>>"$RUN/leader.stderr" &
+	"$LEADER_E2E" run "$lpool" controller-1 100000 "$RUN/leader-1.txt" >"$RUN/leader-1.out" 2>>"$RUN/logs/leader_e2e.stderr" &
 	l1=$!
 	for _ in $(seq 300); do grep -q '^LEADER' "$RUN/leader-1.out" && break; sleep 0.1; done
-	"$LEADER_E2E" run "$lpool" controller-2 100 "$RUN/leader-2.txt" >"$RUN/leader-2.out" 2>>"$RUN/leader.stderr" &
+	"$LEADER_E2E" run "$lpool" controller-2 100 "$RUN/leader-2.txt" >"$RUN/leader-2.out" 2>>"$RUN/logs/leader_e2e.stderr" &
 	l2=$!
 	for _ in $(seq 300); do [[ $(wc -l <"$RUN/leader-1.txt" 2>/dev/null || echo 0) -ge 60 ]] && break; sleep 0.1; done
 	if grep -q '^STANDBY controller-2' "$RUN/leader-2.out" && ! grep -q '^LEADER' "$RUN/leader-2.out"; then
@@ -105,9 +72,9 @@ if (cd "$REPO" && cargo build -q -p csi-controller --example leader_e2e >&2); th
 	wait "$l2" || l2rc=$?
 	grep -E '^(PASS|FAIL)' "$RUN/leader-2.out" | tee -a "$log" || true
 	if [[ $l2rc -ne 0 ]] && ! grep -q '^FAIL ' "$RUN/leader-2.out"; then
-		echo "FAIL leader_e2e run controller-2 exited $l2rc (stderr in $RUN/leader.stderr)" | tee -a "$log"
+		echo "FAIL leader_e2e run controller-2 exited $l2rc (stderr in $RUN/logs/leader_e2e.stderr)" | tee -a "$log"
 	fi
-	checked "$log" "leader_e2e verify" "$LEADER_E2E" verify "$lpool" "$RUN/leader-1.txt" "$RUN/leader-2.txt" 2>>"$RUN/leader.stderr"
+	run_driver "leader_e2e verify" "$LEADER_E2E" verify "$lpool" "$RUN/leader-1.txt" "$RUN/leader-2.txt"
 else
 	echo "FAIL build leader_e2e" | tee -a "$log"
 fi

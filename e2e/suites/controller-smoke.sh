@@ -13,49 +13,25 @@
 #                                            "controller-smoke: N passed, M failed")
 # Env: SMOKE_FOCUS (ginkgo focus of the controller run, default "Controller Server"),
 #      KEEP_RUN=1 keeps the run dir (logs) even when everything passed.
-set -euo pipefail
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 ensure_build_deps
-
-log=$(mktemp)
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-controller-smoke.XXXXXX")
-CONTROLLER_PID=
-STUB_PID=
+suite_init controller-smoke
 NODE_VM_PIDS=() NODE_VM_NAMES=()
 source "$E2E/suites/cluster-nodes.sh"
-cleanup() {
-	local rc=$?
-	stop_node_vms
-	[[ -n $STUB_PID ]] && kill "$STUB_PID" 2>/dev/null || true
-	if [[ -n $CONTROLLER_PID ]]; then kill "$CONTROLLER_PID" 2>/dev/null || true; wait "$CONTROLLER_PID" 2>/dev/null || true; fi
-	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
-	if [[ $rc -eq 0 && -z ${KEEP_RUN:-} ]]; then rm -rf "$RUN"; else echo "controller-smoke: run dir kept for its logs: $RUN" >&2; fi
-	rm -f "$log"
-}
-trap cleanup EXIT
-fail_now() { echo "FAIL $*" | tee -a "$log"; summarize controller-smoke "$log"; exit 1; }
+suite_stop() { stop_node_vms; }
 
 echo "building csi-node and csi-controller (release)" >&2
 (cd "$REPO" && cargo build -q --release -p csi-node --bin csi-node -p csi-controller --bin csi-controller >&2 &&
-	cargo build -q -p csi-controller --example sanity_node_stub --example csi_e2e >&2) || fail_now "build"
+	cargo build -q -p thin-e2e --bin sanity_node_stub --bin csi_e2e >&2) || fail_now "build"
 CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
 eval "$("$E2E/cluster/build-tools" --print-paths csi-sanity kubectl 2>/dev/null)"
 [[ -x ${CSI_SANITY:-} ]] || fail_now "csi-sanity not built (e2e/cluster/build-tools csi-sanity)"
 
-t0=$(date +%s)
-env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || fail_now "control plane up (logs in $RUN/logs)"
-eval "$env_out"
-export KUBECONFIG=$RUN/admin.kubeconfig
-echo "ok control plane up ($(($(date +%s) - t0)) s)" | tee -a "$log"
+control_plane_up
 
 # csi-controller registers the CRDs, leads, serves CSI on a loopback port.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=${RUST_LOG:-info} "$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity smoke \
-	--csi-endpoint "tcp://127.0.0.1:$port" >"$RUN/logs/csi-controller.out" 2>"$RUN/logs/csi-controller.log" &
-CONTROLLER_PID=$!
-for _ in $(seq 600); do grep -q 'leading' "$RUN/logs/csi-controller.out" 2>/dev/null && break; kill -0 "$CONTROLLER_PID" 2>/dev/null || break; sleep 0.1; done
-grep -q 'leading' "$RUN/logs/csi-controller.out" || fail_now "csi-controller did not lead (log $RUN/logs/csi-controller.log)"
-echo "ok csi-controller leads and serves tcp://127.0.0.1:$port" | tee -a "$log"
+port=$(free_port)
+start_controller smoke "tcp://127.0.0.1:$port"
 
 # One node VM: csi-node runs the pool transactions.
 start_node_vm smoke-node
@@ -80,9 +56,9 @@ echo "PASS node smoke-node registered pool $pool" | tee -a "$log"
 # 1 GiB volumes: the VM's pool has ~1 GiB of data (× the default
 # overprovisioning 10); expand to 2 GiB (a multiple of the 64 KiB block, as
 # sanity checks the returned size for equality).
-stub_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CARGO_TARGET_DIR/debug/examples/sanity_node_stub" "127.0.0.1:$stub_port" >"$RUN/logs/node-stub.log" 2>&1 &
-STUB_PID=$!
+stub_port=$(free_port)
+start_bg node-stub "$CARGO_TARGET_DIR/debug/sanity_node_stub" "127.0.0.1:$stub_port"
+STUB_PID=$BG_PID
 mkdir -p "$RUN/sanity"
 sanity_run() { # NAME NODE_ENDPOINT CONTROLLER_ENDPOINT FOCUS
 	local name=$1 node_ep=$2 ctrl_ep=$3 focus=$4 rc=0 summary ran passed failed
@@ -109,23 +85,23 @@ kill "$STUB_PID" 2>/dev/null || true
 
 # The controller's own rules over gRPC (placement, restore on the source's
 # node, parameters, capacity per node, expansion, volume condition).
-checked "$log" "csi_e2e rules" "$CARGO_TARGET_DIR/debug/examples/csi_e2e" rules "$port" smoke-node "$pool" 2>>"$RUN/logs/csi_e2e.stderr"
+run_driver "csi_e2e rules" "$CARGO_TARGET_DIR/debug/csi_e2e" rules "$port" smoke-node "$pool"
 
 # A second replica stands by: it serves, but is not ready and refuses work.
-sb_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity smoke-standby \
-	--csi-endpoint "tcp://127.0.0.1:$sb_port" >"$RUN/logs/csi-controller-standby.out" 2>"$RUN/logs/csi-controller-standby.log" &
-sb_pid=$!
+sb_port=$(free_port)
+start_bg csi-controller-standby "$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$KUBECONFIG" --identity smoke-standby \
+	--csi-endpoint "tcp://127.0.0.1:$sb_port"
+sb_pid=$BG_PID
 for _ in $(seq 100); do grep -q 'serving CSI' "$RUN/logs/csi-controller-standby.log" 2>/dev/null && break; sleep 0.1; done
-checked "$log" "csi_e2e standby" "$CARGO_TARGET_DIR/debug/examples/csi_e2e" standby "$sb_port" 2>>"$RUN/logs/csi_e2e.stderr"
+run_driver "csi_e2e standby" "$CARGO_TARGET_DIR/debug/csi_e2e" standby "$sb_port"
 kill "$sb_pid" 2>/dev/null || true
 wait "$sb_pid" 2>/dev/null || true
 # The unix socket endpoint (what the sidecars use), on another standby:
 # csi-sanity's Identity tests over it (Probe answers, not ready).
 sock=$RUN/standby-unix/csi.sock
-"$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity smoke-standby-unix \
-	--csi-endpoint "unix://$sock" >"$RUN/logs/csi-controller-unix.out" 2>"$RUN/logs/csi-controller-unix.log" &
-sb_pid=$!
+start_bg csi-controller-unix "$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$KUBECONFIG" --identity smoke-standby-unix \
+	--csi-endpoint "unix://$sock"
+sb_pid=$BG_PID
 for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
 sanity_run identity-unix "unix://$sock" "unix://$sock" "Identity Service"
 kill "$sb_pid" 2>/dev/null || true

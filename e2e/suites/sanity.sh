@@ -3,27 +3,15 @@
 # csi-controller on the host and csi-node in a qemu VM, on a real apiserver.
 # csi-sanity runs inside the VM so that the mount and staging paths it checks
 # are the node's own; it reaches the controller at 10.0.2.2 (the host).
-set -euo pipefail
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 ensure_build_deps
-log=$(mktemp)
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-sanity.XXXXXX")
-CONTROLLER_PID=
-cleanup() {
-	[[ -n $CONTROLLER_PID ]] && kill "$CONTROLLER_PID" 2>/dev/null || true
-	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
-	rm -f "$log"
-}
-trap cleanup EXIT
+suite_init sanity
 
-(cd "$REPO" && cargo build -q --release -p csi-node -p csi-controller >&2) || { echo "FAIL build"; summarize sanity /dev/null 0 1; exit 1; }
+(cd "$REPO" && cargo build -q --release -p csi-node -p csi-controller >&2) || fail_now "build"
 eval "$("$E2E/cluster/build-tools" --print-paths csi-sanity)"
-env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up") || { echo "FAIL control plane up"; summarize sanity /dev/null 0 1; exit 1; }
-eval "$env_out"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CARGO_TARGET_DIR/release/csi-controller" --kubeconfig "$RUN/admin.kubeconfig" --identity sanity \
-	--csi-endpoint "tcp://127.0.0.1:$port" >"$RUN/logs/csi-controller.log" 2>&1 &
-CONTROLLER_PID=$!
+control_plane_up >&2
+port=$(free_port)
+start_controller sanity "tcp://127.0.0.1:$port" >&2
 
 truncate -s 2G "$RUN/node.img"
 rc=0

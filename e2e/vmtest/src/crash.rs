@@ -31,7 +31,7 @@ use thinpool_dm::DmPool;
 
 use crate::logwrites;
 use crate::record::Record;
-use crate::{check_snapshot_data, kernel_txn, Args, Tally};
+use crate::{check_snapshot_data, kernel_txn, Args, Report};
 
 /// Where each stored record version goes besides the record itself.
 pub struct Journal {
@@ -118,7 +118,7 @@ struct Counts {
 /// `replay-log --log DEV --history DIR --replay FILE --replay-device LOOP --cow DEV [--every N]`
 /// FILE is the (zeroed, sparse) file the log is replayed into, LOOP a loop
 /// device over it, DEV a scratch device for the snapshot's exceptions.
-pub fn replay_log(args: &Args, tally: &mut Tally) -> Result<(), String> {
+pub fn replay_log(args: &Args, tally: &mut Report) -> Result<(), String> {
     let log_path = args.path("log")?;
     let history = args.path("history")?;
     let replay_file = args.path("replay")?;
@@ -130,7 +130,7 @@ pub fn replay_log(args: &Args, tally: &mut Tally) -> Result<(), String> {
     let log = match log {
         Ok(log) => log,
         Err(e) => {
-            tally.report("replay: the log parses", Err(e));
+            tally.result("replay: the log parses", Err(e));
             return Ok(());
         }
     };
@@ -146,7 +146,7 @@ pub fn replay_log(args: &Args, tally: &mut Tally) -> Result<(), String> {
         log.sector_size,
         points.len()
     );
-    tally.report(
+    tally.result(
         "replay: the log parses and names every record version",
         if marks == versions && marks > 0 { Ok(()) } else { Err(format!("{marks} record marks in the log, {versions} versions kept")) },
     );
@@ -191,10 +191,7 @@ pub fn replay_log(args: &Args, tally: &mut Tally) -> Result<(), String> {
             check_point(&scratch.node, &record, &mut counts, point + 1 == log.entries.len())
         });
         checked += 1;
-        match result {
-            Ok(what) => println!("PASS {name}: {what}"),
-            Err(why) => tally.report(&name, Err(why)),
-        }
+        tally.check(&name, result);
         let candidates = candidates_after(point);
         let Some(next) = next_point(point).filter(|_| !candidates.is_empty()) else { continue };
         // The record of any moment before the next flush completed.
@@ -230,10 +227,7 @@ pub fn replay_log(args: &Args, tally: &mut Tally) -> Result<(), String> {
                 check_point(&scratch.node, &record, &mut counts, false)
             });
             checked += 1;
-            match result {
-                Ok(what) => println!("PASS {name}: {what}"),
-                Err(why) => tally.report(&name, Err(why)),
-            }
+            tally.check(&name, result);
         }
     }
     println!(

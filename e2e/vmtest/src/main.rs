@@ -2,8 +2,6 @@
 //! Each subcommand prints `PASS <name>` / `FAIL <name>: <why>` lines that
 //! the host-side suite counts (e2e/run engine), or `BENCH ...` lines.
 
-#[path = "../../fail_on_panic.rs"]
-mod fail_on_panic;
 mod bench;
 mod crash;
 mod demo;
@@ -19,6 +17,7 @@ use std::process::{Command, ExitCode};
 use thinpool::cases::{self, Fixture, Session};
 use thinpool::engine::Outcome;
 use thinpool::{commit, recover, Boundary, CommitError, Kernel, Operation, PoolName, Sectors, ThinId, Transaction, TransactionId};
+use report::Report;
 use thinpool_dm::DmPool;
 
 use fixture::DmFixture;
@@ -51,30 +50,6 @@ impl Args {
     }
 }
 
-/// Counts results the way the host suite reads them.
-#[derive(Default)]
-struct Tally {
-    failed: usize,
-}
-
-impl Tally {
-    fn report(&mut self, name: &str, result: Result<(), String>) {
-        match result {
-            Ok(()) => println!("PASS {name}"),
-            Err(why) => {
-                self.failed += 1;
-                println!("FAIL {name}: {why}");
-            }
-        }
-    }
-    fn exit(&self) -> ExitCode {
-        if self.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }
-    }
-}
 
 fn pool_name() -> PoolName {
     PoolName::new("vmtest").expect("valid name")
@@ -101,12 +76,12 @@ fn kernel_txn(pool: &impl Kernel) -> Result<TransactionId, String> {
     Ok(pool.pool_status().map_err(|e| e.to_string())?.working().ok_or("pool failed")?.transaction_id)
 }
 
-fn run_cases(pool: DmPool, tally: &mut Tally) -> Result<DmPool, String> {
+fn run_cases(pool: DmPool, tally: &mut Report) -> Result<DmPool, String> {
     let mut session = Session::new(DmFixture::new(pool), 1)?;
     session.size = THIN_SIZE;
     for (name, case) in cases::all::<DmFixture>() {
         let result = case(&mut session);
-        tally.report(name, result);
+        tally.result(name, result);
         // Leave nothing active between cases, whatever happened.
         for t in session.kernel.active_thins().unwrap_or_default() {
             let _ = session.kernel.resume_thin(t.id);
@@ -117,13 +92,15 @@ fn run_cases(pool: DmPool, tally: &mut Tally) -> Result<DmPool, String> {
 }
 
 /// Tears the pool down and runs thin_check on its metadata.
-fn teardown_and_check(pool: DmPool, tally: &mut Tally) {
+fn teardown_and_check(pool: DmPool, tally: &mut Report) {
     let name = pool.name().clone();
     match pool.teardown() {
-        Err(e) => tally.report("teardown", Err(e.to_string())),
+        Err(e) => {
+            tally.result("teardown", Err(e.to_string()));
+        }
         Ok(area) => {
-            tally.report("teardown", Ok(()));
-            tally.report("thin_check clean after teardown", thin_check(&area, &name));
+            tally.result("teardown", Ok(()));
+            tally.result("thin_check clean after teardown", thin_check(&area, &name));
         }
     }
 }
@@ -144,12 +121,12 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_cases(args: &Args, tally: &mut Report) -> Result<(), String> {
     let pool = match args.0.get("device") {
         Some(device) => {
             let device = Path::new(device);
             let pool = DmPool::create_on_device(device, &pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string())?;
-            tally.report("pool laid out on one device", Ok(()));
+            tally.result("pool laid out on one device", Ok(()));
             pool
         }
         None => DmPool::adopt(&pool_name(), &args.path("meta")?, &args.path("data")?, Sectors(128)).map_err(|e| e.to_string())?,
@@ -160,10 +137,10 @@ fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
     if let Some(device) = args.0.get("device") {
         let device = Path::new(device);
         let found = thinpool_dm::find_pools(&[device.to_path_buf()]);
-        tally.report("pool found again by its header", if found.len() == 1 { Ok(()) } else { Err(format!("found {found:?}")) });
+        tally.result("pool found again by its header", if found.len() == 1 { Ok(()) } else { Err(format!("found {found:?}")) });
         let mut pool = DmPool::open_on_device(device).map_err(|e| e.to_string())?;
         let txn = kernel_txn(&pool)?;
-        tally.report(
+        tally.result(
             "reopening sends no message: same transaction id",
             if txn == txn_before && txn.get() > 0 { Ok(()) } else { Err(format!("{txn_before} before, {txn} after")) },
         );
@@ -181,22 +158,22 @@ fn cmd_cases(args: &Args, tally: &mut Tally) -> Result<(), String> {
             fixture.deactivate_thin(id).map_err(|e| e.to_string())?;
             if seed == 77 { Ok(()) } else { Err(format!("read pattern {seed} after reactivation")) }
         })();
-        tally.report("thin device reactivates with its data after reopen", result);
+        tally.result("thin device reactivates with its data after reopen", result);
         pool = fixture.pool;
-        tally.report("teardown after reopen", pool.teardown().map(drop).map_err(|e| e.to_string()));
+        tally.result("teardown after reopen", pool.teardown().map(drop).map_err(|e| e.to_string()));
     }
     Ok(())
 }
 
 /// Defect 6 on the real kernel: `set_transaction_id` failing once, before
 /// and after it reached the kernel (a test-only wrapper over the real pool).
-fn cmd_commit_point(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_commit_point(args: &Args, tally: &mut Report) -> Result<(), String> {
     let pool = DmPool::create_on_device(&args.path("device")?, &pool_name(), uuid(), Sectors(128)).map_err(|e| e.to_string())?;
     let mut session = Session::new(faulty::FlakyCommitPoint::new(DmFixture::new(pool)), 1)?;
     session.size = THIN_SIZE;
     for (name, case) in cases::commit_point_cases::<faulty::FlakyCommitPoint<DmFixture>>() {
         let result = case(&mut session);
-        tally.report(name, result);
+        tally.result(name, result);
         for t in session.kernel.active_thins().unwrap_or_default() {
             let _ = session.kernel.resume_thin(t.id);
             let _ = session.kernel.deactivate_thin(t.id);
@@ -221,7 +198,7 @@ fn describe_status(pool: &impl Kernel) -> String {
 /// Defect 7 on the real kernel: a pool on a tiny metadata device driven until
 /// its metadata runs out (the shared case), then torn down, checked and
 /// reopened: what the kernel leaves behind.
-fn cmd_exhaust(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_exhaust(args: &Args, tally: &mut Report) -> Result<(), String> {
     let (meta, data) = (args.path("meta")?, args.path("data")?);
     let pool = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
     println!("--- exhaustion pool at start: {}", describe_status(&pool));
@@ -239,30 +216,30 @@ fn cmd_exhaust(args: &Args, tally: &mut Tally) -> Result<(), String> {
         ),
         Err(_) => {}
     }
-    tally.report("metadata exhaustion leaves the pool read-only, the transaction open, devices and data intact", result.map(drop));
+    tally.result("metadata exhaustion leaves the pool read-only, the transaction open, devices and data intact", result.map(drop));
     for t in session.kernel.active_thins().unwrap_or_default() {
         let _ = session.kernel.resume_thin(t.id);
         let _ = session.kernel.deactivate_thin(t.id);
     }
     let pool = session.kernel.pool;
-    tally.report("exhausted pool: teardown", pool.teardown().map(drop).map_err(|e| e.to_string()));
+    tally.result("exhausted pool: teardown", pool.teardown().map(drop).map_err(|e| e.to_string()));
     // Measured: the abort rolled the metadata back to its last commit, so
     // thin_check finds it consistent; only the needs_check flag is left.
-    tally.report("exhausted pool: thin_check clean after teardown", run("thin_check", &[meta.to_str().unwrap()]));
+    tally.result("exhausted pool: thin_check clean after teardown", run("thin_check", &[meta.to_str().unwrap()]));
     let ro = |pool: &DmPool, want_ro: bool| match pool.pool_status() {
         Ok(thinpool::PoolStatus::Working(w)) if want_ro == (w.mode == thinpool::PoolMode::ReadOnly && w.needs_check) => Ok(()),
         other => Err(format!("expected {}, got {other:?}", if want_ro { "read-only with needs_check" } else { "writable without needs_check" })),
     };
     let reopened = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
     println!("--- reopened: {}", describe_status(&reopened));
-    tally.report("exhausted pool reopened stays read-only (needs_check) until repaired", ro(&reopened, true));
+    tally.result("exhausted pool reopened stays read-only (needs_check) until repaired", ro(&reopened, true));
     reopened.teardown().map_err(|e| e.to_string())?;
     // The repair for metadata thin_check finds clean: clear the flag.
     run("thin_check", &["--clear-needs-check-flag", meta.to_str().unwrap()])?;
     let repaired = DmPool::adopt(&pool_name(), &meta, &data, Sectors(128)).map_err(|e| e.to_string())?;
     println!("--- after thin_check --clear-needs-check-flag: {}", describe_status(&repaired));
-    tally.report("exhausted pool writable again after thin_check --clear-needs-check-flag", ro(&repaired, false));
-    tally.report("exhausted pool: teardown after repair", repaired.teardown().map(drop).map_err(|e| e.to_string()));
+    tally.result("exhausted pool writable again after thin_check --clear-needs-check-flag", ro(&repaired, false));
+    tally.result("exhausted pool: teardown after repair", repaired.teardown().map(drop).map_err(|e| e.to_string()));
     Ok(())
 }
 
@@ -286,7 +263,7 @@ fn zero_device(path: &Path) -> Result<(), String> {
 /// out and is rolled back (metadata at n-1, status still n, read-only with
 /// needs_check); 2 or more: the write fails (EIO) and the pool is read-only
 /// before `set_transaction_id` (EOPNOTSUPP).
-fn cmd_commit_rollback(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_commit_rollback(args: &Args, tally: &mut Report) -> Result<(), String> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let (meta, data) = (args.path("meta")?, args.path("data")?);
     let step = args.num("step", 1)? as usize;
@@ -339,7 +316,7 @@ fn cmd_commit_rollback(args: &Args, tally: &mut Tally) -> Result<(), String> {
             (Err(CommitError::PoolUnavailable(_)), _) => Ok(()),
             (Err(e), _) => Err(format!("expected committed or pool unavailable, got {e}")),
         };
-        tally.report(&format!("commit point after {k} blocks written: reported committed only if the metadata holds it"), verdict);
+        tally.result(&format!("commit point after {k} blocks written: reported committed only if the metadata holds it"), verdict);
         if result.is_err() {
             // The repair: thin_check clean, clear the flag, reopen; a new
             // process's executor then finishes 2 from the durable state.
@@ -357,30 +334,30 @@ fn cmd_commit_rollback(args: &Args, tally: &mut Tally) -> Result<(), String> {
                     _ => Err("expected transaction 2 committed once, the kernel at 2 and devices 1 and 2".to_string()),
                 }
             })();
-            tally.report(&format!("commit point after {k} blocks written: repaired and reopened, recovery commits 2 exactly once"), finished);
+            tally.result(&format!("commit point after {k} blocks written: repaired and reopened, recovery commits 2 exactly once"), finished);
         }
     }
     println!("--- acknowledged set_transaction_id rolled back by the kernel in {rolled_back} attempt(s)");
     Ok(())
 }
 
-fn cmd_refuse(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_refuse(args: &Args, tally: &mut Report) -> Result<(), String> {
     let device = args.path("device")?;
     let expect = args.get("expect")?;
     let before = std::fs::read(&device).map_err(|e| e.to_string())?;
     match DmPool::create_on_device(&device, &pool_name(), uuid(), Sectors(128)) {
         Ok(pool) => {
             let _ = pool.teardown();
-            tally.report(&format!("device with {expect} refused"), Err(format!("a pool was created on {}", device.display())));
+            tally.result(&format!("device with {expect} refused"), Err(format!("a pool was created on {}", device.display())));
         }
         Err(e) => {
             let msg = e.to_string();
             let ok = msg.contains(expect) && msg.contains(device.to_str().unwrap());
-            tally.report(&format!("device with {expect} refused"), if ok { Ok(()) } else { Err(format!("error does not name {expect:?} and the device: {msg}")) });
+            tally.result(&format!("device with {expect} refused"), if ok { Ok(()) } else { Err(format!("error does not name {expect:?} and the device: {msg}")) });
         }
     }
     let after = std::fs::read(&device).map_err(|e| e.to_string())?;
-    tally.report(&format!("device with {expect} left untouched"), if before == after { Ok(()) } else { Err("device bytes changed".into()) });
+    tally.result(&format!("device with {expect} left untouched"), if before == after { Ok(()) } else { Err("device bytes changed".into()) });
     Ok(())
 }
 
@@ -551,13 +528,13 @@ fn die_at(at: Boundary) -> impl FnMut(TransactionId, Boundary) {
 }
 
 /// Recovers after a crash and checks every invariant against the record.
-fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, label: &str) -> Result<(), String> {
+fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Report, label: &str) -> Result<(), String> {
     let mut record = Record::load(record_path)?;
     let report = recover(pool, &record.pool, &mut ());
     let report = match report {
         Ok(r) => r,
         Err(e) => {
-            tally.report(&format!("{label}: recovery"), Err(e.to_string()));
+            tally.result(&format!("{label}: recovery"), Err(e.to_string()));
             return Ok(());
         }
     };
@@ -571,16 +548,16 @@ fn recover_and_check(pool: &mut DmPool, record_path: &Path, tally: &mut Tally, l
         None => {}
     }
     record.store(record_path)?;
-    tally.report(&format!("{label}: recovery"), Ok(()));
+    tally.result(&format!("{label}: recovery"), Ok(()));
     let at = kernel_txn(pool)?;
-    tally.report(
+    tally.result(
         &format!("{label}: every transaction ended, kernel at the last one"),
         if at == record.pool.finished && record.pool.pending.is_empty() { Ok(()) } else { Err(format!("kernel at {at}, record {:?}", record.pool)) },
     );
     let suspended: Vec<_> = pool.active_thins().map_err(|e| e.to_string())?.into_iter().filter(|t| t.suspended).collect();
-    tally.report(&format!("{label}: no device left suspended"), if suspended.is_empty() { Ok(()) } else { Err(format!("{suspended:?}")) });
+    tally.result(&format!("{label}: no device left suspended"), if suspended.is_empty() { Ok(()) } else { Err(format!("{suspended:?}")) });
     let devices = pool.list_thin_ids().map_err(|e| e.to_string())?;
-    tally.report(
+    tally.result(
         &format!("{label}: pool devices match the record"),
         if devices == record.live { Ok(()) } else { Err(format!("pool has {devices:?}, record says {:?}", record.live)) },
     );
@@ -608,7 +585,7 @@ fn describe_recovery(report: &thinpool::engine::RecoveryReport) -> String {
     words.join("; ")
 }
 
-fn cmd_recover(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_recover(args: &Args, tally: &mut Report) -> Result<(), String> {
     let mut pool = DmPool::open_on_device(&args.path("device")?).map_err(|e| e.to_string())?;
     recover_and_check(&mut pool, &args.path("record")?, tally, args.get("label").unwrap_or("recover"))
 }
@@ -663,10 +640,10 @@ fn check_snapshot_data(pool: &mut DmPool, record: &Record, newest: usize) -> Res
     Ok(if seen.is_empty() { "no snapshot yet".into() } else { seen.join(" ") })
 }
 
-fn cmd_powercheck(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_powercheck(args: &Args, tally: &mut Report) -> Result<(), String> {
     let candidates: Vec<PathBuf> = args.get("candidates")?.split(',').map(PathBuf::from).collect();
     let found = thinpool_dm::find_pools(&candidates);
-    tally.report("after power-off: pool found by its header", if found.len() == 1 { Ok(()) } else { Err(format!("found {found:?}")) });
+    tally.result("after power-off: pool found by its header", if found.len() == 1 { Ok(()) } else { Err(format!("found {found:?}")) });
     let Some((device, _)) = found.into_iter().next() else { return Ok(()) };
     let mut pool = DmPool::open_on_device(&device).map_err(|e| e.to_string())?;
     println!("after power-off: kernel at {}", kernel_txn(&pool)?);
@@ -680,13 +657,13 @@ fn cmd_powercheck(args: &Args, tally: &mut Tally) -> Result<(), String> {
     if let Ok(seen) = &data {
         println!("after power-off: snapshot data {seen}");
     }
-    tally.report("after power-off: snapshot data as at snapshot time", data.map(drop));
+    tally.result("after power-off: snapshot data as at snapshot time", data.map(drop));
     teardown_and_check(pool, tally);
     Ok(())
 }
 
 /// Deactivates everything, tears the pool down and checks its metadata.
-fn cmd_finish(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_finish(args: &Args, tally: &mut Report) -> Result<(), String> {
     let mut pool = DmPool::open_on_device(&args.path("device")?).map_err(|e| e.to_string())?;
     for t in pool.active_thins().map_err(|e| e.to_string())? {
         pool.deactivate_thin(t.id).map_err(|e| e.to_string())?;
@@ -696,14 +673,14 @@ fn cmd_finish(args: &Args, tally: &mut Tally) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    fail_on_panic::install();
+    report::install_panic_hook();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
         eprintln!("usage: thin-vmtest cases|refuse|commit-point|exhaust|crash|recover|group-crash|group-recover|finish|powerrun|powercheck|replay-log|demo|bench [--option value]...");
         return ExitCode::from(2);
     };
-    let mut tally = Tally::default();
+    let mut tally = Report::default();
     let result = Args::parse(rest).and_then(|args| match command.as_str() {
         "cases" => cmd_cases(&args, &mut tally),
         "refuse" => cmd_refuse(&args, &mut tally),
@@ -723,8 +700,8 @@ fn main() -> ExitCode {
         other => Err(format!("unknown command {other:?}")),
     });
     if let Err(why) = result {
-        println!("FAIL {command}: {why}");
+        tally.fail(command, why);
         return ExitCode::FAILURE;
     }
-    tally.exit()
+    tally.exit_code()
 }

@@ -15,8 +15,6 @@
 //! Each check prints `PASS name (detail)` or `FAIL name (why)`; `---` lines
 //! are the harness's notes (which attempt failed how, what was injected).
 
-#[path = "../../../fail_on_panic.rs"]
-mod fail_on_panic;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -30,6 +28,7 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::*;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use report::Report;
 use serde_json::json;
 use thin_csi_api::{hooks, object_name, AbortReason, PoolHealth, ThinPool, ThinSnapshot, ThinVolume};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -486,22 +485,9 @@ async fn pool_of(ctx: &Ctx, node: &str) -> Result<String> {
     }
 }
 
-fn report(name: &str, r: &Result<String>) -> bool {
-    match r {
-        Ok(d) => {
-            println!("PASS {name} ({d})");
-            true
-        }
-        Err(e) => {
-            println!("FAIL {name} ({e})");
-            false
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    fail_on_panic::install();
+    let mut rep = Report::start();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let client = match thin_csi_api::client::connect_default().await {
@@ -513,10 +499,10 @@ async fn main() -> ExitCode {
     };
     let ctx = Ctx { pools: Api::all(client.clone()), volumes: Api::all(client.clone()), snapshots: Api::all(client) };
     let ok = match argv.as_slice() {
-        ["pool", node] => report("the node registered its pool through the proxy", &pool_of(&ctx, node).await),
+        ["pool", node] => rep.check("the node registered its pool through the proxy", pool_of(&ctx, node).await),
         ["settled", pool] => {
             let r = ctx.settled(pool, Duration::from_secs(60)).await.map(|n| format!("transactions 1..={n} each ended once; kernel at {n}"));
-            report("transaction ids dense, the pool not stuck", &r)
+            rep.check("transaction ids dense, the pool not stuck", r)
         }
         ["run", control, port, pool, node, state, filter @ ..] => {
             let run = Run { ctx: &ctx, control, csi: port, pool, node, state };
@@ -528,7 +514,7 @@ async fn main() -> ExitCode {
                 }
                 println!("--- {name}: rule {}", sc.rule(pool, "<object>"));
                 let _ = std::io::stdout().flush();
-                ok &= report(&name, &run.scenario(i, sc).await);
+                ok &= rep.check(&name, run.scenario(i, sc).await);
                 let _ = std::io::stdout().flush();
             }
             let _ = set_rules(control, &[]).await;
@@ -537,7 +523,7 @@ async fn main() -> ExitCode {
         ["final", pool, state, devices] => {
             let mut ok = true;
             for (name, r) in final_check(&ctx, pool, state, devices).await {
-                ok &= report(&name, &r);
+                ok &= rep.check(&name, r);
             }
             ok
         }

@@ -9,10 +9,7 @@
 //! Prints `PASS <name>` / `FAIL <name>: <why>` lines and exits 1 if anything
 //! failed.
 
-#[path = "../../e2e/fail_on_panic.rs"]
-mod fail_on_panic;
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -27,39 +24,9 @@ use csi_proto::v1::*;
 use tonic::transport::Channel;
 use tonic::Code;
 
-type Check = Result<(), String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
+use report::{ensure, Check, Report};
 
 const MIB: i64 = 1 << 20;
-
-struct Suite {
-    passed: u32,
-    failed: u32,
-}
-
-impl Suite {
-    async fn check<F: Future<Output = Check>>(&mut self, name: &str, f: F) -> bool {
-        match f.await {
-            Ok(()) => {
-                println!("PASS {name}");
-                self.passed += 1;
-                true
-            }
-            Err(why) => {
-                println!("FAIL {name}: {why}");
-                self.failed += 1;
-                false
-            }
-        }
-    }
-}
 
 #[derive(Clone)]
 struct T {
@@ -247,7 +214,6 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    fail_on_panic::install();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -270,37 +236,32 @@ async fn main() -> ExitCode {
         node_name: args.node.clone(),
         work: args.work.clone(),
     };
-    let mut s = Suite { passed: 0, failed: 0 };
+    let mut s = Report::start();
     run(&t, &mut s).await;
-    println!("node_grpc_vmtest: {} passed, {} failed", s.passed, s.failed);
-    if s.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    s.finish("node_grpc_vmtest")
 }
 
-async fn run(t: &T, s: &mut Suite) {
+async fn run(t: &T, s: &mut Report) {
     // ---- identity, info, capabilities
-    s.check("GetPluginInfo names thin.csi.io", async {
+    s.case_async("GetPluginInfo names thin.csi.io", async {
         let r = t.ident.clone().get_plugin_info(GetPluginInfoRequest {}).await.map_err(st)?.into_inner();
         ensure!(r.name == "thin.csi.io" && !r.vendor_version.is_empty(), "{r:?}");
         Ok(())
     })
     .await;
-    s.check("Probe: ready (pool active, API reachable)", async {
+    s.case_async("Probe: ready (pool active, API reachable)", async {
         let r = t.ident.clone().probe(ProbeRequest {}).await.map_err(st)?.into_inner();
         ensure!(r.ready == Some(true), "{r:?}");
         Ok(())
     })
     .await;
-    s.check("GetPluginCapabilities: the plugin's, as csi-controller reports them", async {
+    s.case_async("GetPluginCapabilities: the plugin's, as csi-controller reports them", async {
         let r = t.ident.clone().get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.map_err(st)?.into_inner();
         ensure!(r.capabilities == csi_contract::plugin::capabilities(), "{r:?}");
         Ok(())
     })
     .await;
-    s.check("NodeGetInfo: node id, topology key, max volumes", async {
+    s.case_async("NodeGetInfo: node id, topology key, max volumes", async {
         let r = t.node.clone().node_get_info(NodeGetInfoRequest {}).await.map_err(st)?.into_inner();
         ensure!(r.node_id == t.node_name, "node id {}", r.node_id);
         let seg = r.accessible_topology.map(|t| t.segments).unwrap_or_default();
@@ -309,7 +270,7 @@ async fn run(t: &T, s: &mut Suite) {
         Ok(())
     })
     .await;
-    s.check("NodeGetCapabilities: stage, stats, expand, condition", async {
+    s.case_async("NodeGetCapabilities: stage, stats, expand, condition", async {
         let r = t.node.clone().node_get_capabilities(NodeGetCapabilitiesRequest {}).await.map_err(st)?.into_inner();
         let mut types: Vec<i32> = r
             .capabilities
@@ -329,24 +290,24 @@ async fn run(t: &T, s: &mut Suite) {
     let a = match t.create("vm-ext4", 64 * MIB, mount_cap("ext4", Mode::SingleNodeWriter)).await {
         Ok(v) => v,
         Err(e) => {
-            s.check("CreateVolume ext4 (controller)", async { Err::<(), _>(e) }).await;
+            s.case_async("CreateVolume ext4 (controller)", async { Err::<(), _>(e) }).await;
             return;
         }
     };
     let pod1 = t.path("pods/1/volumes/vm-ext4/mount");
     let pod2 = t.path("pods/2/volumes/vm-ext4/mount");
-    s.check("stage ext4: formatted and mounted at the staging path", async {
+    s.case_async("stage ext4: formatted and mounted at the staging path", async {
         t.stage(&a).await.map_err(st)?;
         ensure!(is_mounted(&a.staging), "staging path not a mount point");
         Ok(())
     })
     .await;
-    s.check("stage again: idempotent", async { t.stage(&a).await.map_err(st) }).await;
-    s.check("stage again read-only at the same path: ALREADY_EXISTS", async {
+    s.case_async("stage again: idempotent", async { t.stage(&a).await.map_err(st) }).await;
+    s.case_async("stage again read-only at the same path: ALREADY_EXISTS", async {
         expect_code(t.stage_with(&a, &a.staging, mount_cap("ext4", Mode::SingleNodeReaderOnly)).await, Code::AlreadyExists, "")
     })
     .await;
-    s.check("publish creates the target and binds it; write a file (fsync)", async {
+    s.case_async("publish creates the target and binds it; write a file (fsync)", async {
         ensure!(!pod1.exists(), "target exists before publish");
         t.publish(&a, &pod1, false).await.map_err(st)?;
         ensure!(is_mounted(&pod1), "target not mounted");
@@ -354,7 +315,7 @@ async fn run(t: &T, s: &mut Suite) {
         t.publish(&a, &pod1, false).await.map_err(|e| format!("second publish: {}", st(e)))
     })
     .await;
-    s.check("read-only publish refuses writes; the file is visible", async {
+    s.case_async("read-only publish refuses writes; the file is visible", async {
         t.publish(&a, &pod2, true).await.map_err(st)?;
         ensure!(read_file(&pod2.join("data"))? == b"thin-csi node test\n", "content differs");
         match std::fs::File::create(pod2.join("nope")) {
@@ -364,7 +325,7 @@ async fn run(t: &T, s: &mut Suite) {
         expect_code(t.publish(&a, &pod2, false).await, Code::AlreadyExists, "")
     })
     .await;
-    s.check("stats of a mount: bytes and inodes, condition normal", async {
+    s.case_async("stats of a mount: bytes and inodes, condition normal", async {
         let r = t.stats(&a.id, &pod1).await.map_err(st)?;
         let b = usage(&r, volume_usage::Unit::Bytes).ok_or("no bytes")?;
         let i = usage(&r, volume_usage::Unit::Inodes).ok_or("no inodes")?;
@@ -375,13 +336,13 @@ async fn run(t: &T, s: &mut Suite) {
         Ok(())
     })
     .await;
-    s.check("unstage while published: FAILED_PRECONDITION, still staged", async {
+    s.case_async("unstage while published: FAILED_PRECONDITION, still staged", async {
         expect_code(t.unstage(&a).await, Code::FailedPrecondition, "")?;
         ensure!(is_mounted(&a.staging) && thin_active(&a.id), "staging gone after a refused unstage");
         Ok(())
     })
     .await;
-    s.check("expand online ext4 64 -> 128 MiB while published", async {
+    s.case_async("expand online ext4 64 -> 128 MiB while published", async {
         let cap = t.expand(&a, &pod1, 128 * MIB).await?;
         ensure!(cap == 128 * MIB, "NodeExpandVolume said {cap}");
         let b = usage(&t.stats(&a.id, &pod1).await.map_err(st)?, volume_usage::Unit::Bytes).ok_or("no bytes")?;
@@ -392,7 +353,7 @@ async fn run(t: &T, s: &mut Suite) {
         Ok(())
     })
     .await;
-    s.check("unpublish removes the target; repeated: ok", async {
+    s.case_async("unpublish removes the target; repeated: ok", async {
         for p in [&pod1, &pod2] {
             t.unpublish(&a, p).await.map_err(st)?;
             ensure!(!p.exists(), "{} still exists", p.display());
@@ -401,7 +362,7 @@ async fn run(t: &T, s: &mut Suite) {
         Ok(())
     })
     .await;
-    s.check("unstage: unmounted, device deactivated; repeated: ok", async {
+    s.case_async("unstage: unmounted, device deactivated; repeated: ok", async {
         t.unstage(&a).await.map_err(st)?;
         ensure!(!is_mounted(&a.staging), "staging still mounted");
         ensure!(!thin_active(&a.id), "thin device still active: {:?}", dm_names());
@@ -409,7 +370,7 @@ async fn run(t: &T, s: &mut Suite) {
         expect_code(t.stats(&a.id, &a.staging).await, Code::NotFound, "not staged")
     })
     .await;
-    s.check("stage as xfs over the ext4 volume: refused, nothing formatted", async {
+    s.case_async("stage as xfs over the ext4 volume: refused, nothing formatted", async {
         let r = t.stage_with(&a, &a.staging, mount_cap("xfs", Mode::SingleNodeWriter)).await;
         expect_code(r, Code::FailedPrecondition, "refusing to format")?;
         ensure!(!is_mounted(&a.staging), "mounted anyway");
@@ -417,7 +378,7 @@ async fn run(t: &T, s: &mut Suite) {
         Ok(())
     })
     .await;
-    s.check("stage again: the data is there, not reformatted, the size is the expanded one", async {
+    s.case_async("stage again: the data is there, not reformatted, the size is the expanded one", async {
         t.stage(&a).await.map_err(st)?;
         t.publish(&a, &pod1, false).await.map_err(st)?;
         ensure!(read_file(&pod1.join("data"))? == b"thin-csi node test\n", "the file is gone or differs");
@@ -431,11 +392,11 @@ async fn run(t: &T, s: &mut Suite) {
     // ---- xfs
     match t.create("vm-xfs", 512 * MIB, mount_cap("xfs", Mode::SingleNodeWriter)).await {
         Err(e) => {
-            s.check("CreateVolume xfs (controller)", async { Err::<(), _>(e) }).await;
+            s.case_async("CreateVolume xfs (controller)", async { Err::<(), _>(e) }).await;
         }
         Ok(x) => {
             let px = t.path("pods/3/volumes/vm-xfs/mount");
-            s.check("xfs: stage, publish, write, stats", async {
+            s.case_async("xfs: stage, publish, write, stats", async {
                 t.stage(&x).await.map_err(st)?;
                 t.publish(&x, &px, false).await.map_err(st)?;
                 write_file(&px.join("data"), b"xfs data\n")?;
@@ -447,7 +408,7 @@ async fn run(t: &T, s: &mut Suite) {
                 Ok(())
             })
             .await;
-            s.check("xfs: expand online 512 -> 640 MiB", async {
+            s.case_async("xfs: expand online 512 -> 640 MiB", async {
                 let before = usage(&t.stats(&x.id, &px).await.map_err(st)?, volume_usage::Unit::Bytes).ok_or("no bytes")?;
                 let cap = t.expand(&x, &px, 640 * MIB).await?;
                 ensure!(cap == 640 * MIB, "said {cap}");
@@ -458,7 +419,7 @@ async fn run(t: &T, s: &mut Suite) {
                 Ok(())
             })
             .await;
-            s.check("xfs: unpublish, unstage, stage again keeps the data", async {
+            s.case_async("xfs: unpublish, unstage, stage again keeps the data", async {
                 t.unpublish(&x, &px).await.map_err(st)?;
                 t.unstage(&x).await.map_err(st)?;
                 ensure!(!thin_active(&x.id), "still active");
@@ -469,18 +430,18 @@ async fn run(t: &T, s: &mut Suite) {
                 t.unstage(&x).await.map_err(st)
             })
             .await;
-            s.check("xfs: DeleteVolume after unstage", async { t.delete(&x).await }).await;
+            s.case_async("xfs: DeleteVolume after unstage", async { t.delete(&x).await }).await;
         }
     }
 
     // ---- raw block
     match t.create("vm-block", 64 * MIB, block_cap()).await {
         Err(e) => {
-            s.check("CreateVolume block (controller)", async { Err::<(), _>(e) }).await;
+            s.case_async("CreateVolume block (controller)", async { Err::<(), _>(e) }).await;
         }
         Ok(b) => {
             let pb = t.path("pods/4/volumeDevices/vm-block/dev");
-            s.check("block: stage activates, publish binds the device node onto a file", async {
+            s.case_async("block: stage activates, publish binds the device node onto a file", async {
                 t.stage(&b).await.map_err(st)?;
                 ensure!(thin_active(&b.id), "not active after stage");
                 t.publish(&b, &pb, false).await.map_err(st)?;
@@ -499,18 +460,18 @@ async fn run(t: &T, s: &mut Suite) {
                 Ok(())
             })
             .await;
-            s.check("block: read-only publish is INVALID_ARGUMENT naming readonly", async {
+            s.case_async("block: read-only publish is INVALID_ARGUMENT naming readonly", async {
                 expect_code(t.publish(&b, &t.path("pods/5/dev"), true).await, Code::InvalidArgument, "readonly")
             })
             .await;
-            s.check("block: stats report the device size", async {
+            s.case_async("block: stats report the device size", async {
                 let r = t.stats(&b.id, &pb).await.map_err(st)?;
                 let u = usage(&r, volume_usage::Unit::Bytes).ok_or("no bytes")?;
                 ensure!(u.total == 64 * MIB, "total {}", u.total);
                 Ok(())
             })
             .await;
-            s.check("block: expand 64 -> 128 MiB, the device grows", async {
+            s.case_async("block: expand 64 -> 128 MiB, the device grows", async {
                 let cap = t.expand(&b, &pb, 128 * MIB).await?;
                 ensure!(cap == 128 * MIB, "said {cap}");
                 let size = csi_node::fs::block_device_size(&pb).map_err(|e| e.to_string())?;
@@ -518,7 +479,7 @@ async fn run(t: &T, s: &mut Suite) {
                 Ok(())
             })
             .await;
-            s.check("block: unstage while bound is refused; unpublish removes the file; unstage; data kept", async {
+            s.case_async("block: unstage while bound is refused; unpublish removes the file; unstage; data kept", async {
                 expect_code(t.unstage(&b).await, Code::FailedPrecondition, "")?;
                 t.unpublish(&b, &pb).await.map_err(st)?;
                 ensure!(!pb.exists(), "target file still exists");
@@ -536,14 +497,14 @@ async fn run(t: &T, s: &mut Suite) {
                 t.unstage(&b).await.map_err(st)
             })
             .await;
-            s.check("block: DeleteVolume after unstage", async { t.delete(&b).await }).await;
+            s.case_async("block: DeleteVolume after unstage", async { t.delete(&b).await }).await;
         }
     }
 
     // ---- bad input: exact codes
     let pool = a.id.rsplit_once(':').map(|(p, _)| p.to_string()).unwrap_or_default();
     let ghost = Vol { id: format!("{pool}:4242"), context: HashMap::new(), cap: mount_cap("ext4", Mode::SingleNodeWriter), staging: t.path("plugins/staging/ghost") };
-    s.check("errors: missing fields are INVALID_ARGUMENT naming the field", async {
+    s.case_async("errors: missing fields are INVALID_ARGUMENT naming the field", async {
         let mut n = t.node.clone();
         let cap = Some(mount_cap("ext4", Mode::SingleNodeWriter));
         let stage = |id: &str, path: &str, cap: Option<VolumeCapability>| NodeStageVolumeRequest {
@@ -570,7 +531,7 @@ async fn run(t: &T, s: &mut Suite) {
         expect_code(n.node_expand_volume(expand).await, Code::InvalidArgument, "volume_path")
     })
     .await;
-    s.check("errors: unknown volumes are NOT_FOUND", async {
+    s.case_async("errors: unknown volumes are NOT_FOUND", async {
         let bogus = Vol { id: "some-vol-id".into(), ..ghost.clone_shallow() };
         expect_code(t.stage(&bogus).await, Code::NotFound, "")?;
         let other_pool = Vol { id: "0123456789abcdef0123456789abcdef:3".into(), ..ghost.clone_shallow() };
@@ -583,20 +544,20 @@ async fn run(t: &T, s: &mut Suite) {
         expect_code(t.node.clone().node_expand_volume(expand).await, Code::NotFound, "")
     })
     .await;
-    s.check("errors: publish before stage is FAILED_PRECONDITION", async {
+    s.case_async("errors: publish before stage is FAILED_PRECONDITION", async {
         expect_code(t.publish(&a, &t.path("pods/6/mount"), false).await, Code::FailedPrecondition, "not staged")
     })
     .await;
-    s.check("ext4: DeleteVolume after unstage", async { t.delete(&a).await }).await;
+    s.case_async("ext4: DeleteVolume after unstage", async { t.delete(&a).await }).await;
 
     // ---- a pool out of data space: the condition turns abnormal
     match t.create("vm-fill", 2048 * MIB, block_cap()).await {
         Err(e) => {
-            s.check("CreateVolume 2 GiB on a 1 GiB pool (controller)", async { Err::<(), _>(e) }).await;
+            s.case_async("CreateVolume 2 GiB on a 1 GiB pool (controller)", async { Err::<(), _>(e) }).await;
         }
         Ok(f) => {
             let pf = t.path("pods/7/volumeDevices/vm-fill/dev");
-            s.check("fill the pool: writes fail, the volume condition is abnormal (out of data space)", async {
+            s.case_async("fill the pool: writes fail, the volume condition is abnormal (out of data space)", async {
                 t.stage(&f).await.map_err(st)?;
                 t.publish(&f, &pf, false).await.map_err(st)?;
                 let before = t.stats(&f.id, &pf).await.map_err(st)?.volume_condition.ok_or("no condition")?;
@@ -607,7 +568,7 @@ async fn run(t: &T, s: &mut Suite) {
                 Ok(())
             })
             .await;
-            s.check("the full volume unpublished, unstaged and deleted", async {
+            s.case_async("the full volume unpublished, unstaged and deleted", async {
                 t.unpublish(&f, &pf).await.map_err(st)?;
                 t.unstage(&f).await.map_err(st)?;
                 t.delete(&f).await

@@ -9,8 +9,6 @@
 //! `PASS <name>` / `FAIL <name>: <why>` lines and exits 1 if anything
 //! failed.
 
-#[path = "../../e2e/fail_on_panic.rs"]
-mod fail_on_panic;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -23,35 +21,7 @@ use csi_node::fs::{
     UnmountOutcome,
 };
 
-type Check = Result<(), String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
-
-struct Suite {
-    failed: usize,
-    passed: usize,
-}
-
-impl Suite {
-    fn check(&mut self, name: &str, f: impl FnOnce() -> Check) {
-        match f() {
-            Ok(()) => {
-                self.passed += 1;
-                println!("PASS {name}");
-            }
-            Err(why) => {
-                self.failed += 1;
-                println!("FAIL {name}: {why}");
-            }
-        }
-    }
-}
+use report::{ensure, Check, Report};
 
 fn e(err: FsError) -> String {
     format!("unexpected error: {err}")
@@ -175,7 +145,6 @@ fn write_file(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
 const MIB: u64 = 1 << 20;
 
 fn main() -> ExitCode {
-    fail_on_panic::install();
     let args = match parse_args() {
         Ok(a) => a,
         Err(why) => {
@@ -183,7 +152,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut t = Suite { failed: 0, passed: 0 };
+    let mut t = Report::start();
     let (ext4_dev, ext4_file) = (&args.ext4.0, &args.ext4.1);
     let (xfs_dev, xfs_file) = (&args.xfs.0, &args.xfs.1);
     let w = |p: &str| args.work.join(p);
@@ -192,32 +161,32 @@ fn main() -> ExitCode {
     let block_target = w("pods/d/volumeDevices/raw");
 
     // ---- probe and format
-    t.check("probe of a zeroed device is none", || {
+    t.case("probe of a zeroed device is none", || {
         for dev in [ext4_dev, xfs_dev, &args.raw] {
             let found = probe_filesystem(dev).map_err(e)?;
             ensure!(found.is_none(), "{} probed as {found:?}", dev.display());
         }
         Ok(())
     });
-    t.check("block_device_size is the loop's backing file size", || {
+    t.case("block_device_size is the loop's backing file size", || {
         let size = block_device_size(ext4_dev).map_err(e)?;
         let len = std::fs::metadata(ext4_file).map_err(|err| err.to_string())?.len();
         ensure!(size == len && size > 0, "BLKGETSIZE64 says {size}, the file is {len}");
         Ok(())
     });
-    t.check("format ext4 on an empty device", || {
+    t.case("format ext4 on an empty device", || {
         let got = format_if_empty(ext4_dev, &FsType::Ext4, &[]).map_err(e)?;
         ensure!(got == FormatOutcome::Formatted, "got {got:?}");
         let found = probe_filesystem(ext4_dev).map_err(e)?;
         ensure!(found == Some(FsType::Ext4), "probe says {found:?} after mkfs");
         Ok(())
     });
-    t.check("format ext4 again is AlreadyFormatted", || {
+    t.case("format ext4 again is AlreadyFormatted", || {
         let got = format_if_empty(ext4_dev, &FsType::Ext4, &[]).map_err(e)?;
         ensure!(got == FormatOutcome::AlreadyFormatted(FsType::Ext4), "got {got:?}");
         Ok(())
     });
-    t.check("format xfs over ext4 is refused and the device untouched", || {
+    t.case("format xfs over ext4 is refused and the device untouched", || {
         let before = head(ext4_dev)?;
         let err = format_if_empty(ext4_dev, &FsType::Xfs, &[]).err().ok_or("formatted over ext4")?;
         ensure!(
@@ -229,7 +198,7 @@ fn main() -> ExitCode {
         println!("  message: {err}");
         Ok(())
     });
-    t.check("format xfs on an empty device", || {
+    t.case("format xfs on an empty device", || {
         let got = format_if_empty(xfs_dev, &FsType::Xfs, &[]).map_err(e)?;
         ensure!(got == FormatOutcome::Formatted, "got {got:?}");
         let found = probe_filesystem(xfs_dev).map_err(e)?;
@@ -240,7 +209,7 @@ fn main() -> ExitCode {
         ensure!(matches!(err, FsError::FormatMismatch { found: FsType::Xfs, .. }), "wrong error: {err}");
         Ok(())
     });
-    t.check("unrecognised data is never formatted", || {
+    t.case("unrecognised data is never formatted", || {
         let f = OpenOptions::new().write(true).open(&args.foreign).map_err(|err| err.to_string())?;
         f.write_all_at(b"precious data", 123_456).map_err(|err| err.to_string())?;
         f.sync_all().map_err(|err| err.to_string())?;
@@ -256,7 +225,7 @@ fn main() -> ExitCode {
         ensure!(&back[576..576 + 13] == b"precious data", "the data changed");
         Ok(())
     });
-    t.check("a signature only blkid knows (erofs) is named and refused", || {
+    t.case("a signature only blkid knows (erofs) is named and refused", || {
         let f = OpenOptions::new().write(true).open(&args.foreign).map_err(|err| err.to_string())?;
         f.write_all_at(&[0u8; 4096], 122_880).map_err(|err| err.to_string())?;
         f.write_all_at(&[0xe2, 0xe1, 0xf5, 0xe0], 1024).map_err(|err| err.to_string())?;
@@ -268,7 +237,7 @@ fn main() -> ExitCode {
         ensure!(err.to_string().contains("erofs"), "message does not name it: {err}");
         Ok(())
     });
-    t.check("swap and LVM labels are refused", || {
+    t.case("swap and LVM labels are refused", || {
         let out = Command::new("mkswap").arg(&args.foreign).output().map_err(|err| format!("mkswap: {err}"))?;
         ensure!(out.status.success(), "mkswap failed: {}", String::from_utf8_lossy(&out.stderr));
         let found = probe_filesystem(&args.foreign).map_err(e)?;
@@ -284,7 +253,7 @@ fn main() -> ExitCode {
     });
 
     // ---- mount and bind
-    t.check("mount ext4 (creates the target), then again is AlreadyMounted", || {
+    t.case("mount ext4 (creates the target), then again is AlreadyMounted", || {
         let got = mount(ext4_dev, &stage4, &FsType::Ext4, false, &[]).map_err(e)?;
         ensure!(got == MountOutcome::Mounted, "first: {got:?}");
         ensure!(is_mount_point(&stage4).map_err(e)?, "not a mount point after mount");
@@ -293,19 +262,19 @@ fn main() -> ExitCode {
         write_file(&stage4.join("hello"), b"staged", true).map_err(|err| format!("writing: {err}"))?;
         Ok(())
     });
-    t.check("mount of the same device read-only over a read-write mount is refused", || {
+    t.case("mount of the same device read-only over a read-write mount is refused", || {
         let err = mount(ext4_dev, &stage4, &FsType::Ext4, true, &[]).err().ok_or("accepted")?;
         ensure!(matches!(err, FsError::IncompatibleMount { .. }), "wrong error: {err}");
         println!("  message: {err}");
         Ok(())
     });
-    t.check("mount of another device where one is mounted is refused", || {
+    t.case("mount of another device where one is mounted is refused", || {
         let err = mount(xfs_dev, &stage4, &FsType::Xfs, false, &[]).err().ok_or("accepted")?;
         ensure!(matches!(err, FsError::MountConflict { .. }), "wrong error: {err}");
         println!("  message: {err}");
         Ok(())
     });
-    t.check("mount xfs with options nosuid,noatime and a filesystem option", || {
+    t.case("mount xfs with options nosuid,noatime and a filesystem option", || {
         let opts = vec!["nosuid,noatime".to_string(), "nouuid".to_string()];
         let got = mount(xfs_dev, &stagex, &FsType::Xfs, false, &opts).map_err(e)?;
         ensure!(got == MountOutcome::Mounted, "got {got:?}");
@@ -320,7 +289,7 @@ fn main() -> ExitCode {
         ensure!(matches!(err, FsError::IncompatibleMount { .. }), "wrong error: {err}");
         Ok(())
     });
-    t.check("bind mount read-write: writes show in the staged volume", || {
+    t.case("bind mount read-write: writes show in the staged volume", || {
         let got = bind_mount(&stage4, &pub4_rw, false).map_err(e)?;
         ensure!(got == MountOutcome::Mounted, "got {got:?}");
         write_file(&pub4_rw.join("via-bind"), b"published", true).map_err(|err| format!("writing: {err}"))?;
@@ -330,7 +299,7 @@ fn main() -> ExitCode {
         ensure!(again == MountOutcome::AlreadyMounted, "second: {again:?}");
         Ok(())
     });
-    t.check("read-only bind mount: a write fails with EROFS, the stage stays writable", || {
+    t.case("read-only bind mount: a write fails with EROFS, the stage stays writable", || {
         let got = bind_mount(&stage4, &pub4_ro, true).map_err(e)?;
         ensure!(got == MountOutcome::Mounted, "got {got:?}");
         let back = std::fs::read(pub4_ro.join("hello")).map_err(|err| format!("reading: {err}"))?;
@@ -354,7 +323,7 @@ fn main() -> ExitCode {
         ensure!(matches!(err, FsError::MountConflict { .. }), "wrong error: {err}");
         Ok(())
     });
-    t.check("read-only bind keeps the stage's nosuid,noatime", || {
+    t.case("read-only bind keeps the stage's nosuid,noatime", || {
         bind_mount(&stagex, &pubx_ro, true).map_err(e)?;
         let mounts = read_mountinfo().map_err(e)?;
         let m = mount_at(&mounts, &pubx_ro).ok_or("not in mountinfo")?;
@@ -364,7 +333,7 @@ fn main() -> ExitCode {
         ensure!(File::create(pubx_ro.join("nope")).err().and_then(|e| e.raw_os_error()) == Some(libc::EROFS), "xfs bind writable");
         Ok(())
     });
-    t.check("an xfs clone (same UUID) mounts beside its mounted origin", || {
+    t.case("an xfs clone (same UUID) mounts beside its mounted origin", || {
         write_file(&stagex.join("before-clone"), b"origin data", true).map_err(|err| err.to_string())?;
         // SAFETY: sync(2) takes no arguments.
         unsafe { libc::sync() };
@@ -390,7 +359,7 @@ fn main() -> ExitCode {
         std::fs::remove_file(&copy).map_err(|err| err.to_string())?;
         Ok(())
     });
-    t.check("mounts_of lists the stage and its binds", || {
+    t.case("mounts_of lists the stage and its binds", || {
         let mounts = mounts_of(ext4_dev).map_err(e)?;
         let points: Vec<PathBuf> = mounts.iter().map(|m| m.mount_point.clone()).collect();
         for p in [&stage4, &pub4_rw, &pub4_ro] {
@@ -402,7 +371,7 @@ fn main() -> ExitCode {
     });
 
     // ---- raw block
-    t.check("raw block: bind the device node onto a new file and write through it", || {
+    t.case("raw block: bind the device node onto a new file and write through it", || {
         let got = bind_mount_block(&args.raw, &block_target).map_err(e)?;
         ensure!(got == MountOutcome::Mounted, "got {got:?}");
         let meta = std::fs::metadata(&block_target).map_err(|err| err.to_string())?;
@@ -430,14 +399,14 @@ fn main() -> ExitCode {
     });
 
     // ---- unmount
-    t.check("unmount is idempotent and leaves the target", || {
+    t.case("unmount is idempotent and leaves the target", || {
         ensure!(unmount(&pub4_rw).map_err(e)? == UnmountOutcome::Unmounted, "first unmount");
         ensure!(unmount(&pub4_rw).map_err(e)? == UnmountOutcome::NotMounted, "second unmount");
         ensure!(pub4_rw.is_dir(), "target removed");
         ensure!(unmount(&w("never/created")).map_err(e)? == UnmountOutcome::NotMounted, "missing path");
         Ok(())
     });
-    t.check("unmount of a busy mount is a Busy error naming it", || {
+    t.case("unmount of a busy mount is a Busy error naming it", || {
         let (dev, _) = &args.busy;
         format_if_empty(dev, &FsType::Ext4, &[]).map_err(e)?;
         let target = w("busy");
@@ -451,7 +420,7 @@ fn main() -> ExitCode {
         ensure!(unmount(&target).map_err(e)? == UnmountOutcome::Unmounted, "unmount after close");
         Ok(())
     });
-    t.check("stacked mounts are all unmounted", || {
+    t.case("stacked mounts are all unmounted", || {
         let (dev, _) = &args.busy;
         let target = w("stacked");
         mount(dev, &target, &FsType::Ext4, false, &[]).map_err(e)?;
@@ -470,7 +439,7 @@ fn main() -> ExitCode {
     });
 
     // ---- stats and expansion
-    t.check("stats are sane and follow writes", || {
+    t.case("stats are sane and follow writes", || {
         let before = stats(&stage4).map_err(e)?;
         ensure!(before.bytes_total > 400 * MIB && before.bytes_total <= 512 * MIB, "total {}", before.bytes_total);
         ensure!(before.bytes_used + before.bytes_available <= before.bytes_total, "{before:?}");
@@ -491,7 +460,7 @@ fn main() -> ExitCode {
         println!("  xfs:  {x:?}");
         Ok(())
     });
-    t.check("online expand of ext4 (resize2fs) after the device grew", || {
+    t.case("online expand of ext4 (resize2fs) after the device grew", || {
         let before = stats(&stage4).map_err(e)?.bytes_total;
         grow(ext4_dev, ext4_file, 1024 * MIB)?;
         expand(ext4_dev, &stage4, &FsType::Ext4).map_err(e)?;
@@ -506,7 +475,7 @@ fn main() -> ExitCode {
         println!("  ext4 {before} -> {after} bytes");
         Ok(())
     });
-    t.check("online expand of xfs (xfs_growfs) after the device grew", || {
+    t.case("online expand of xfs (xfs_growfs) after the device grew", || {
         let before = stats(&stagex).map_err(e)?.bytes_total;
         grow(xfs_dev, xfs_file, 1024 * MIB)?;
         expand(xfs_dev, &stagex, &FsType::Xfs).map_err(e)?;
@@ -516,7 +485,7 @@ fn main() -> ExitCode {
         println!("  xfs {before} -> {after} bytes");
         Ok(())
     });
-    t.check("expand refuses a path that is not the device's mount", || {
+    t.case("expand refuses a path that is not the device's mount", || {
         let err = expand(xfs_dev, &stage4, &FsType::Xfs).err().ok_or("accepted")?;
         ensure!(matches!(err, FsError::NotMounted { .. }), "wrong error: {err}");
         println!("  message: {err}");
@@ -524,7 +493,7 @@ fn main() -> ExitCode {
     });
 
     // ---- teardown
-    t.check("unmount everything: no mounts of the devices left", || {
+    t.case("unmount everything: no mounts of the devices left", || {
         for p in [&pub4_ro, &pubx_ro, &stage4, &stagex] {
             ensure!(unmount(p).map_err(e)? == UnmountOutcome::Unmounted, "{} was not mounted", p.display());
         }
@@ -540,10 +509,5 @@ fn main() -> ExitCode {
         Ok(())
     });
 
-    println!("fs_vmtest: {} passed, {} failed", t.passed, t.failed);
-    if t.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    t.finish("fs_vmtest")
 }

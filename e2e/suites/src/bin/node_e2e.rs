@@ -38,8 +38,6 @@
 //!
 //! The LEDGER file tracks what committed: `+id` for a create, `-id` for a delete.
 
-#[path = "../../e2e/fail_on_panic.rs"]
-mod fail_on_panic;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
@@ -50,6 +48,7 @@ use csi_controller::{AllocError, Allocator, Request};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use report::Report;
 use serde_json::json;
 use thin_csi_api::{hooks, PoolHealth, ThinPool, ThinPoolSpec};
 use thinpool::{ThinId, Transaction};
@@ -968,7 +967,7 @@ fn compare(ledger: &str, devices: &str) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    fail_on_panic::install();
+    report::install_panic_hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     if let ["leaks", devices, budget] = argv.as_slice() {
@@ -1023,23 +1022,21 @@ async fn main() -> ExitCode {
             ("nodes asked to stop".into(), r)
         }
         _ => {
-            eprintln!("usage: see the header of csi-controller/examples/node_e2e.rs");
+            eprintln!("usage: see the header of e2e/suites/src/bin/node_e2e.rs");
             return ExitCode::from(2);
         }
     };
     finish(&name, result)
 }
 
+/// A step that answers `Ok("")` did harness work, not a check: no line.
 fn finish(name: &str, result: Result<String>) -> ExitCode {
     match result {
         Ok(detail) if detail.is_empty() => ExitCode::SUCCESS,
-        Ok(detail) => {
-            println!("PASS {name} ({detail})");
-            ExitCode::SUCCESS
-        }
-        Err(why) => {
-            println!("FAIL {name} ({why})");
-            ExitCode::FAILURE
+        result => {
+            let mut report = Report::default();
+            report.check(name, result);
+            report.exit_code()
         }
     }
 }

@@ -6,8 +6,6 @@
 //!   leader_e2e verify POOL OUT...            ids unique; transactions dense, each once; at most one recorded
 //!                                            allocation unknown to the outputs (the killed leader's last)
 
-#[path = "../../e2e/fail_on_panic.rs"]
-mod fail_on_panic;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,6 +15,7 @@ use csi_controller::leader::LeaderElector;
 use csi_controller::{Allocator, Request};
 use kube::api::Api;
 use kube::Client;
+use report::Report;
 use thin_csi_api::ThinPool;
 
 const LEASE: &str = "thin-csi-controller-test";
@@ -68,7 +67,7 @@ async fn verify(client: Client, pool: &str, outs: &[&str]) -> Result<String, Str
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    fail_on_panic::install();
+    report::install_panic_hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let client = match thin_csi_api::client::connect_default().await {
@@ -82,18 +81,11 @@ async fn main() -> ExitCode {
         ["run", pool, identity, count, out] => (format!("controller {identity}"), run(client, pool, identity, count.parse().unwrap_or(0), out).await),
         ["verify", pool, outs @ ..] => ("standby takes over from a killed leader".to_string(), verify(client, pool, outs).await),
         _ => {
-            eprintln!("usage: see the header of csi-controller/examples/leader_e2e.rs");
+            eprintln!("usage: see the header of e2e/suites/src/bin/leader_e2e.rs");
             return ExitCode::from(2);
         }
     };
-    match result {
-        Ok(detail) => {
-            println!("PASS {name} ({detail})");
-            ExitCode::SUCCESS
-        }
-        Err(why) => {
-            println!("FAIL {name} ({why})");
-            ExitCode::FAILURE
-        }
-    }
+    let mut report = Report::default();
+    report.check(&name, result);
+    report.exit_code()
 }

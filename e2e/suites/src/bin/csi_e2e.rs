@@ -8,8 +8,6 @@
 //!   csi_e2e rules PORT NODE POOL      the checks below (NODE has POOL; "elsewhere" has none)
 //!   csi_e2e standby PORT              a standby replica: Probe not ready, Controller UNAVAILABLE
 
-#[path = "../../e2e/fail_on_panic.rs"]
-mod fail_on_panic;
 use std::collections::HashMap;
 use std::process::ExitCode;
 
@@ -20,6 +18,7 @@ use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, Moun
 use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use csi_proto::v1::*;
 use kube::api::Api;
+use report::Report;
 use thin_csi_api::{object_name, ThinPool, ThinVolume};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -33,7 +32,7 @@ struct Ctx {
     pool: String,
     volumes: Api<ThinVolume>,
     pools: Api<ThinPool>,
-    failed: u32,
+    report: Report,
 }
 
 fn topo(node: &str) -> Topology {
@@ -66,17 +65,12 @@ fn req(name: &str, size: i64, requisite: &[&str], preferred: &[&str]) -> CreateV
 
 impl Ctx {
     fn check(&mut self, name: &str, ok: bool, why: impl std::fmt::Display) {
-        if ok {
-            println!("PASS {name}");
-        } else {
-            self.failed += 1;
-            println!("FAIL {name} ({why})");
-        }
+        self.report.expect(name, ok, why);
     }
 
     fn code<T: std::fmt::Debug>(&mut self, name: &str, r: Result<T, tonic::Status>, want: Code, contains: &str) {
         match r {
-            Err(s) if s.code() == want && s.message().contains(contains) => println!("PASS {name}: {:?} {}", s.code(), s.message()),
+            Err(s) if s.code() == want && s.message().contains(contains) => self.report.pass(name, &format!("{:?} {}", s.code(), s.message())),
             other => self.check(name, false, format!("want {want:?} mentioning {contains:?}, got {other:?}")),
         }
     }
@@ -241,18 +235,17 @@ async fn standby(port: &str) -> Result<(), String> {
     let mut c = ControllerClient::connect(ep).await.map_err(|e| e.to_string())?;
     let r = c.create_volume(req("e2e-standby", GIB, &[], &[])).await;
     let ok = ready == Some(false) && r.as_ref().err().is_some_and(|s| s.code() == Code::Unavailable);
-    if ok {
-        println!("PASS a standby replica: Probe not ready, CreateVolume UNAVAILABLE");
+    let mut report = Report::default();
+    if report.expect("a standby replica: Probe not ready, CreateVolume UNAVAILABLE", ok, format!("probe {ready:?}, create {r:?}")) {
         Ok(())
     } else {
-        println!("FAIL a standby replica: Probe not ready, CreateVolume UNAVAILABLE (probe {ready:?}, create {r:?})");
         Err("standby".into())
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    fail_on_panic::install();
+    report::install_panic_hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
@@ -271,12 +264,12 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut ctx = Ctx { c, node: node.to_string(), pool: pool.to_string(), volumes: Api::all(client.clone()), pools: Api::all(client), failed: 0 };
+            let mut ctx = Ctx { c, node: node.to_string(), pool: pool.to_string(), volumes: Api::all(client.clone()), pools: Api::all(client), report: Report::default() };
             let r = ctx.rules().await;
             if let Err(e) = &r {
                 println!("FAIL csi_e2e rules stopped: {e}");
             }
-            if r.is_ok() && ctx.failed == 0 {
+            if r.is_ok() && ctx.report.clean() {
                 Ok(())
             } else {
                 Err(())

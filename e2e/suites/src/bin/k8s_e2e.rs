@@ -23,8 +23,6 @@
 //!   k8s_e2e kubelet stats ADDR PV POD_UID
 //!       NodeGetVolumeStats: `STATS total=<bytes> used=<bytes> abnormal=<bool>`
 
-#[path = "../../e2e/fail_on_panic.rs"]
-mod fail_on_panic;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -314,14 +312,14 @@ async fn run(args: &[String]) -> Result<()> {
                 [cmd, ns, sc, node, n] if cmd == "bench-pvc" => bench_pvc(client, ns, sc, node, n.parse().map_err(|_| "N")?).await,
                 [cmd, ns, pvc, class, n] if cmd == "bench-snapshot" => bench_snapshot(client, ns, pvc, class, n.parse().map_err(|_| "N")?).await,
                 [cmd, rest @ ..] if cmd == "kubelet" => kubelet(client, rest).await,
-                _ => Err("usage: see the header of csi-controller/examples/k8s_e2e.rs".into()),
+                _ => Err("usage: see the header of e2e/suites/src/bin/k8s_e2e.rs".into()),
             }
         }
     }
 }
 
 fn main() -> ExitCode {
-    fail_on_panic::install();
+    report::install_panic_hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(&args)) {

@@ -13,8 +13,6 @@
 //!                                             node's reports played: `BENCH churn-N` and PASS/FAIL lines for
 //!                                             object size and per-allocation time at the end within 1.2x of the start
 
-#[path = "../../e2e/fail_on_panic.rs"]
-mod fail_on_panic;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -23,38 +21,14 @@ use csi_controller::{Allocator, Request};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Client;
+use report::Report;
 use serde_json::json;
 use thin_csi_api::{ThinPool, ThinPoolSpec, ThinVolume};
 
 type Result<T> = std::result::Result<T, String>;
 
-struct Report {
-    failed: usize,
-}
-
-impl Report {
-    fn pass(&mut self, name: &str, detail: &str) {
-        if detail.is_empty() {
-            println!("PASS {name}");
-        } else {
-            println!("PASS {name} ({detail})");
-        }
-    }
-    fn fail(&mut self, name: &str, why: &str) {
-        self.failed += 1;
-        println!("FAIL {name} ({why})");
-    }
-    fn check(&mut self, name: &str, r: Result<String>) {
-        match r {
-            Ok(detail) => self.pass(name, &detail),
-            Err(why) => self.fail(name, &why),
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    fail_on_panic::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let client = match thin_csi_api::client::connect_default().await {
         Ok(c) => c,
@@ -63,29 +37,29 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut report = Report { failed: 0 };
+    let mut report = Report::start();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     match argv.as_slice() {
         ["crds"] => crds(client, &mut report).await,
-        ["create-pool", pool] => report.check(&format!("create ThinPool {pool}"), create_pool(client, pool).await),
+        ["create-pool", pool] => {
+            report.check(&format!("create ThinPool {pool}"), create_pool(client, pool).await);
+        }
         ["alloc", pool, tasks, count, out] => {
             let r = alloc(client, pool, tasks.parse().unwrap_or(1), count.parse().unwrap_or(0), out).await;
-            report.check(&format!("{count} allocations from {tasks} tasks (pid {})", std::process::id()), r)
+            report.check(&format!("{count} allocations from {tasks} tasks (pid {})", std::process::id()), r);
         }
         ["verify", pool, total, outs @ ..] => verify(client, pool, total.parse().unwrap_or(0), outs, &mut report).await,
-        ["reuse", pool] => report.check("a deleted id is reused only after the node reports the delete finished", reuse(client, pool).await),
+        ["reuse", pool] => {
+            report.check("a deleted id is reused only after the node reports the delete finished", reuse(client, pool).await);
+        }
         ["reject"] => reject(client, &mut report).await,
         ["churn", pool, n, live] => churn(client, pool, n.parse().unwrap_or(0), live.parse().unwrap_or(0), &mut report).await,
         _ => {
-            eprintln!("usage: see the header of csi-controller/examples/cluster_e2e.rs");
+            eprintln!("usage: see the header of e2e/suites/src/bin/cluster_e2e.rs");
             return ExitCode::from(2);
         }
     }
-    if report.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report.exit_code()
 }
 
 async fn crds(client: Client, report: &mut Report) {
