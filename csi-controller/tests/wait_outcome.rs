@@ -52,20 +52,7 @@ fn a_listed_abort_is_reported_with_its_reason() {
     assert_eq!(outcome(&p, 1).unwrap(), Some(Finished::Committed));
 }
 
-#[test]
-fn a_pruned_report_is_told_by_the_free_list() {
-    // Transaction 2 created device 2; the controller pruned it and freed the id: it was aborted.
-    let mut p = pool(2, &[], Some(2));
-    p.spec.free_device_ids = vec![id(2)];
-    assert!(matches!(outcome_in(&p, 2, None, Subject::Create(id(2))).unwrap(), Some(Finished::Aborted(a)) if a.reason == AbortReason::ReasonLost));
-    // Its id still in use: committed.
-    p.spec.free_device_ids.clear();
-    assert_eq!(outcome_in(&p, 2, None, Subject::Create(id(2))).unwrap(), Some(Finished::Committed));
-    // A delete whose id was not freed was aborted; freed, it committed.
-    assert!(matches!(outcome_in(&p, 2, None, Subject::Delete(id(2))).unwrap(), Some(Finished::Aborted(_))));
-    p.spec.free_device_ids = vec![id(2)];
-    assert_eq!(outcome_in(&p, 2, None, Subject::Delete(id(2))).unwrap(), Some(Finished::Committed));
-}
+// A pruned transaction is judged by its tombstone: wait.rs's own tests.
 
 #[test]
 fn a_transaction_the_record_does_not_hold_is_unknown() {

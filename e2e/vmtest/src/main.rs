@@ -483,7 +483,7 @@ fn cmd_group_crash(args: &Args) -> Result<(), String> {
 /// written and synced: the moment after the crash), and then recovery runs.
 /// Every snapshot of the group must hold its origin's data of ONE moment:
 /// all as recorded, or all as after the crash.
-fn cmd_group_recover(args: &Args, tally: &mut Tally) -> Result<(), String> {
+fn cmd_group_recover(args: &Args, tally: &mut Report) -> Result<(), String> {
     let label = args.get("label").unwrap_or("group");
     let record_path = args.path("record")?;
     let mut pool = DmPool::open_on_device(&args.path("device")?).map_err(|e| e.to_string())?;
@@ -510,7 +510,7 @@ fn cmd_group_recover(args: &Args, tally: &mut Tally) -> Result<(), String> {
     let before: Vec<u64> = members.iter().map(|m| m.1).collect();
     let after: Vec<u64> = members.iter().map(|m| m.2).collect();
     println!("{label}: snapshots hold {held:?}; recorded {before:?}, after the crash {after:?}");
-    tally.report(
+    tally.result(
         &format!("{label}: the group's snapshots are one instant"),
         if held == before || held == after { Ok(()) } else { Err(format!("snapshots hold {held:?}: neither all {before:?} (recorded) nor all {after:?} (after the crash)")) },
     );
