@@ -113,6 +113,8 @@ async fn run(args: Args) -> Result<(), String> {
     let mut servers = tokio::task::JoinSet::new();
     if !endpoints.is_empty() {
         let identity = IdentityService::new(client.clone(), executor.kernel(), executor.object_name());
+        // The kubelet makes it; a node without one yet (a test VM) gets it empty.
+        std::fs::create_dir_all(&args.kubelet_dir).map_err(|e| format!("--kubelet-dir {}: {e}", args.kubelet_dir.display()))?;
         let kubelet_dir = csi_node::fs::KubeletDir::new(&args.kubelet_dir).map_err(|e| format!("--kubelet-dir: {e}"))?;
         let config = NodeConfig { node: node.clone(), pool_object: executor.object_name().to_string(), max_volumes, test_hooks, kubelet_dir };
         let node_svc = NodeService::new(client, executor.kernel(), config);

