@@ -228,11 +228,11 @@ impl NodeService {
         let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
         let (access, read_only) = check_capability(req.volume_capability.as_ref())?;
         let r = self.ours(&req.volume_id)?;
-        self.confine(&staging, "staging_target_path")?;
         let fs_and_flags = match access {
             AccessType::Mount(m) => Some((fs_type(m, &req.volume_context)?, m.mount_flags.clone())),
             AccessType::Block(_) => None,
         };
+        self.confine(&staging, "staging_target_path")?;
         let _busy = self.busy(&req.volume_id)?;
         let volume = self.find_volume(&r, &req.volume_id, &req.volume_context).await?;
         let size = Sectors::from_bytes_ceil(volume.spec.size_bytes);
@@ -307,8 +307,6 @@ impl NodeService {
         let (access, mode_read_only) = check_capability(req.volume_capability.as_ref())?;
         let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
         let r = self.ours(&req.volume_id)?;
-        self.confine(&target, "target_path")?;
-        self.confine(&staging, "staging_target_path")?;
         let read_only = req.readonly || mode_read_only;
         let block = matches!(access, AccessType::Block(_));
         if block && read_only {
@@ -317,6 +315,8 @@ impl NodeService {
                 "a read-only raw block publish is not supported: a bind of a device node cannot refuse writes",
             ));
         }
+        self.confine(&target, "target_path")?;
+        self.confine(&staging, "staging_target_path")?;
         let _busy = self.busy(&req.volume_id)?;
         let device = self
             .active_device(r.device)

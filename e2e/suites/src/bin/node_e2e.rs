@@ -637,8 +637,8 @@ mod ctl {
     impl Node {
         async fn connect(port: &str, name: &str, block: bool) -> Result<Node> {
             let c = NodeClient::connect(format!("http://127.0.0.1:{port}")).await.map_err(|e| format!("csi-node at port {port}: {e}"))?;
-            let target = format!("/run/e2e/{name}/{}", if block { "dev" } else { "mnt" });
-            Ok(Node { c, block, staging: format!("/run/e2e/{name}/staging"), target })
+            let target = format!("/var/lib/kubelet/e2e/{name}/{}", if block { "dev" } else { "mnt" });
+            Ok(Node { c, block, staging: format!("/var/lib/kubelet/e2e/{name}/staging"), target })
         }
 
         /// NodeStage + NodePublish: the thin device is active at the
