@@ -528,7 +528,8 @@ fn undo_partial_group(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(),
     warn!(txn = %n, made = ?made, of = ?snapshots, "an earlier attempt made only some snapshots of the group; deleting them to take all again at one instant");
     for (posted, &id) in made.iter().enumerate() {
         // A crash during an existence probe can leave a snapshot active; nothing opens it.
-        if active_ids(kernel).map_err(blocked)?.contains(&id) {
+        // (`exists` leaves the active set as it found it, so `active` is still current.)
+        if active.contains(&id) {
             kernel.deactivate_thin(id).map_err(blocked)?;
         }
         let op = Operation::Delete { id };
