@@ -211,7 +211,7 @@ impl NodeService {
             match p.activate_thin(id, size) {
                 Ok(()) => activated = true,
                 Err(KernelError::AlreadyActive(_)) => {
-                    let current = p.active_thins()?.into_iter().find(|t| t.id == id).map(|t| t.size);
+                    let current = p.active_thin(id)?.map(|t| t.size);
                     if current.is_some_and(|c| c < size) {
                         p.resize_thin(id, size)?;
                     }
@@ -241,11 +241,19 @@ impl NodeService {
             return Ok(()); // raw block: published from the device node
         };
         let staged = blocking(move || {
-            match fs::format_if_empty(&device, &fs, &mkfs_options(&fs))? {
-                fs::FormatOutcome::Formatted => tracing::info!(device = %device.display(), fs = fs.name(), "made a filesystem"),
-                fs::FormatOutcome::AlreadyFormatted(found) => tracing::info!(device = %device.display(), fs = found.name(), "filesystem found; not formatting"),
+            if read_only {
+                fs::require_formatted(&device, &fs)?;
+            } else {
+                match fs::format_if_empty(&device, &fs, &mkfs_options(&fs))? {
+                    fs::FormatOutcome::Formatted => tracing::info!(device = %device.display(), fs = fs.name(), "made a filesystem"),
+                    fs::FormatOutcome::AlreadyFormatted(found) => tracing::info!(device = %device.display(), fs = found.name(), "filesystem found; not formatting"),
+                }
             }
             fs::mount(&device, &staging, &fs, read_only, &flags)?;
+            if !read_only {
+                // A restore or clone into a larger volume brings the source's smaller filesystem.
+                fs::grow_to_device(&device, &staging, &fs)?;
+            }
             Ok(())
         })
         .await;

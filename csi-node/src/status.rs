@@ -92,7 +92,7 @@ fn fs_code(e: &FsError) -> Code {
         FsError::InvalidArgument(_) | FsError::UnsupportedFsType(_) => Code::InvalidArgument,
         FsError::NotFound { .. } => Code::NotFound,
         // Never format over something: the device holds another filesystem.
-        FsError::FormatMismatch { .. } => Code::FailedPrecondition,
+        FsError::FormatMismatch { .. } | FsError::Unformatted { .. } => Code::FailedPrecondition,
         // The volume is there with other options (read-only-ness, flags, fs type).
         FsError::IncompatibleMount { .. } => Code::AlreadyExists,
         // Something else is mounted at the path, or the path is the wrong kind of file.

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use devicemapper::{DevId, Device, DmFlags, DmOptions, DM};
+use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DM};
 use thinpool::layout::PoolHeader;
 use thinpool::{
     ActiveThin, Kernel, KernelError, PoolMessage, PoolName, PoolStatus, Sectors, ThinId,
@@ -286,6 +286,50 @@ impl DmPool {
     }
 }
 
+impl DmPool {
+    /// The state of the device named as thin `id` of this pool (one
+    /// DM_TABLE_STATUS by name), `None` if there is no such device. A device
+    /// with the name that maps something else is ignored, with a warning.
+    fn thin_state(&self, dm_name: &DmName, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        let name = dm_name.to_string();
+        let (info, table) = match self
+            .dm
+            .table_status(&DevId::Name(dm_name), DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
+        {
+            Ok(found) => found,
+            // Not there (or removed since it was listed).
+            Err(e) if errno_of(&e) == Some(libc::ENXIO) => return Ok(None),
+            Err(e) => return Err(kernel_error(format!("read the table of {name}"), &e)),
+        };
+        let size = match table.as_slice() {
+            [line] => match TableLine::from_dm(line) {
+                Ok(TableLine { length, target: Target::Thin(ThinParams { pool, id: table_id }), .. })
+                    if pool == self.pool_device && table_id == id =>
+                {
+                    length
+                }
+                _ => {
+                    warn!(device = %name, table = ?line, "a device with this pool's thin name maps something else; ignoring it");
+                    return Ok(None);
+                }
+            },
+            // Created by an activation that stopped before its table was
+            // loaded: reported (size 0, suspended) so it can be removed.
+            [] => Sectors(0),
+            _ => {
+                warn!(device = %name, "a device with this pool's thin name has several targets; ignoring it");
+                return Ok(None);
+            }
+        };
+        Ok(Some(ActiveThin {
+            id,
+            size,
+            open_count: u32::try_from(info.open_count()).unwrap_or(0),
+            suspended: info.flags().contains(DmFlags::DM_SUSPEND),
+        }))
+    }
+}
+
 impl Kernel for DmPool {
     fn pool_status(&self) -> Result<PoolStatus, KernelError> {
         let name = self.pool_dm_name();
@@ -326,48 +370,18 @@ impl Kernel for DmPool {
             .map_err(|e| kernel_error(format!("list devices of pool {}", self.name()), &e))?;
         let mut thins = Vec::new();
         for (dm_name, _, _) in listed {
-            let name = dm_name.as_ref().to_string();
-            let Some(id) = self.names.thin_id(&name) else {
+            let Some(id) = self.names.thin_id(&dm_name.as_ref().to_string()) else {
                 continue;
             };
-            let (info, table) = match self.dm.table_status(
-                &DevId::Name(&dm_name),
-                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
-            ) {
-                Ok(found) => found,
-                // Removed between the listing and now.
-                Err(e) if errno_of(&e) == Some(libc::ENXIO) => continue,
-                Err(e) => return Err(kernel_error(format!("read the table of {name}"), &e)),
-            };
-            let size = match table.as_slice() {
-                [line] => match TableLine::from_dm(line) {
-                    Ok(TableLine {
-                        length,
-                        target: Target::Thin(ThinParams { pool, id: table_id }),
-                        ..
-                    }) if pool == self.pool_device && table_id == id => length,
-                    _ => {
-                        warn!(device = %name, table = ?line, "a device with this pool's thin name maps something else; ignoring it");
-                        continue;
-                    }
-                },
-                // Created by an activation that stopped before its table was
-                // loaded: reported (size 0, suspended) so it can be removed.
-                [] => Sectors(0),
-                _ => {
-                    warn!(device = %name, "a device with this pool's thin name has several targets; ignoring it");
-                    continue;
-                }
-            };
-            thins.push(ActiveThin {
-                id,
-                size,
-                open_count: u32::try_from(info.open_count()).unwrap_or(0),
-                suspended: info.flags().contains(DmFlags::DM_SUSPEND),
-            });
+            thins.extend(self.thin_state(&dm_name, id)?);
         }
         thins.sort_by_key(|t| t.id);
         Ok(thins)
+    }
+
+    fn active_thin(&self, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        let name = self.names.thin(id);
+        self.thin_state(Self::dm_name(&name)?, id)
     }
 
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {

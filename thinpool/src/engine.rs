@@ -6,7 +6,7 @@
 //! origin, on every path. The kernel's transaction id is the truth about
 //! what committed; [`recover`] reconciles it with the controller's record.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tracing::{debug, error, info, warn};
 
@@ -140,11 +140,12 @@ fn run(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut i
     if kernel_at != txn.predecessor() {
         return Err(CommitError::NotAtPredecessor { txn: n, kernel: kernel_at });
     }
-    let active = kernel.active_thins()?;
+    // Each device the transaction names is looked up by itself: the work
+    // grows with the transaction, not with the devices active on the node.
     // A device to delete must be inactive. One still active but not open
     // (nothing mounts or holds it) is deactivated here; an open one fails.
     for id in txn.deleted_ids() {
-        if let Some(a) = active.iter().find(|a| a.id == id) {
+        if let Some(a) = kernel.active_thin(id)? {
             if a.open_count > 0 {
                 return Err(CommitError::DeleteOfActiveDevice { txn: n, device: id, open_count: a.open_count });
             }
@@ -152,12 +153,16 @@ fn run(kernel: &mut impl Kernel, txn: &Transaction, mode: Mode, observer: &mut i
             info!(txn = %n, device = %id, "deactivated a device to be deleted");
         }
     }
-    let active = kernel.active_thins()?;
+    let mut active_origins = Vec::new();
+    for origin in txn.origins() {
+        if kernel.active_thin(origin)?.is_some() {
+            active_origins.push(origin);
+        }
+    }
     observer.reached(n, Boundary::Start);
 
-    let active_ids: BTreeSet<ThinId> = active.iter().map(|a| a.id).collect();
     let mut suspended = Vec::new();
-    for origin in txn.origins().into_iter().filter(|o| active_ids.contains(o)) {
+    for origin in active_origins {
         if let Err(source) = kernel.suspend_thin(origin) {
             resume_all(kernel, n, &suspended, false)?;
             return Err(CommitError::Suspend { txn: n, device: origin, source });
@@ -273,9 +278,8 @@ pub fn abort(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(), CommitEr
     if kernel_at != txn.predecessor() {
         return Err(CommitError::NotAtPredecessor { txn: n, kernel: kernel_at });
     }
-    let active = kernel.active_thins()?;
     for (posted, id) in txn.created_ids().enumerate() {
-        if let Some(a) = active.iter().find(|a| a.id == id) {
+        if let Some(a) = kernel.active_thin(id)? {
             return Err(CommitError::DeleteOfActiveDevice { txn: n, device: id, open_count: a.open_count });
         }
         let op = Operation::Delete { id };
@@ -394,7 +398,11 @@ pub fn reconcile(
     observer: &mut impl Observer,
 ) -> Result<RecoveryReport, RecoverError> {
     check_record(record)?;
-    let resumed = thaw(kernel)?;
+    // A process that completed its last run left nothing suspended (every
+    // run resumes what it suspended, or stops, and a stopped run replays
+    // next): only a run that may follow a crash or a stop thaws, which
+    // lists every active device.
+    let resumed = if replay { thaw(kernel)? } else { Vec::new() };
     let kernel_at = usable_status(kernel)?;
     let last_assigned = record.last_assigned();
     if kernel_at > last_assigned {
@@ -431,8 +439,7 @@ pub fn reconcile(
 /// controller plans no delete of a device whose create has not been
 /// reported finished. Anything in between is divergence.
 fn decide(kernel: &mut impl Kernel, txn: &Transaction, kernel_at: TransactionId) -> Result<bool, RecoverError> {
-    let active = active_ids(kernel)?;
-    let probe = |kernel: &mut _, id| exists(kernel, &active, id).map_err(RecoverError::Kernel);
+    let probe = |kernel: &mut _, id| exists(kernel, id).map_err(RecoverError::Kernel);
     let mut created = Vec::new();
     for id in txn.created_ids() {
         created.push((id, probe(kernel, id)?));
@@ -515,10 +522,9 @@ fn undo_partial_group(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(),
     if snapshots.len() < 2 {
         return Ok(());
     }
-    let active = active_ids(kernel).map_err(blocked)?;
     let mut made = Vec::new();
     for &id in &snapshots {
-        if exists(kernel, &active, id).map_err(blocked)? {
+        if exists(kernel, id).map_err(blocked)? {
             made.push(id);
         }
     }
@@ -528,8 +534,7 @@ fn undo_partial_group(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(),
     warn!(txn = %n, made = ?made, of = ?snapshots, "an earlier attempt made only some snapshots of the group; deleting them to take all again at one instant");
     for (posted, &id) in made.iter().enumerate() {
         // A crash during an existence probe can leave a snapshot active; nothing opens it.
-        // (`exists` leaves the active set as it found it, so `active` is still current.)
-        if active.contains(&id) {
+        if kernel.active_thin(id).map_err(blocked)?.is_some() {
             kernel.deactivate_thin(id).map_err(blocked)?;
         }
         let op = Operation::Delete { id };
@@ -544,24 +549,19 @@ fn undo_partial_group(kernel: &mut impl Kernel, txn: &Transaction) -> Result<(),
 /// Whether every id is in the pool: an active device is; an inactive one is
 /// probed by activating it (ENODATA: absent) and deactivating it again.
 fn all_exist(kernel: &mut impl Kernel, ids: impl Iterator<Item = ThinId>) -> Result<bool, KernelError> {
-    let active = active_ids(kernel)?;
     for id in ids {
-        if !exists(kernel, &active, id)? {
+        if !exists(kernel, id)? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-fn active_ids(kernel: &impl Kernel) -> Result<BTreeSet<ThinId>, KernelError> {
-    Ok(kernel.active_thins()?.iter().map(|a| a.id).collect())
-}
-
-/// Whether thin id `id` is in the pool: an active device (in `active`) is;
-/// an inactive one is probed by activating it (ENODATA: absent) and
-/// deactivating it, which leaves the active set as it was.
-fn exists(kernel: &mut impl Kernel, active: &BTreeSet<ThinId>, id: ThinId) -> Result<bool, KernelError> {
-    if active.contains(&id) {
+/// Whether thin id `id` is in the pool: an active device is; an inactive
+/// one is probed by activating it (ENODATA: absent) and deactivating it,
+/// which leaves the active set as it was.
+fn exists(kernel: &mut impl Kernel, id: ThinId) -> Result<bool, KernelError> {
+    if kernel.active_thin(id)?.is_some() {
         return Ok(true);
     }
     match kernel.activate_thin(id, crate::ids::Sectors(8)) {

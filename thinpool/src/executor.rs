@@ -216,6 +216,39 @@ mod tests {
         assert_eq!(drive(&mut k, &again, &mut ()).ended, vec![]);
     }
 
+    /// Issue 10, item 2: in steady state a transaction asks the kernel only
+    /// about the devices it names, never lists every active device.
+    #[test]
+    fn steady_state_transactions_never_list_every_active_device() {
+        let mut k = ModelKernel::new();
+        let mut node = Executor::default();
+        let creates: Vec<crate::Transaction> = (1..=50u32).map(|i| txn(u64::from(i), vec![Operation::CreateThin { id: t(i) }])).collect();
+        let record = PoolRecord { finished: TransactionId::ZERO, pending: creates };
+        assert_eq!(node.drive(&mut k, &record, &mut ()).stopped, None);
+        for i in 1..=50 {
+            k.activate_thin(t(i), crate::ids::Sectors(8)).unwrap();
+        }
+        let before = k.full_listings();
+        let mut finished = TransactionId::new(50);
+        for (n, op) in [
+            (51, Operation::CreateSnapshot { id: t(51), origin: t(7) }),
+            (52, Operation::Delete { id: t(51) }),
+            (53, Operation::CreateThin { id: t(53) }),
+            (54, Operation::CreateSnapshot { id: t(54), origin: t(99) }), // origin missing: aborted
+        ] {
+            let record = PoolRecord { finished, pending: vec![txn(n, vec![op])] };
+            let p = node.drive(&mut k, &record, &mut ());
+            assert_eq!(p.stopped, None, "{p:?}");
+            finished = TransactionId::new(n);
+        }
+        assert_eq!(k.full_listings(), before, "a steady-state transaction listed every active device");
+        assert_eq!(k.unsafe_snapshots, 0, "the active origin was suspended for its snapshot");
+        // A new process (a replay may follow a crash) does list them once, to thaw.
+        let mut restarted = Executor::default();
+        restarted.drive(&mut k, &PoolRecord { finished, pending: vec![] }, &mut ());
+        assert!(k.full_listings() > before);
+    }
+
     #[test]
     fn reports_committed_but_unreported_then_continues() {
         let mut k = ModelKernel::new();

@@ -55,8 +55,18 @@ pub trait Kernel {
     /// successful message, so each one survives a power cut on its own.
     fn message(&mut self, message: &PoolMessage) -> Result<(), KernelError>;
 
-    /// The pool's thin devices that are active on this node, by id.
+    /// The pool's thin devices that are active on this node, by id. Its
+    /// cost grows with the devices on the node: for recovery and listings,
+    /// not for each transaction.
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError>;
+
+    /// Thin device `id` if it is active on this node. What each transaction
+    /// asks about the devices it names, so its kernel work does not grow
+    /// with the devices the node has active (the device-mapper kernel looks
+    /// one device up by name).
+    fn active_thin(&self, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        Ok(self.active_thins()?.into_iter().find(|a| a.id == id))
+    }
 
     /// Suspends an active thin device with a flush and a filesystem freeze
     /// (no skip-lockfs, no noflush): what it holds is then consistent.
@@ -80,6 +90,9 @@ impl<K: Kernel + ?Sized> Kernel for &mut K {
     }
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
         (**self).active_thins()
+    }
+    fn active_thin(&self, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        (**self).active_thin(id)
     }
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
         (**self).suspend_thin(id)

@@ -61,6 +61,9 @@ pub struct ModelKernel {
     /// Snapshots taken of an active origin that was not suspended: the kernel
     /// allows it, but the snapshot would not be consistent. Tests assert 0.
     pub unsafe_snapshots: u64,
+    /// Calls of `active_thins` (which lists every device on a real node):
+    /// tests hold steady-state transactions to none.
+    full_listings: std::cell::Cell<u64>,
 }
 
 impl Default for ModelKernel {
@@ -87,6 +90,7 @@ impl ModelKernel {
             out_of_metadata_in: None,
             stale_transaction_id: None,
             unsafe_snapshots: 0,
+            full_listings: std::cell::Cell::new(0),
         }
     }
 
@@ -104,6 +108,11 @@ impl ModelKernel {
 
     pub fn crashed(&self) -> bool {
         self.crashed
+    }
+
+    /// How often every active device was listed (`active_thins`).
+    pub fn full_listings(&self) -> u64 {
+        self.full_listings.get()
     }
 
     /// State-changing calls made so far.
@@ -346,11 +355,17 @@ impl Kernel for ModelKernel {
 
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
         self.alive("list active thin devices")?;
+        self.full_listings.set(self.full_listings.get() + 1);
         Ok(self
             .active
             .iter()
             .map(|(id, a)| ActiveThin { id: *id, size: a.size, open_count: a.open_count, suspended: a.suspended })
             .collect())
+    }
+
+    fn active_thin(&self, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        self.alive("look up an active thin device")?;
+        Ok(self.active.get(&id).map(|a| ActiveThin { id, size: a.size, open_count: a.open_count, suspended: a.suspended }))
     }
 
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {

@@ -36,6 +36,11 @@ pub enum FsError {
     #[error("{device} already holds {found}, not the requested {wanted}: refusing to format it")]
     FormatMismatch { device: PathBuf, found: FsType, wanted: FsType },
 
+    /// A read-only stage found no filesystem: it never makes one (the
+    /// volume is left untouched). CSI: FAILED_PRECONDITION.
+    #[error("{device} holds no filesystem and the volume is staged read-only: a read-only stage never formats")]
+    Unformatted { device: PathBuf },
+
     /// mkfs ran and succeeded, yet the device does not read back as the
     /// filesystem it was asked to make.
     #[error("{device}: after making {wanted} the device reads back as {found}")]

@@ -38,8 +38,11 @@ pub use mount::{
 };
 pub use mountinfo::{parse_mountinfo, read_mountinfo, unescape_mountinfo, MountInfo};
 pub use paths::{remove_created_target, KubeletDir};
-pub use probe::{classify_head, format_if_empty, parse_blkid_export, probe_filesystem, FormatOutcome, PROBE_BYTES};
-pub use resize::expand;
+pub use probe::{
+    classify_head, filesystem_bytes, filesystem_size, format_if_empty, parse_blkid_export, probe_filesystem, require_formatted,
+    FormatOutcome, PROBE_BYTES,
+};
+pub use resize::{expand, grow_to_device};
 pub use stats::{block_device_size, stats, VolumeStats};
 
 /// A filesystem (or other contents) a device can hold.

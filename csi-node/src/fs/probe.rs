@@ -36,6 +36,7 @@ enum Head {
 const EXT_SB: usize = 1024;
 const EXT_COMPAT_HAS_JOURNAL: u32 = 0x4;
 const EXT_INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+const EXT_INCOMPAT_64BIT: u32 = 0x80;
 const EXT2_INCOMPAT_SUPP: u32 = 0x02 | 0x10; // filetype, meta_bg
 const EXT3_INCOMPAT_SUPP: u32 = 0x02 | 0x04 | 0x10; // + recover
 const EXT23_RO_COMPAT_SUPP: u32 = 0x1 | 0x2 | 0x4; // sparse_super, large_file, btree_dir
@@ -124,6 +125,55 @@ pub fn classify_head(head: &[u8]) -> Option<FsType> {
         Head::Zeros => None,
         Head::Known(fs) => Some(fs),
         Head::Unrecognised(offset) => Some(unrecognised(offset)),
+    }
+}
+
+/// The size in bytes a filesystem's superblock says it spans, for ext2/3/4
+/// and xfs (`None` for anything else, or a superblock that does not hold
+/// together). What the stage compares with the device to know whether a
+/// restored or cloned filesystem must grow into a larger volume.
+pub fn filesystem_bytes(head: &[u8]) -> Option<u64> {
+    let le32 = |offset: usize| head.get(offset..offset + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let be32 = |offset: usize| head.get(offset..offset + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let be64 = |offset: usize| head.get(offset..offset + 8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+    match classify(head) {
+        Head::Known(FsType::Xfs) => {
+            // sb_blocksize at +4 (a power of two, 512..64 KiB), sb_dblocks at +8.
+            let block = u64::from(be32(4)?);
+            (block.is_power_of_two() && (512..=65536).contains(&block)).then_some(())?;
+            be64(8)?.checked_mul(block)
+        }
+        Head::Known(FsType::Ext2 | FsType::Ext3 | FsType::Ext4) => {
+            // s_blocks_count_lo at +4, s_log_block_size at +24 (block = 1 KiB << n,
+            // at most 64 KiB), s_blocks_count_hi at +0x150 when INCOMPAT_64BIT.
+            let log = le32(EXT_SB + 24)?;
+            (log <= 6).then_some(())?;
+            let block = 1024u64 << log;
+            let mut blocks = u64::from(le32(EXT_SB + 4)?);
+            if le32(EXT_SB + 96)? & EXT_INCOMPAT_64BIT != 0 {
+                blocks |= u64::from(le32(EXT_SB + 0x150)?) << 32;
+            }
+            blocks.checked_mul(block)
+        }
+        _ => None,
+    }
+}
+
+/// What [`filesystem_bytes`] says of the filesystem on `device`.
+pub fn filesystem_size(device: &Path) -> Result<Option<u64>> {
+    require_path(device, "device path")?;
+    Ok(filesystem_bytes(&read_head(device, 4096)?))
+}
+
+/// The filesystem `fs` already on `device`, for a read-only stage, which
+/// never formats: an empty device is [`FsError::Unformatted`], another
+/// filesystem [`FsError::FormatMismatch`]; nothing is written either way.
+pub fn require_formatted(device: &Path, fs: &FsType) -> Result<FsType> {
+    fs.require_supported()?;
+    match probe_filesystem(device)? {
+        Some(found) if &found == fs => Ok(found),
+        Some(found) => Err(FsError::FormatMismatch { device: device.to_path_buf(), found, wanted: fs.clone() }),
+        None => Err(FsError::Unformatted { device: device.to_path_buf() }),
     }
 }
 
@@ -338,7 +388,7 @@ mod tests {
     fn refuses_and_names_what_is_there() {
         // A regular file stands in for a device: no root needed.
         let path = scratch("xfs-magic", 2 << 20);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&*path).unwrap();
         bytes[0..4].copy_from_slice(b"XFSB");
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(probe_filesystem(&path).unwrap(), Some(FsType::Xfs));
@@ -346,7 +396,7 @@ mod tests {
         assert_eq!(err.to_string(), format!("{} already holds xfs, not the requested ext4: refusing to format it", path.display()));
         assert!(matches!(format_if_empty(&path, &FsType::Xfs, &[]).unwrap(), FormatOutcome::AlreadyFormatted(FsType::Xfs)));
         // Untouched.
-        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert_eq!(std::fs::read(&*path).unwrap(), bytes);
 
         let err = format_if_empty(&path, &FsType::Foreign("btrfs".into()), &[]).unwrap_err();
         assert!(matches!(err, FsError::UnsupportedFsType(_)), "{err}");
@@ -362,7 +412,7 @@ mod tests {
         }
         // An erofs superblock: magic at 1024, 4 KiB blocks (blkszbits 12).
         let path = scratch("erofs", 4 << 20);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&*path).unwrap();
         bytes[1024..1028].copy_from_slice(&[0xe2, 0xe1, 0xf5, 0xe0]);
         bytes[1036] = 12;
         std::fs::write(&path, &bytes).unwrap();
@@ -399,9 +449,55 @@ mod tests {
             assert_eq!(probe_filesystem(&image).unwrap(), Some(fs.clone()));
         }
 
+        // The superblock's size is the image's; a larger device leaves it as it was.
+        assert_eq!(filesystem_size(&path).unwrap(), Some(32 << 20));
+        std::fs::OpenOptions::new().write(true).open(&*path).unwrap().set_len(64 << 20).unwrap();
+        assert_eq!(filesystem_size(&path).unwrap(), Some(32 << 20));
+        assert_eq!(require_formatted(&path, &FsType::Ext4).unwrap(), FsType::Ext4);
+        assert!(matches!(require_formatted(&path, &FsType::Xfs), Err(FsError::FormatMismatch { .. })));
+
         // A bad mkfs option: the tool's own complaint comes back.
         let other = scratch("bad-option", 32 << 20);
         let err = format_if_empty(&other, &FsType::Ext4, &["--no-such-option".into()]).unwrap_err();
         assert!(err.to_string().starts_with(&format!("mkfs.ext4 on {} failed (exit status", other.display())), "{err}");
+    }
+
+    #[test]
+    fn filesystem_bytes_from_the_superblocks() {
+        // ext4, 4 KiB blocks (log 2), 64bit with a high word.
+        let mut head = ext_head(0x3c, 0x2c2, 0x46b);
+        head[EXT_SB + 4..EXT_SB + 8].copy_from_slice(&16384u32.to_le_bytes());
+        head[EXT_SB + 24..EXT_SB + 28].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(filesystem_bytes(&head), Some(64 << 20));
+        head[EXT_SB + 0x150..EXT_SB + 0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(filesystem_bytes(&head), Some(((1u64 << 32) + 16384) * 4096));
+        // Without INCOMPAT_64BIT the high word is not read.
+        let mut small = ext_head(0x3c, 0x2, 0x3);
+        small[EXT_SB + 4..EXT_SB + 8].copy_from_slice(&1000u32.to_le_bytes());
+        small[EXT_SB + 0x150] = 9;
+        assert_eq!(filesystem_bytes(&small), Some(1000 * 1024));
+        // A block size past 64 KiB does not hold together.
+        small[EXT_SB + 24] = 7;
+        assert_eq!(filesystem_bytes(&small), None);
+        // xfs: big-endian block size and block count.
+        let mut xfs = vec![0u8; 512];
+        xfs[..4].copy_from_slice(b"XFSB");
+        xfs[4..8].copy_from_slice(&4096u32.to_be_bytes());
+        xfs[8..16].copy_from_slice(&131072u64.to_be_bytes());
+        assert_eq!(filesystem_bytes(&xfs), Some(512 << 20));
+        xfs[4..8].copy_from_slice(&3000u32.to_be_bytes());
+        assert_eq!(filesystem_bytes(&xfs), None);
+        // Nothing, or something else: no size.
+        assert_eq!(filesystem_bytes(&[0u8; 4096]), None);
+        assert_eq!(filesystem_bytes(b"LUKS\xba\xbe"), None);
+        // A head cut short of the fields never reads past it.
+        assert_eq!(filesystem_bytes(&xfs[..6]), None);
+    }
+
+    #[test]
+    fn a_read_only_stage_never_formats_an_empty_device() {
+        let path = scratch("empty-ro", 8 << 20);
+        assert!(matches!(require_formatted(&path, &FsType::Ext4), Err(FsError::Unformatted { .. })));
+        assert!(std::fs::read(&*path).unwrap().iter().all(|b| *b == 0), "the device was written");
     }
 }

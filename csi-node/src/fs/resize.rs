@@ -2,10 +2,11 @@
 
 use std::path::Path;
 
-use super::blockdev::{device_number, require_path};
+use super::blockdev::{block_device_size, device_number, require_path};
 use super::error::{FsError, Result};
 use super::exec;
 use super::mountinfo::{read_mountinfo, top_mount_at};
+use super::probe::filesystem_size;
 use super::FsType;
 
 /// Grows the filesystem `fs` on `device`, mounted at `mount_path`, to fill
@@ -46,9 +47,44 @@ pub fn expand(device: &Path, mount_path: &Path, fs: &FsType) -> Result<()> {
     Ok(())
 }
 
+/// Grows the filesystem `fs` on `device`, mounted read-write at
+/// `mount_path`, when its superblock spans less than the device: a volume
+/// restored from a snapshot or cloned into a larger size holds the
+/// source's smaller filesystem until this runs (at stage, as kubelet's
+/// mount utilities do). Returns whether it grew anything.
+pub fn grow_to_device(device: &Path, mount_path: &Path, fs: &FsType) -> Result<bool> {
+    let device_bytes = block_device_size(device)?;
+    match filesystem_size(device)? {
+        Some(fs_bytes) if needs_growth(fs_bytes, device_bytes) => {
+            tracing::info!(device = %device.display(), fs_bytes, device_bytes, "the filesystem is smaller than its volume");
+            expand(device, mount_path, fs)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Whether a filesystem of `fs_bytes` should grow onto a device of
+/// `device_bytes`: by at least 1 MiB, so a tail no filesystem can use (a
+/// partial block group, a partial xfs allocation group) does not run the
+/// grow tool at every stage.
+fn needs_growth(fs_bytes: u64, device_bytes: u64) -> bool {
+    device_bytes.saturating_sub(fs_bytes) >= 1 << 20
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grows_only_by_a_mebibyte_or_more() {
+        assert!(!needs_growth(64 << 20, 64 << 20));
+        assert!(!needs_growth(64 << 20, (64 << 20) + 4096 * 10));
+        assert!(needs_growth(64 << 20, 65 << 20));
+        assert!(needs_growth(64 << 20, 256 << 20));
+        // A filesystem bigger than its device (a corrupt superblock) is never grown.
+        assert!(!needs_growth(256 << 20, 64 << 20));
+    }
 
     #[test]
     fn refuses_what_cannot_be_grown() {

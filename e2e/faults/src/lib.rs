@@ -753,6 +753,9 @@ impl Kernel for Recorder<'_> {
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
         self.k.active_thins()
     }
+    fn active_thin(&self, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        self.k.active_thin(id)
+    }
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
         let before = self.k.steps();
         let r = self.k.suspend_thin(id);

@@ -216,8 +216,22 @@ pub fn run(device: &Path, opts: &BTreeMap<String, String>) -> Result<(), String>
     b.engine(origin, reps, "")?;
     b.dmsetup(origin, reps)?;
     b.group(reps.min(20))?;
+    let first_filled = b.next_id + 1;
     b.fill(scale)?;
     b.engine(origin, reps, &format!("@{scale}"))?;
+    // The same with many of them active: per-transaction kernel work must
+    // not grow with the devices active on the node (issue 10, item 2).
+    let active = num("active", 1000)?.min(scale);
+    let start = Instant::now();
+    let ids: Vec<ThinId> = (first_filled..first_filled + active as u32).map(|i| ThinId::new(i.into()).expect("small ids")).collect();
+    for &id in &ids {
+        b.pool.activate_thin(id, Sectors(8)).map_err(|e| e.to_string())?;
+    }
+    println!("activated {active} of them in {:.1} s", start.elapsed().as_secs_f64());
+    b.engine(origin, reps, &format!("@{scale}-active"))?;
+    for id in ids {
+        b.pool.deactivate_thin(id).map_err(|e| e.to_string())?;
+    }
     b.pool.deactivate_thin(origin).map_err(|e| e.to_string())?;
     if let Some(lvm_device) = opts.get("lvm-device") {
         lvm2(lvm_device, reps, lvm_scale)?;

@@ -52,6 +52,9 @@ impl<K: Kernel> Kernel for FlakyCommitPoint<K> {
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
         self.inner.active_thins()
     }
+    fn active_thin(&self, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        self.inner.active_thin(id)
+    }
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
         self.inner.suspend_thin(id)
     }

@@ -127,6 +127,9 @@ impl Kernel for DmFixture {
     fn active_thins(&self) -> Result<Vec<ActiveThin>, KernelError> {
         self.pool.active_thins()
     }
+    fn active_thin(&self, id: ThinId) -> Result<Option<ActiveThin>, KernelError> {
+        self.pool.active_thin(id)
+    }
     fn suspend_thin(&mut self, id: ThinId) -> Result<(), KernelError> {
         self.pool.suspend_thin(id)
     }

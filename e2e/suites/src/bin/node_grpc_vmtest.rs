@@ -65,12 +65,18 @@ impl T {
     }
 
     async fn create(&self, name: &str, size: i64, cap: VolumeCapability) -> Result<Vol, String> {
+        self.create_from(name, size, cap, None).await
+    }
+
+    /// CreateVolume from a snapshot or a volume (`source`), or empty.
+    async fn create_from(&self, name: &str, size: i64, cap: VolumeCapability, source: Option<volume_content_source::Type>) -> Result<Vol, String> {
         let topo = Topology { segments: [("topology.thin.csi.io/node".to_string(), self.node_name.clone())].into_iter().collect() };
         let req = CreateVolumeRequest {
             name: name.into(),
             capacity_range: Some(CapacityRange { required_bytes: size, limit_bytes: 0 }),
             volume_capabilities: vec![cap.clone()],
             accessibility_requirements: Some(TopologyRequirement { requisite: vec![topo.clone()], preferred: vec![topo] }),
+            volume_content_source: source.map(|t| VolumeContentSource { r#type: Some(t) }),
             ..Default::default()
         };
         let v = self.ctl.clone().create_volume(req).await.map_err(st)?.into_inner().volume.ok_or("no volume")?;
@@ -500,6 +506,71 @@ async fn run(t: &T, s: &mut Report) {
             .await;
             s.case_async("block: DeleteVolume after unstage", async { t.delete(&b).await }).await;
         }
+    }
+
+    // ---- a read-only stage never formats; a restore or clone into a larger volume grows its filesystem
+    match t.create("vm-ro-empty", 64 * MIB, mount_cap("ext4", Mode::SingleNodeReaderOnly)).await {
+        Err(e) => {
+            s.case_async("CreateVolume for a read-only stage (controller)", async { Err::<(), _>(e) }).await;
+        }
+        Ok(r) => {
+            s.case_async("read-only stage of an empty volume: FAILED_PRECONDITION, nothing formatted", async {
+                expect_code(t.stage(&r).await, Code::FailedPrecondition, "never formats")?;
+                ensure!(!is_mounted(&r.staging), "mounted anyway");
+                ensure!(!thin_active(&r.id), "the refused stage left the device active");
+                // The device read raw: still zeros where mkfs would have written.
+                let raw = Vol { cap: block_cap(), staging: t.path("plugins/staging/vm-ro-empty-raw"), ..r.clone_shallow() };
+                std::fs::create_dir_all(&raw.staging).map_err(|e| e.to_string())?;
+                let dev = t.path("pods/8/volumeDevices/vm-ro-empty/dev");
+                t.stage(&raw).await.map_err(st)?;
+                t.publish(&raw, &dev, false).await.map_err(st)?;
+                let head = read_file(&dev).map(|mut b| {
+                    b.truncate(4 << 20);
+                    b
+                });
+                t.unpublish(&raw, &dev).await.map_err(st)?;
+                t.unstage(&raw).await.map_err(st)?;
+                let head = head?;
+                ensure!(head.len() == 4 << 20 && head.iter().all(|&b| b == 0), "the device was written");
+                t.delete(&r).await
+            })
+            .await;
+        }
+    }
+    let snap = t
+        .ctl
+        .clone()
+        .create_snapshot(CreateSnapshotRequest { source_volume_id: a.id.clone(), name: "vm-ext4-snap".into(), ..Default::default() })
+        .await
+        .map_err(st)
+        .and_then(|r| r.into_inner().snapshot.map(|s| s.snapshot_id).ok_or_else(|| "no snapshot".to_string()));
+    for (name, size, source) in [
+        ("vm-restore-big", 256 * MIB, snap.clone().map(|snapshot_id| volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource { snapshot_id }))),
+        ("vm-clone-big", 192 * MIB, Ok(volume_content_source::Type::Volume(volume_content_source::VolumeSource { volume_id: a.id.clone() }))),
+    ] {
+        s.case_async(&format!("{name}: 128 MiB ext4 into {} MiB, the filesystem grown at stage, the data there", size / MIB), async {
+            let v = t.create_from(name, size, mount_cap("ext4", Mode::SingleNodeWriter), Some(source?)).await?;
+            let target = t.path(&format!("pods/9/volumes/{name}/mount"));
+            t.stage(&v).await.map_err(st)?;
+            t.publish(&v, &target, false).await.map_err(st)?;
+            let data = read_file(&target.join("data"));
+            let total = usage(&t.stats(&v.id, &target).await.map_err(st)?, volume_usage::Unit::Bytes).map(|u| u.total);
+            t.unpublish(&v, &target).await.map_err(st)?;
+            t.unstage(&v).await.map_err(st)?;
+            t.delete(&v).await?;
+            ensure!(data? == b"thin-csi node test\n", "the file is gone or differs");
+            let total = total.ok_or("no bytes")?;
+            // ext4's own metadata stays out of statvfs' total: within 8 % of the volume.
+            ensure!(total > size - size / 12, "filesystem total {total} of a {size}-byte volume");
+            Ok(())
+        })
+        .await;
+    }
+    if let Ok(id) = snap {
+        s.case_async("the snapshot deleted", async {
+            t.ctl.clone().delete_snapshot(DeleteSnapshotRequest { snapshot_id: id, ..Default::default() }).await.map_err(st).map(|_| ())
+        })
+        .await;
     }
 
     // ---- bad input: exact codes
