@@ -100,6 +100,8 @@ pub struct Devices {
     pub snapshots: Api<ThinSnapshot>,
     pub alloc: Allocator,
     pub wait_timeout: Duration,
+    /// The one watch of the pool objects every wait shares, started by the first wait.
+    pool_watch: std::sync::Arc<std::sync::OnceLock<wait::PoolWatch>>,
 }
 
 /// A device object after waiting on its create transaction.
@@ -128,7 +130,7 @@ pub struct Assigned {
 
 impl Devices {
     pub fn new(client: Client, alloc: Allocator, wait_timeout: Duration) -> Self {
-        Devices { pools: Api::all(client.clone()), volumes: Api::all(client.clone()), snapshots: Api::all(client), alloc, wait_timeout }
+        Devices { pools: Api::all(client.clone()), volumes: Api::all(client.clone()), snapshots: Api::all(client), alloc, wait_timeout, pool_watch: Default::default() }
     }
 
     /// The object of a device, found by its labels: only the one of the id's
@@ -151,7 +153,8 @@ impl Devices {
 
     /// Waits for the node to finish `txn` on `pool`.
     pub async fn wait(&self, pool: &str, txn: u64, uid: Option<&str>, subject: Subject) -> Result<Finished> {
-        Ok(wait::wait_finished_in(&self.pools, pool, txn, uid, subject, self.wait_timeout).await?)
+        let watch = self.pool_watch.get_or_init(|| wait::PoolWatch::start(self.pools.clone()));
+        Ok(watch.wait_finished_in(pool, txn, uid, subject, self.wait_timeout).await?)
     }
 
     /// Makes sure the device of an object exists: waits on its create

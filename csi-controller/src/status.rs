@@ -85,6 +85,7 @@ impl Error {
                 WaitError::Timeout { .. } => Code::DeadlineExceeded,
                 WaitError::PoolUnhealthy { .. } | WaitError::Watch { .. } | WaitError::TransactionUnknown { .. } => Code::Unavailable,
                 WaitError::PoolDeleted { .. } => Code::NotFound,
+                WaitError::Read { source, .. } => api_error_code(source),
                 WaitError::PoolReadOnly { mode: thin_csi_api::PoolMode::NeedsCheck, .. } => Code::Unavailable,
                 WaitError::PoolReadOnly { .. } => Code::ResourceExhausted,
             },

@@ -1,11 +1,13 @@
-//! Waiting for the node to finish a transaction: a watch on the one pool
-//! object, no polling. The node writes `status.finishedTransaction` (every
-//! transaction up to it has ended) and lists aborted ones.
+//! Waiting for the node to finish a transaction: one shared watch of the
+//! pool objects ([`PoolWatch`]), no polling, no request per wait. The node
+//! writes `status.finishedTransaction` (every transaction up to it has
+//! ended) and lists aborted ones.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use thin_csi_api::{AbortedTransaction, PoolHealth, PoolMode, ThinPool, Tombstone};
 use thinpool::ThinId;
@@ -36,6 +38,8 @@ pub enum WaitError {
     PoolDeleted { pool: String },
     #[error("watching pool {pool}: {source}")]
     Watch { pool: String, source: watcher::Error },
+    #[error("reading pool {pool}: {source}")]
+    Read { pool: String, source: kube::Error },
 }
 
 /// What `pool`'s status says about transaction `txn`, if it has ended.
@@ -99,31 +103,77 @@ pub fn outcome_in(pool: &ThinPool, txn: u64, uid: Option<&str>, subject: Subject
     Ok(None)
 }
 
-/// Waits until the node reports transaction `txn` of `pool` finished.
+/// Waits until the node reports transaction `txn` of `pool` finished, on a
+/// watch of its own (for test programs; the controller shares one
+/// [`PoolWatch`]).
 pub async fn wait_finished(pools: &Api<ThinPool>, pool: &str, txn: u64, timeout: Duration) -> Result<Finished, WaitError> {
-    wait_finished_in(pools, pool, txn, None, Subject::Unknown, timeout).await
+    PoolWatch::start(pools.clone()).wait_finished_in(pool, txn, None, Subject::Unknown, timeout).await
 }
 
-/// [`wait_finished`] for a transaction of the record of pool object `uid`.
-pub async fn wait_finished_in(pools: &Api<ThinPool>, pool: &str, txn: u64, uid: Option<&str>, subject: Subject, timeout: Duration) -> Result<Finished, WaitError> {
-    let config = watcher::Config::default().fields(&format!("metadata.name={pool}"));
-    let mut stream = watcher(pools.clone(), config).default_backoff().boxed();
-    let watch = async {
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    if let Some(done) = outcome_in(&p, txn, uid, subject)? {
-                        return Ok(done);
-                    }
+/// One watch of every pool object, shared by all the waits of a process:
+/// a wait opens no watch and sends no request of its own (issue 10, item 2)
+/// — only a GET when the shared view is behind what the waiter knows (the
+/// object missing, or not yet holding the transaction the waiter's own
+/// write assigned), so a lagging view is never taken for a deleted or
+/// re-created pool.
+#[derive(Clone)]
+pub struct PoolWatch {
+    pools: Api<ThinPool>,
+    store: Store<ThinPool>,
+    changed: tokio::sync::watch::Receiver<u64>,
+}
+
+impl PoolWatch {
+    /// Starts the watch (a task of the current runtime).
+    pub fn start(pools: Api<ThinPool>) -> PoolWatch {
+        let (store, writer) = reflector::store();
+        let (tell, changed) = tokio::sync::watch::channel(0u64);
+        let events = reflector::reflector(writer, watcher(pools.clone(), watcher::Config::default())).default_backoff();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "watching the pool objects (retrying with backoff)");
                 }
-                Ok(watcher::Event::Delete(_)) => return Err(WaitError::PoolDeleted { pool: pool.to_string() }),
-                Ok(_) => {}
-                Err(source) => return Err(WaitError::Watch { pool: pool.to_string(), source }),
+                if tell.is_closed() {
+                    return; // every PoolWatch is gone
+                }
+                tell.send_modify(|n| *n = n.wrapping_add(1));
             }
-        }
-        Err(WaitError::PoolDeleted { pool: pool.to_string() })
-    };
-    tokio::time::timeout(timeout, watch).await.unwrap_or(Err(WaitError::Timeout { pool: pool.to_string(), txn, waited: timeout }))
+        });
+        PoolWatch { pools, store, changed }
+    }
+
+    /// Waits until the node reports transaction `txn` of `pool` (assigned
+    /// by the record of pool object `uid`, when known) finished.
+    pub async fn wait_finished_in(&self, pool: &str, txn: u64, uid: Option<&str>, subject: Subject, timeout: Duration) -> Result<Finished, WaitError> {
+        let mut changed = self.changed.clone();
+        let key = ObjectRef::new(pool);
+        let wait = async {
+            loop {
+                changed.borrow_and_update();
+                let seen = self.store.get(&key);
+                match seen.as_deref().map(|p| outcome_in(p, txn, uid, subject)) {
+                    Some(Ok(Some(done))) => return Ok(done),
+                    Some(Ok(None)) => {}
+                    None | Some(Err(WaitError::TransactionUnknown { .. })) => match self.pools.get_opt(pool).await {
+                        Ok(None) => return Err(WaitError::PoolDeleted { pool: pool.to_string() }),
+                        Ok(Some(fresh)) => {
+                            if let Some(done) = outcome_in(&fresh, txn, uid, subject)? {
+                                return Ok(done);
+                            }
+                        }
+                        Err(source) => return Err(WaitError::Read { pool: pool.to_string(), source }),
+                    },
+                    Some(Err(e)) => return Err(e),
+                }
+                if changed.changed().await.is_err() {
+                    return Err(WaitError::PoolDeleted { pool: pool.to_string() });
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(WaitError::Timeout { pool: pool.to_string(), txn, waited: timeout }))
+    }
 }
 
 #[cfg(test)]

@@ -560,8 +560,9 @@ async fn run(t: &T, s: &mut Report) {
             t.delete(&v).await?;
             ensure!(data? == b"thin-csi node test\n", "the file is gone or differs");
             let total = total.ok_or("no bytes")?;
-            // ext4's own metadata stays out of statvfs' total: within 8 % of the volume.
-            ensure!(total > size - size / 12, "filesystem total {total} of a {size}-byte volume");
+            // ext4's own metadata stays out of statvfs' total (~9 % at these
+            // sizes); the 128 MiB source's filesystem would be under 120 MiB.
+            ensure!(total > size / 5 * 4, "filesystem total {total} of a {size}-byte volume");
             Ok(())
         })
         .await;
