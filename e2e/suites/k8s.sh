@@ -32,14 +32,6 @@ suite_init k8s
 VM_PID=
 suite_stop() { if [[ -n $VM_PID ]]; then kill "$VM_PID" 2>/dev/null || true; wait "$VM_PID" 2>/dev/null || true; fi; }
 
-pass() { echo "PASS $*" | tee -a "$log"; }
-# A setup step that worked: progress, not a check (its failure is a FAIL).
-ok() { echo "ok $*" | tee -a "$log"; }
-fail() { echo "FAIL $*" | tee -a "$log"; }
-finish() {
-	summarize k8s "$log" && exit 0
-	exit 1
-}
 now_ms() { date +%s%3N; }
 
 # ---- builds ------------------------------------------------------------------

@@ -3,6 +3,9 @@
 # sources e2e/lib.sh: the cache, the build, `summarize`, `checked`):
 #
 #   suite_init NAME        log, run dir $RUN (logs/, pids/), the cleanup trap
+#   pass / fail WHAT       a check's PASS / FAIL line (into the log)
+#   ok WHAT                a setup step that worked: progress, not a check
+#   finish                 the summary line; exit 0 when everything passed
 #   fail_now WHAT          a harness step failed: FAIL line, summary, exit 1
 #   free_port              a free loopback TCP port
 #   control_plane_up       e2e/cluster/up in $RUN, KUBECONFIG exported
@@ -36,6 +39,14 @@ suite_cleanup() {
 	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
 	if [[ $rc -eq 0 && -z ${KEEP_RUN:-} ]]; then rm -rf "$RUN"; else echo "$SUITE: run dir kept for its logs: $RUN" >&2; fi
 	rm -f "$log"
+}
+
+pass() { echo "PASS $*" | tee -a "$log"; }
+fail() { echo "FAIL $*" | tee -a "$log"; }
+ok() { echo "ok $*" | tee -a "$log"; }
+finish() {
+	summarize "$SUITE" "$log" && exit 0
+	exit 1
 }
 
 fail_now() {
