@@ -10,6 +10,7 @@
 #   log WHAT       kubelet / containerd / csi-node-list: the whole log
 #   rss NAME       `RSS <kib>` of the process whose comm is NAME (summed)
 #   stop           stops kubelet and containerd; the VM powers off
+#   run CMD        runs CMD (sh -c), for diagnostics by hand
 # args: NODE CMD_PORT IMAGE_DIR
 #
 # runc cannot pivot_root out of an initramfs root: everything runs chrooted
@@ -84,23 +85,6 @@ cat >/etc/kubernetes/kubelet.yaml <<-'T'
 	syncFrequency: 10s
 T
 
-containerd --config /etc/containerd/config.toml >/var/log/containerd.log 2>&1 &
-containerd_pid=$!
-for _ in $(seq 300); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
-[ -S /run/containerd/containerd.sock ] || { echo "FAIL node: containerd did not start"; tail -20 /var/log/containerd.log; exit 1; }
-stamp "containerd up"
-for img in "$images"/*.tar; do
-	ctr -n k8s.io images import --platform linux/amd64 "$img" >/tmp/import.log 2>&1 ||
-		{ echo "FAIL node: import $img: $(tail -3 /tmp/import.log)"; exit 1; }
-	rm -f "$img" # the initramfs copy: RAM
-done
-stamp "images imported: $(ctr -n k8s.io images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
-
-kubelet --config /etc/kubernetes/kubelet.yaml --kubeconfig /guest/kubeconfig \
-	--node-ip 10.0.2.15 --hostname-override "$node" --v 1 >/var/log/kubelet.log 2>&1 &
-kubelet_pid=$!
-stamp "kubelet started"
-
 # The command server (busybox nc: -ll keeps listening, one handler per connection).
 cat >/guest/cmd.sh <<-'T'
 	#!/bin/sh
@@ -118,12 +102,39 @@ cat >/guest/cmd.sh <<-'T'
 		done
 		echo "RSS $kib" ;;
 	stop) touch /run/thin-csi-test/.stop ;;
+	run) sh -c "$arg" 2>&1 ;; # diagnostics by hand (the suites do not use it)
 	*) echo "unknown command $cmd" ;;
 	esac
 	echo "RC $?"
 T
 chmod 755 /guest/cmd.sh
 nc -ll -p "$cmd_port" -e /guest/cmd.sh >/var/log/cmd-server.log 2>&1 &
+containerd --config /etc/containerd/config.toml >/var/log/containerd.log 2>&1 &
+containerd_pid=$!
+for _ in $(seq 300); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
+[ -S /run/containerd/containerd.sock ] || { echo "FAIL node: containerd did not start"; tail -20 /var/log/containerd.log; exit 1; }
+stamp "containerd up"
+# In parallel (two vCPUs; hashing and unpacking under emulation is the cost).
+for img in "$images"/*.tar; do
+	(
+		if ctr -n k8s.io images import --platform linux/amd64 "$img" >"$img.log" 2>&1; then
+			rm -f "$img" # the initramfs copy: RAM
+			stamp "imported ${img##*/}"
+		else
+			echo "FAIL node: import $img: $(tail -3 "$img.log")"
+		fi
+	) &
+	pids="${pids:-} $!"
+done
+for p in $pids; do wait "$p"; done # not a bare wait: containerd and nc are jobs too
+[ -z "$(ls "$images"/*.tar 2>/dev/null)" ] || exit 1
+stamp "images imported: $(ctr -n k8s.io images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
+
+kubelet --config /etc/kubernetes/kubelet.yaml --kubeconfig /guest/kubeconfig \
+	--node-ip 10.0.2.15 --hostname-override "$node" --v 1 >/var/log/kubelet.log 2>&1 &
+kubelet_pid=$!
+stamp "kubelet started"
+
 echo "NODE-READY-TO-JOIN"
 
 while [ ! -e /run/thin-csi-test/.stop ]; do

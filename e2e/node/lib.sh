@@ -16,6 +16,8 @@
 # kubectl logs/exec do not work here (the apiserver cannot dial the node):
 # test Pods report through their termination message and a hostPath
 # directory the command server reads (/run/thin-csi-test).
+# shellcheck source=../cluster/versions.env
+. "$E2E/cluster/versions.env"
 NODE_NAME=${NODE_NAME:-thin-node-0}
 NS=${NS:-thin-csi}
 REL=${REL:-thin-csi}
@@ -32,13 +34,19 @@ node_build() {
 	t0=$(now_ms)
 	ensure_build_deps
 	vm_need_packages gcc libc6-dev libseccomp-dev pkg-config busybox-static
-	step "building csi-controller and csi-node (cargo, release)"
-	t=$(now_ms)
-	(cd "$REPO" && cargo build --release -q -p csi-controller --bin csi-controller -p csi-node --bin csi-node >&2) ||
-		fail_now "cargo build of csi-controller and csi-node"
-	step "  done in $(secs_since "$t") s"
-	CSI_CONTROLLER=$CARGO_TARGET_DIR/release/csi-controller
-	CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
+	# THIN_CSI_BINARIES=DIR: csi-controller and csi-node built elsewhere.
+	if [[ -n ${THIN_CSI_BINARIES:-} ]]; then
+		CSI_CONTROLLER=$THIN_CSI_BINARIES/csi-controller CSI_NODE=$THIN_CSI_BINARIES/csi-node
+		[[ -x $CSI_CONTROLLER && -x $CSI_NODE ]] || fail_now "no csi-controller and csi-node in $THIN_CSI_BINARIES"
+	else
+		step "building csi-controller and csi-node (cargo, release)"
+		t=$(now_ms)
+		(cd "$REPO" && cargo build --release -q -p csi-controller --bin csi-controller -p csi-node --bin csi-node >&2) ||
+			fail_now "cargo build of csi-controller and csi-node"
+		step "  done in $(secs_since "$t") s"
+		CSI_CONTROLLER=$CARGO_TARGET_DIR/release/csi-controller
+		CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
+	fi
 	step "building the Go tools into $THIN_CSI_CACHE/go-bin (cached by version; ~12 min on a fresh machine)"
 	t=$(now_ms)
 	"$E2E/cluster/build-tools" core node csi-provisioner csi-snapshotter csi-resizer snapshot-controller helm >&2 ||

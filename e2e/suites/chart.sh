@@ -71,6 +71,7 @@ kubernetesAPI: {host: 10.0.2.2, port: "6443"}
 logFormat: json
 controller:
   replicas: 3
+  hostNetwork: true
   podDisruptionBudget: {enabled: true, maxUnavailable: 2}
 node:
   hostNetwork: false

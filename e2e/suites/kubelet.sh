@@ -48,7 +48,8 @@ containers=$(k get pod -n "$NS" "$node_pod" -o jsonpath='{.spec.containers[*].na
 if [[ $drivers == "thin.csi.io $NODE_NAME "*topology.thin.csi.io/node* && $containers == csi-node ]]; then
 	pass "CSINode $NODE_NAME names thin.csi.io (written by the kubelet; registered by csi-node itself, no registrar container): $drivers"
 else
-	fail "CSINode $NODE_NAME drivers '$drivers', node Pod containers '$containers'"
+	# Without it the kubelet mounts nothing: the rest cannot run.
+	fail_now "CSINode $NODE_NAME drivers '$drivers', node Pod containers '$containers'; kubelet: $(guest log kubelet | grep 'RegisterPlugin error' | tail -1 | cut -c1-400)"
 fi
 
 # ---- a Pod with a WaitForFirstConsumer PVC writes ---------------------------------
