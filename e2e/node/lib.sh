@@ -62,27 +62,8 @@ node_build() {
 	step "everything built in $(secs_since "$t0") s"
 }
 
-# Runs a command of the node's command server; its output on stdout without
-# the `RC n` line, whose n is our status.
-guest() {
-	python3 - "$NODE_CMD_PORT" "$*" <<-'PY'
-	import socket, sys
-	s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=120)
-	s.sendall((sys.argv[2] + "\n").encode())
-	data = b""
-	while True:
-	    chunk = s.recv(65536)
-	    if not chunk:
-	        break
-	    data += chunk
-	lines = data.decode(errors="replace").splitlines()
-	rc = 1
-	if lines and lines[-1].startswith("RC "):
-	    rc = int(lines.pop()[3:])
-	print("\n".join(lines))
-	sys.exit(rc)
-	PY
-}
+# A command of the node's command server (e2e/guest/kubelet-node.sh).
+guest() { guest_cmd "$NODE_CMD_PORT" "$@"; }
 
 k() { "$KUBECTL" --kubeconfig "$KUBECONFIG" "$@"; }
 

@@ -42,6 +42,10 @@ else
 	finish
 fi
 k get pods -n "$NS" -o wide >"$RUN/logs/pods-installed.txt" 2>&1
+# Idle memory of each installed component (the Pods just became Ready).
+for c in csi-node csi-controller; do
+	echo "BENCH rss $c kib=$(guest rss "$c" | sed -n 's/^RSS //p')" | tee -a "$log"
+done
 drivers=$(k get csinode "$NODE_NAME" -o jsonpath='{range .spec.drivers[*]}{.name} {.nodeID} {.topologyKeys}{end}' 2>/dev/null || true)
 node_pod=$(k get pods -n "$NS" -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
 containers=$(k get pod -n "$NS" "$node_pod" -o jsonpath='{.spec.containers[*].name}')
@@ -183,9 +187,6 @@ for i in $(seq 2 "$BENCH_N"); do
 done
 bench_line pod-running-with-pvc thin-csi "${pod_samples[@]}" | tee -a "$log"
 bench_line volumesnapshot-ready-chart thin-csi "${snap_samples[@]}" | tee -a "$log"
-for c in csi-node csi-controller; do
-	echo "BENCH rss $c kib=$(guest rss "$c" | sed -n 's/^RSS //p')" | tee -a "$log"
-done
 
 # ---- cleanup leaves nothing --------------------------------------------------------------
 k delete pod --all -n default --wait=true --timeout=300s >/dev/null 2>&1 || true

@@ -12,6 +12,8 @@
 #   start_bg NAME CMD...   a host process in the background, logged, stopped by the trap
 #   start_controller IDENTITY ENDPOINT [ARGS...]
 #                          release csi-controller in the background, waited for until it leads
+#   guest_cmd PORT CMD...  a command of a guest's command server (forwarded to PORT):
+#                          its output on stdout, the `RC n` line it ends with as our status
 #   run_driver NAME BIN ARGS...
 #                          a test program's PASS/FAIL lines into the log (`checked`),
 #                          its stderr in $RUN/logs/NAME.stderr
@@ -96,6 +98,27 @@ start_controller() {
 	done
 	grep -q 'leading' "$RUN/logs/$name.log" || fail_now "csi-controller $identity did not lead (log $RUN/logs/$name.log)"
 	echo "ok csi-controller $identity leads and serves $endpoint" | tee -a "$log"
+}
+
+guest_cmd() {
+	local port=$1 out rc
+	shift
+	out=$(python3 - "$port" "$*" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=120)
+s.sendall((sys.argv[2] + "\n").encode())
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode(errors="replace"))
+PY
+	) || return 1
+	rc=$(sed -n 's/^RC //p' <<<"$out" | tail -1)
+	grep -v '^RC ' <<<"$out" || true
+	[[ ${rc:-1} -eq 0 ]]
 }
 
 run_driver() {
