@@ -1,3 +1,4 @@
+pub mod authority;
 pub mod fs;
 pub mod identity;
 pub mod node;

@@ -49,11 +49,23 @@ impl RegistrationService {
         self.outcome.clone()
     }
 
-    /// Serves the registration API on the unix socket `path` until the server fails.
+    /// Serves the registration API on the unix socket `path` until the server
+    /// fails. Every connection goes through `authority::relay`: the kubelet's
+    /// `:authority` there is one h2 refuses.
     pub async fn serve(self, path: &Path) -> Result<(), String> {
         let router = csi_contract::endpoint::server().add_service(RegistrationServer::new(self));
-        let endpoint = csi_contract::endpoint::Endpoint::Unix(path.to_path_buf());
-        csi_contract::endpoint::serve(&endpoint, router, std::future::pending()).await
+        csi_contract::endpoint::prepare_unix_socket(path)?;
+        let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+        info!(socket = %path.display(), "serving gRPC");
+        let ready = csi_contract::endpoint::Endpoint::Unix(path.to_path_buf()).readiness();
+        ready.set(true);
+        let incoming = futures::stream::unfold(listener, |listener| async move {
+            let next = listener.accept().await.map(|(stream, _)| crate::authority::relay(stream));
+            Some((next, listener))
+        });
+        let result = router.serve_with_incoming(incoming).await.map_err(|e| e.to_string());
+        ready.set(false);
+        result
     }
 }
 

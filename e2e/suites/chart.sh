@@ -7,28 +7,12 @@
 # the ValidatingAdmissionPolicy refusing a pool status write for another
 # node and allowing one for the token's own node.
 set -euo pipefail
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 CHART=$REPO/charts/thin-csi
 NS=thin-csi
 REL=t
-log=$(mktemp)
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/thin-csi-chart.XXXXXX")
-mkdir -p "$RUN/logs" "$RUN/pids"
-cleanup() {
-	local rc=$?
-	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
-	if [[ $rc -eq 0 ]]; then rm -rf "$RUN"; else echo "chart: run dir kept for its logs: $RUN" >&2; fi
-	rm -f "$log"
-}
-trap cleanup EXIT
-pass() { echo "PASS $*" | tee -a "$log"; }
-ok() { echo "ok $*" | tee -a "$log"; }
-fail() { echo "FAIL $*" | tee -a "$log"; }
-finish() {
-	summarize chart "$log" && exit 0
-	exit 1
-}
+suite_init chart
 
 eval "$("$E2E/cluster/build-tools" --print-paths)"
 if [[ ! -x $HELM || ! -x $KUBECTL ]]; then
@@ -57,15 +41,7 @@ refused "storageClass.fsType=btrfs" "storageClass.fsType" --set storageClass.fsT
 refused "a pool device outside /dev" "node.pools.0.device" --set 'node.pools[0].name=pool0' --set 'node.pools[0].device=vdb'
 
 # ---- the real apiserver -----------------------------------------------------
-t0=$(date +%s)
-if env_out=$(THIN_CSI_RUN=$RUN "$E2E/cluster/up"); then
-	eval "$env_out"
-	ok "control plane up ($(($(date +%s) - t0)) s, run dir $RUN)"
-else
-	fail "control plane up (logs in $RUN/logs)"
-	finish
-fi
-export KUBECONFIG=$RUN/admin.kubeconfig
+control_plane_up
 k() { "$KUBECTL" --kubeconfig "$KUBECONFIG" "$@"; }
 k apply -f "$SNAPSHOT_CRD_DIR" >"$RUN/logs/crds.log" 2>&1 && k wait --for=condition=Established --timeout=60s -f "$SNAPSHOT_CRD_DIR" >>"$RUN/logs/crds.log" 2>&1 ||
 	{ fail "snapshot CRDs (see $RUN/logs/crds.log)"; finish; }
@@ -95,6 +71,7 @@ kubernetesAPI: {host: 10.0.2.2, port: "6443"}
 logFormat: json
 controller:
   replicas: 3
+  hostNetwork: true
   podDisruptionBudget: {enabled: true, maxUnavailable: 2}
 node:
   hostNetwork: false

@@ -32,14 +32,6 @@ suite_init k8s
 VM_PID=
 suite_stop() { if [[ -n $VM_PID ]]; then kill "$VM_PID" 2>/dev/null || true; wait "$VM_PID" 2>/dev/null || true; fi; }
 
-pass() { echo "PASS $*" | tee -a "$log"; }
-# A setup step that worked: progress, not a check (its failure is a FAIL).
-ok() { echo "ok $*" | tee -a "$log"; }
-fail() { echo "FAIL $*" | tee -a "$log"; }
-finish() {
-	summarize k8s "$log" && exit 0
-	exit 1
-}
 now_ms() { date +%s%3N; }
 
 # ---- builds ------------------------------------------------------------------
@@ -123,27 +115,8 @@ truncate -s 1G "$RUN/$NODE.img"
 	-- "$E2E/guest/k8s-node.sh" "$NODE" "$CSI_PORT" "$CMD_PORT" "$NODE_HTTP" >/dev/null 2>&1 &
 VM_PID=$!
 
-# Runs a data-helper command in the VM (e2e/guest/k8s-data.sh); its output on
-# stdout, its exit status as ours.
-guest() {
-	local out rc
-	out=$(python3 - "$CMD_PORT" "$*" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=120)
-s.sendall((sys.argv[2] + "\n").encode())
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-sys.stdout.write(data.decode(errors="replace"))
-PY
-	) || return 1
-	rc=$(sed -n 's/^RC //p' <<<"$out" | tail -1)
-	grep -v '^RC ' <<<"$out" || true
-	[[ ${rc:-1} -eq 0 ]]
-}
+# Runs a data-helper command in the VM (e2e/guest/k8s-data.sh): guest_cmd.
+guest() { guest_cmd "$CMD_PORT" "$@"; }
 
 POOL=
 for _ in $(seq 240); do

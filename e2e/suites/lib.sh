@@ -3,12 +3,17 @@
 # sources e2e/lib.sh: the cache, the build, `summarize`, `checked`):
 #
 #   suite_init NAME        log, run dir $RUN (logs/, pids/), the cleanup trap
+#   pass / fail WHAT       a check's PASS / FAIL line (into the log)
+#   ok WHAT                a setup step that worked: progress, not a check
+#   finish                 the summary line; exit 0 when everything passed
 #   fail_now WHAT          a harness step failed: FAIL line, summary, exit 1
 #   free_port              a free loopback TCP port
 #   control_plane_up       e2e/cluster/up in $RUN, KUBECONFIG exported
 #   start_bg NAME CMD...   a host process in the background, logged, stopped by the trap
 #   start_controller IDENTITY ENDPOINT [ARGS...]
 #                          release csi-controller in the background, waited for until it leads
+#   guest_cmd PORT CMD...  a command of a guest's command server (forwarded to PORT):
+#                          its output on stdout, the `RC n` line it ends with as our status
 #   run_driver NAME BIN ARGS...
 #                          a test program's PASS/FAIL lines into the log (`checked`),
 #                          its stderr in $RUN/logs/NAME.stderr
@@ -36,6 +41,14 @@ suite_cleanup() {
 	"$E2E/cluster/down" "$RUN" >/dev/null 2>&1 || true
 	if [[ $rc -eq 0 && -z ${KEEP_RUN:-} ]]; then rm -rf "$RUN"; else echo "$SUITE: run dir kept for its logs: $RUN" >&2; fi
 	rm -f "$log"
+}
+
+pass() { echo "PASS $*" | tee -a "$log"; }
+fail() { echo "FAIL $*" | tee -a "$log"; }
+ok() { echo "ok $*" | tee -a "$log"; }
+finish() {
+	summarize "$SUITE" "$log" && exit 0
+	exit 1
 }
 
 fail_now() {
@@ -85,6 +98,27 @@ start_controller() {
 	done
 	grep -q 'leading' "$RUN/logs/$name.log" || fail_now "csi-controller $identity did not lead (log $RUN/logs/$name.log)"
 	echo "ok csi-controller $identity leads and serves $endpoint" | tee -a "$log"
+}
+
+guest_cmd() {
+	local port=$1 out rc
+	shift
+	out=$(python3 - "$port" "$*" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=120)
+s.sendall((sys.argv[2] + "\n").encode())
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode(errors="replace"))
+PY
+	) || return 1
+	rc=$(sed -n 's/^RC //p' <<<"$out" | tail -1)
+	grep -v '^RC ' <<<"$out" || true
+	[[ ${rc:-1} -eq 0 ]]
 }
 
 run_driver() {
