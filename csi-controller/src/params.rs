@@ -10,6 +10,7 @@ use csi_proto::v1::{CapacityRange, VolumeCapability};
 use thin_csi_api::{PoolHealth, PoolMode, ThinPool};
 
 use crate::status::Error;
+pub use csi_contract::volume_health::PoolCondition;
 
 pub use csi_contract::keys::{CTX_DEVICE, CTX_FS_TYPE, CTX_POOL, CTX_VOLUME, LABEL_DEVICE, LABEL_POOL, TOPOLOGY_KEY};
 pub use csi_contract::plugin::DRIVER_NAME;
@@ -260,21 +261,18 @@ pub fn available(pool: &ThinPool, ratio: f64, provisioned: u64) -> u64 {
     budget.saturating_sub(provisioned) / BLOCK * BLOCK
 }
 
-/// A volume's condition from its pool: abnormal when the pool is unhealthy,
-/// read-only, needs_check or out of data space (metadata fill alone only
-/// stops new volumes).
-pub fn condition(pool: Option<&ThinPool>) -> (bool, String) {
-    let Some(pool) = pool else { return (true, "the pool of this volume is gone".into()) };
+/// A volume's adverse conditions from its pool (ControllerGetVolumeHealth):
+/// the pool gone, unhealthy, or in a mode other than read/write (metadata
+/// fill alone only stops new volumes). The rule is csi-contract's.
+pub fn conditions(pool: Option<&ThinPool>) -> Vec<PoolCondition> {
+    let Some(pool) = pool else { return vec![PoolCondition::Gone] };
     let s = pool.status.clone().unwrap_or_default();
+    let mut out = Vec::new();
     if s.health == Some(PoolHealth::Unhealthy) {
-        return (true, format!("pool is unhealthy: {}", s.last_error.unwrap_or_default()));
+        out.push(PoolCondition::Unhealthy(s.last_error.unwrap_or_else(|| "no reason given".into())));
     }
-    match s.mode {
-        Some(PoolMode::OutOfDataSpace) => (true, "pool is out of data space: writes to unallocated blocks fail".into()),
-        Some(PoolMode::ReadOnly) => (true, "pool is read-only".into()),
-        Some(PoolMode::NeedsCheck) => (true, "pool needs a check (needs_check)".into()),
-        _ => (false, "ok".into()),
-    }
+    out.extend(s.mode.and_then(PoolCondition::of_mode));
+    out
 }
 
 #[cfg(test)]
@@ -393,12 +391,13 @@ mod tests {
     }
 
     #[test]
-    fn conditions() {
-        assert!(!condition(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (1, 100)))).0);
-        assert!(!condition(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (95, 100)))).0);
-        assert!(condition(Some(&pool(Some(PoolMode::OutOfDataSpace), PoolHealth::Healthy, (1, 100)))).0);
-        assert!(condition(Some(&pool(Some(PoolMode::ReadOnly), PoolHealth::Healthy, (1, 100)))).0);
-        assert!(condition(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Unhealthy, (1, 100)))).0);
-        assert!(condition(None).0);
+    fn volume_conditions() {
+        let reasons = |p: Option<&ThinPool>| conditions(p).iter().map(|c| c.entry().reason).collect::<Vec<_>>();
+        assert!(reasons(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (1, 100)))).is_empty());
+        assert!(reasons(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (95, 100)))).is_empty());
+        assert_eq!(reasons(Some(&pool(Some(PoolMode::OutOfDataSpace), PoolHealth::Healthy, (1, 100)))), ["PoolOutOfDataSpace"]);
+        assert_eq!(reasons(Some(&pool(Some(PoolMode::ReadOnly), PoolHealth::Healthy, (1, 100)))), ["PoolReadOnly"]);
+        assert_eq!(reasons(Some(&pool(Some(PoolMode::NeedsCheck), PoolHealth::Unhealthy, (1, 100)))), ["PoolUnhealthy", "PoolNeedsCheck"]);
+        assert_eq!(reasons(None), ["PoolGone"]);
     }
 }

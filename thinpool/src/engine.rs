@@ -553,6 +553,13 @@ fn all_exist(kernel: &mut impl Kernel, ids: impl Iterator<Item = ThinId>) -> Res
     Ok(true)
 }
 
+/// Whether thin id `id` is in the pool (an inactive one is probed as in
+/// recovery: activated, then deactivated again).
+pub fn device_exists(kernel: &mut impl Kernel, id: ThinId) -> Result<bool, KernelError> {
+    let active = active_ids(kernel)?;
+    exists(kernel, &active, id)
+}
+
 fn active_ids(kernel: &impl Kernel) -> Result<BTreeSet<ThinId>, KernelError> {
     Ok(kernel.active_thins()?.iter().map(|a| a.id).collect())
 }

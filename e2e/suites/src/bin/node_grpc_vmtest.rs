@@ -122,6 +122,13 @@ impl T {
         self.node.clone().node_get_volume_stats(req).await.map(|r| r.into_inner())
     }
 
+    /// NodeGetVolumeHealth: the reasons of its entries (empty: healthy).
+    async fn health(&self, id: &str) -> Result<Vec<String>, tonic::Status> {
+        let req = NodeGetVolumeHealthRequest { volume_id: id.into(), ..Default::default() };
+        let h = self.node.clone().node_get_volume_health(req).await?.into_inner().volume_health.unwrap_or_default();
+        Ok(h.health_statuses.into_iter().map(|e| e.reason).collect())
+    }
+
     async fn expand(&self, v: &Vol, path: &Path, size: i64) -> Result<i64, String> {
         let req = ControllerExpandVolumeRequest {
             volume_id: v.id.clone(),
@@ -263,7 +270,7 @@ async fn run(t: &T, s: &mut Report) {
     })
     .await;
     s.case_async("NodeGetInfo: node id, topology key, max volumes", async {
-        let r = t.node.clone().node_get_info(NodeGetInfoRequest {}).await.map_err(st)?.into_inner();
+        let r = t.node.clone().node_get_info(NodeGetInfoRequest::default()).await.map_err(st)?.into_inner();
         ensure!(r.node_id == t.node_name, "node id {}", r.node_id);
         let seg = r.accessible_topology.map(|t| t.segments).unwrap_or_default();
         ensure!(seg.get("topology.thin.csi.io/node") == Some(&t.node_name), "topology {seg:?}");
@@ -326,14 +333,14 @@ async fn run(t: &T, s: &mut Report) {
         expect_code(t.publish(&a, &pod2, false).await, Code::AlreadyExists, "")
     })
     .await;
-    s.case_async("stats of a mount: bytes and inodes, condition normal", async {
+    s.case_async("stats of a mount: bytes and inodes; NodeGetVolumeHealth: healthy", async {
         let r = t.stats(&a.id, &pod1).await.map_err(st)?;
         let b = usage(&r, volume_usage::Unit::Bytes).ok_or("no bytes")?;
         let i = usage(&r, volume_usage::Unit::Inodes).ok_or("no inodes")?;
         ensure!(b.total > 50 * MIB && b.total <= 64 * MIB && b.used > 0 && b.available > 0, "bytes {b:?}");
         ensure!(i.total > 0 && i.used > 0, "inodes {i:?}");
-        let c = r.volume_condition.ok_or("no condition")?;
-        ensure!(!c.abnormal, "condition {c:?}");
+        let h = t.health(&a.id).await.map_err(st)?;
+        ensure!(h.is_empty(), "health {h:?}");
         Ok(())
     })
     .await;
@@ -551,21 +558,21 @@ async fn run(t: &T, s: &mut Report) {
     .await;
     s.case_async("ext4: DeleteVolume after unstage", async { t.delete(&a).await }).await;
 
-    // ---- a pool out of data space: the condition turns abnormal
+    // ---- a pool out of data space: NodeGetVolumeHealth says so
     match t.create("vm-fill", 2048 * MIB, block_cap()).await {
         Err(e) => {
             s.case_async("CreateVolume 2 GiB on a 1 GiB pool (controller)", async { Err::<(), _>(e) }).await;
         }
         Ok(f) => {
             let pf = t.path("pods/7/volumeDevices/vm-fill/dev");
-            s.case_async("fill the pool: writes fail, the volume condition is abnormal (out of data space)", async {
+            s.case_async("fill the pool: writes fail, NodeGetVolumeHealth says PoolOutOfDataSpace", async {
                 t.stage(&f).await.map_err(st)?;
                 t.publish(&f, &pf, false).await.map_err(st)?;
-                let before = t.stats(&f.id, &pf).await.map_err(st)?.volume_condition.ok_or("no condition")?;
-                ensure!(!before.abnormal, "abnormal before filling: {before:?}");
+                let before = t.health(&f.id).await.map_err(st)?;
+                ensure!(before.is_empty(), "unhealthy before filling: {before:?}");
                 let written = fill(&pf)?;
-                let after = t.stats(&f.id, &pf).await.map_err(st)?.volume_condition.ok_or("no condition")?;
-                ensure!(after.abnormal && after.message.contains("out of data space"), "after {written} bytes written: {after:?}");
+                let after = t.health(&f.id).await.map_err(st)?;
+                ensure!(after == ["PoolOutOfDataSpace"], "after {written} bytes written: {after:?}");
                 Ok(())
             })
             .await;
