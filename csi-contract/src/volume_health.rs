@@ -35,9 +35,14 @@ impl PoolCondition {
         (mode != PoolMode::ReadWrite).then_some(PoolCondition::Mode(mode))
     }
 
-    /// The CSI entry: (status, CamelCase reason, message).
+    /// The CSI entry: status, CamelCase reason (also the Event reason), message.
     pub fn entry(&self) -> VolumeHealthEntry {
-        let (status, reason, message) = match self {
+        let (status, reason, message) = self.parts();
+        VolumeHealthEntry { status: status as i32, reason: reason.into(), message }
+    }
+
+    pub fn parts(&self) -> (VolumeHealthErrorType, &'static str, String) {
+        match self {
             PoolCondition::Mode(PoolMode::ReadWrite) => (VolumeHealthErrorType::UnknownVolumeHealthType, "PoolReadWrite", "the thin pool is read/write".to_string()),
             PoolCondition::Mode(PoolMode::OutOfDataSpace) => (
                 VolumeHealthErrorType::Degraded,
@@ -53,8 +58,7 @@ impl PoolCondition {
             PoolCondition::Failed => (VolumeHealthErrorType::Inaccessible, "PoolFailed", "the thin pool target has failed".into()),
             PoolCondition::Gone => (VolumeHealthErrorType::Inaccessible, "PoolGone", "the pool of this volume is gone".into()),
             PoolCondition::Unhealthy(why) => (VolumeHealthErrorType::Degraded, "PoolUnhealthy", format!("the pool is marked unhealthy: {why}")),
-        };
-        VolumeHealthEntry { status: status as i32, reason: reason.into(), message }
+        }
     }
 
     /// The same condition for NodeGetStorageHealth (the pool is the backend).

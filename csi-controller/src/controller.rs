@@ -222,6 +222,7 @@ impl Inner {
                     },
                 );
                 v.metadata = object_meta(&obj_name, &pool_name, a.device);
+                v.metadata.annotations = csi_contract::keys::pvc_annotations(&req.parameters);
                 v
             })
             .await?;
@@ -265,6 +266,7 @@ impl Inner {
         let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", req.source_volume_id)))?;
         let vol = self.devices.settle(vol).await?;
         let pool = vol.spec.pool.clone();
+        self.devices.check_snapshot_room(&pool).await?;
         let s = self
             .devices
             .create(&pool, Op::CreateSnapshot { origin: vol.spec.device_id }, |a| {

@@ -250,15 +250,26 @@ pub fn pool_unusable(pool: &ThinPool) -> Option<String> {
     None
 }
 
-/// What a volume on the pool can still get: data_total × ratio − Σ sizes of
-/// its volumes, 0 when the pool is unusable.
+/// What a volume on the pool can still get (docs/csi.md, "Capacity"):
+///
+/// min(data_total × ratio − Σ sizes of its volumes, (data_total − data_used) × ratio)
+///
+/// rounded down to [`BLOCK`], 0 when the pool is unusable. The first term
+/// is the overprovisioning budget; the second the physical free space at
+/// the same ratio, which counts what thin snapshots hold exclusively (the
+/// blocks their origins have overwritten since: in the kernel's used
+/// count, in no volume's size).
 pub fn available(pool: &ThinPool, ratio: f64, provisioned: u64) -> u64 {
     if pool_unusable(pool).is_some() {
         return 0;
     }
-    let total = pool.status.as_ref().and_then(|s| s.data_total_bytes).unwrap_or(0);
-    let budget = (total as f64 * ratio).min(u64::MAX as f64) as u64;
-    budget.saturating_sub(provisioned) / BLOCK * BLOCK
+    let status = pool.status.as_ref();
+    let total = status.and_then(|s| s.data_total_bytes).unwrap_or(0);
+    let used = status.and_then(|s| s.data_used_bytes).unwrap_or(0);
+    let scaled = |bytes: u64| (bytes as f64 * ratio).min(u64::MAX as f64) as u64;
+    let budget = scaled(total).saturating_sub(provisioned);
+    let physical = scaled(total.saturating_sub(used));
+    budget.min(physical) / BLOCK * BLOCK
 }
 
 /// A volume's adverse conditions from its pool (ControllerGetVolumeHealth):
@@ -388,6 +399,21 @@ mod tests {
         assert_eq!(available(&pool(Some(PoolMode::NeedsCheck), PoolHealth::Healthy, (1, 100)), 10.0, 0), 0);
         assert_eq!(available(&pool(Some(PoolMode::ReadWrite), PoolHealth::Unhealthy, (1, 100)), 10.0, 0), 0);
         assert_eq!(available(&ThinPool::new("u", ThinPoolSpec::new("n", "p", "u", 0)), 10.0, 0), 0);
+    }
+
+    /// Blocks the kernel counts used beyond what the volumes' sizes say (a
+    /// snapshot's exclusive blocks) shrink the room: before, only the sizes
+    /// counted and a pool whose snapshots held most of it reported 10 GiB.
+    #[test]
+    fn capacity_counts_physical_use() {
+        let mut p = pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (10, 100));
+        p.status.as_mut().unwrap().data_used_bytes = Some(900 << 20);
+        // (1 GiB − 900 MiB) × 10 = 1240 MiB, under the budget of 10 GiB − 1 GiB.
+        assert_eq!(available(&p, 10.0, 1 << 30), 1240 << 20);
+        assert_eq!(available(&p, 1.0, 0), 124 << 20);
+        // The budget still bounds it when little is used.
+        p.status.as_mut().unwrap().data_used_bytes = Some(1 << 20);
+        assert_eq!(available(&p, 2.0, 1 << 30), 1 << 30);
     }
 
     #[test]
