@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const SPEC_MODULE: &str = "github.com/container-storage-interface/spec";
-const SPEC_VERSION: &str = "v1.12.0";
+const SPEC_VERSION: &str = "v1.14.0";
 /// The kubelet staging module of Kubernetes 1.36.3 (e2e/cluster/versions.env).
 const KUBELET_MODULE: &str = "k8s.io/kubelet";
 const KUBELET_VERSION: &str = "v0.36.3";
@@ -35,7 +35,7 @@ fn module_file(env: &str, module: &str, version: &str, file: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("running `go mod download {module}` (Go is needed to fetch {file}): {e}"));
     let json = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "`go mod download -json {module}` failed: {json}{}", String::from_utf8_lossy(&out.stderr));
-    // The one field we need: "Dir": "/root/go/pkg/mod/github.com/...@v1.12.0"
+    // The one field we need: "Dir": "/root/go/pkg/mod/github.com/...@v1.14.0"
     let dir = json
         .split("\"Dir\":")
         .nth(1)

@@ -9,6 +9,7 @@
 //! - [`codes`]: Kubernetes API errors as gRPC codes;
 //! - [`process`]: the shared options, logging and client setup of both `main.rs`;
 //! - [`metrics`]: the Prometheus series both export, and the gRPC request layer;
+//! - [`volume_health`]: a pool's condition as CSI volume/storage health entries;
 //! - [`health`]: `/healthz`, `/readyz` (named readiness conditions), `/metrics` over HTTP.
 
 pub mod busy;
@@ -20,5 +21,6 @@ pub mod keys;
 pub mod metrics;
 pub mod plugin;
 pub mod process;
+pub mod volume_health;
 
 pub use id::{DeviceRef, IdError};

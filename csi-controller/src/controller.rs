@@ -222,6 +222,7 @@ impl Inner {
                     },
                 );
                 v.metadata = object_meta(&obj_name, &pool_name, a.device);
+                v.metadata.annotations = csi_contract::keys::pvc_annotations(&req.parameters);
                 v
             })
             .await?;
@@ -265,6 +266,7 @@ impl Inner {
         let vol = vol.ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", req.source_volume_id)))?;
         let vol = self.devices.settle(vol).await?;
         let pool = vol.spec.pool.clone();
+        self.devices.check_snapshot_room(&pool).await?;
         let s = self
             .devices
             .create(&pool, Op::CreateSnapshot { origin: vol.spec.device_id }, |a| {
@@ -316,13 +318,9 @@ impl Inner {
             .into_iter()
             .map(|(_, v)| {
                 let pool = pools.get(&v.spec.pool);
-                let (abnormal, message) = condition(pool);
                 list_volumes_response::Entry {
                     volume: Some(self.volume_message(&v, pool)),
-                    status: Some(list_volumes_response::VolumeStatus {
-                        published_node_ids: Vec::new(),
-                        volume_condition: Some(VolumeCondition { abnormal, message }),
-                    }),
+                    status: Some(list_volumes_response::VolumeStatus { published_node_ids: Vec::new() }),
                 }
             })
             .collect();
@@ -471,14 +469,25 @@ impl Inner {
         let v = self.devices.find_id::<ThinVolume>("volume_id", &req.volume_id).await?;
         let v = v.filter(|v| v.status.as_ref().is_some_and(|s| s.ready)).ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let pool = self.devices.pools.get_opt(&v.spec.pool).await?;
-        let (abnormal, message) = condition(pool.as_ref());
         Ok(ControllerGetVolumeResponse {
             volume: Some(self.volume_message(&v, pool.as_ref())),
-            status: Some(controller_get_volume_response::VolumeStatus {
-                published_node_ids: Vec::new(),
-                volume_condition: Some(VolumeCondition { abnormal, message }),
-            }),
+            status: Some(controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new() }),
         })
+    }
+
+    /// ControllerGetVolumeHealth: the volume's pool as its ThinPool object
+    /// says (the node writes its mode from the kernel); NOT_FOUND for a
+    /// volume that does not exist.
+    async fn get_volume_health(&self, req: ControllerGetVolumeHealthRequest) -> Result<ControllerGetVolumeHealthResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::invalid("volume_id", "missing"));
+        }
+        self.check_leading()?;
+        let v = self.devices.find_id::<ThinVolume>("volume_id", &req.volume_id).await?;
+        let v = v.filter(|v| v.status.as_ref().is_some_and(|s| s.ready)).ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let pool = self.devices.pools.get_opt(&v.spec.pool).await?;
+        let health = csi_contract::volume_health::volume_health(&req.volume_id, &conditions(pool.as_ref()));
+        Ok(ControllerGetVolumeHealthResponse { volume_health: Some(health) })
     }
 }
 
@@ -500,6 +509,8 @@ fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
         creation_time,
         ready_to_use: s.status.as_ref().is_some_and(|s| s.ready),
         group_snapshot_id: String::new(),
+        // Alpha (SNAPSHOT_ACCESSIBILITY_CONSTRAINTS, not advertised).
+        accessible_topology: Vec::new(),
     }
 }
 
@@ -507,8 +518,9 @@ fn snapshot_message(s: &ThinSnapshot) -> Snapshot {
 /// GetSnapshot is served but not yet advertised: the pinned csi-sanity
 /// (v5.4, spec v1.12) fails a plugin that advertises GET_SNAPSHOT as an
 /// unknown capability; it is advertised with the move to spec v1.13+ and
-/// csi-sanity v5.6 (issue 10).
-pub const CAPABILITIES: [RpcType; 9] = [
+/// csi-sanity v5.6 (issue 10). ControllerGetVolumeHealth likewise
+/// ([`HEALTH_CAPABILITIES`]). VOLUME_CONDITION is gone from spec v1.13.
+pub const CAPABILITIES: [RpcType; 8] = [
     RpcType::CreateDeleteVolume,
     RpcType::CreateDeleteSnapshot,
     RpcType::ListVolumes,
@@ -517,8 +529,10 @@ pub const CAPABILITIES: [RpcType; 9] = [
     RpcType::ExpandVolume,
     RpcType::CloneVolume,
     RpcType::GetVolume,
-    RpcType::VolumeCondition,
 ];
+
+/// Served, advertised once the harness's csi-sanity knows them (v5.6).
+pub const HEALTH_CAPABILITIES: [RpcType; 1] = [RpcType::GetVolumeHealth];
 
 /// Runs a call that changes thin devices in its own task, to its end even
 /// when the caller gives up (its deadline passes and tonic drops the
@@ -594,6 +608,15 @@ impl Controller for ControllerService {
     }
     async fn controller_modify_volume(&self, _: Request<ControllerModifyVolumeRequest>) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
         unimplemented("ControllerModifyVolume")
+    }
+    async fn controller_get_volume_health(&self, r: Request<ControllerGetVolumeHealthRequest>) -> Result<Response<ControllerGetVolumeHealthResponse>, Status> {
+        reply(self.inner.get_volume_health(r.into_inner()).await)
+    }
+    async fn controller_list_volume_health(&self, _: Request<ControllerListVolumeHealthRequest>) -> Result<Response<ControllerListVolumeHealthResponse>, Status> {
+        unimplemented("ControllerListVolumeHealth")
+    }
+    async fn controller_get_node_info(&self, _: Request<ControllerGetNodeInfoRequest>) -> Result<Response<ControllerGetNodeInfoResponse>, Status> {
+        unimplemented("ControllerGetNodeInfo")
     }
 }
 

@@ -10,6 +10,7 @@ use csi_proto::v1::{CapacityRange, VolumeCapability};
 use thin_csi_api::{PoolHealth, PoolMode, ThinPool};
 
 use crate::status::Error;
+pub use csi_contract::volume_health::PoolCondition;
 
 pub use csi_contract::keys::{CTX_DEVICE, CTX_FS_TYPE, CTX_POOL, CTX_VOLUME, LABEL_DEVICE, LABEL_POOL, TOPOLOGY_KEY};
 pub use csi_contract::plugin::DRIVER_NAME;
@@ -249,32 +250,40 @@ pub fn pool_unusable(pool: &ThinPool) -> Option<String> {
     None
 }
 
-/// What a volume on the pool can still get: data_total × ratio − Σ sizes of
-/// its volumes, 0 when the pool is unusable.
+/// What a volume on the pool can still get (docs/csi.md, "Capacity"):
+///
+/// min(data_total × ratio − Σ sizes of its volumes, (data_total − data_used) × ratio)
+///
+/// rounded down to [`BLOCK`], 0 when the pool is unusable. The first term
+/// is the overprovisioning budget; the second the physical free space at
+/// the same ratio, which counts what thin snapshots hold exclusively (the
+/// blocks their origins have overwritten since: in the kernel's used
+/// count, in no volume's size).
 pub fn available(pool: &ThinPool, ratio: f64, provisioned: u64) -> u64 {
     if pool_unusable(pool).is_some() {
         return 0;
     }
-    let total = pool.status.as_ref().and_then(|s| s.data_total_bytes).unwrap_or(0);
-    let budget = (total as f64 * ratio).min(u64::MAX as f64) as u64;
-    budget.saturating_sub(provisioned) / BLOCK * BLOCK
+    let status = pool.status.as_ref();
+    let total = status.and_then(|s| s.data_total_bytes).unwrap_or(0);
+    let used = status.and_then(|s| s.data_used_bytes).unwrap_or(0);
+    let scaled = |bytes: u64| (bytes as f64 * ratio).min(u64::MAX as f64) as u64;
+    let budget = scaled(total).saturating_sub(provisioned);
+    let physical = scaled(total.saturating_sub(used));
+    budget.min(physical) / BLOCK * BLOCK
 }
 
-/// A volume's condition from its pool: abnormal when the pool is unhealthy,
-/// read-only, needs_check or out of data space (metadata fill alone only
-/// stops new volumes).
-pub fn condition(pool: Option<&ThinPool>) -> (bool, String) {
-    let Some(pool) = pool else { return (true, "the pool of this volume is gone".into()) };
+/// A volume's adverse conditions from its pool (ControllerGetVolumeHealth):
+/// the pool gone, unhealthy, or in a mode other than read/write (metadata
+/// fill alone only stops new volumes). The rule is csi-contract's.
+pub fn conditions(pool: Option<&ThinPool>) -> Vec<PoolCondition> {
+    let Some(pool) = pool else { return vec![PoolCondition::Gone] };
     let s = pool.status.clone().unwrap_or_default();
+    let mut out = Vec::new();
     if s.health == Some(PoolHealth::Unhealthy) {
-        return (true, format!("pool is unhealthy: {}", s.last_error.unwrap_or_default()));
+        out.push(PoolCondition::Unhealthy(s.last_error.unwrap_or_else(|| "no reason given".into())));
     }
-    match s.mode {
-        Some(PoolMode::OutOfDataSpace) => (true, "pool is out of data space: writes to unallocated blocks fail".into()),
-        Some(PoolMode::ReadOnly) => (true, "pool is read-only".into()),
-        Some(PoolMode::NeedsCheck) => (true, "pool needs a check (needs_check)".into()),
-        _ => (false, "ok".into()),
-    }
+    out.extend(s.mode.and_then(PoolCondition::of_mode));
+    out
 }
 
 #[cfg(test)]
@@ -392,13 +401,29 @@ mod tests {
         assert_eq!(available(&ThinPool::new("u", ThinPoolSpec::new("n", "p", "u", 0)), 10.0, 0), 0);
     }
 
+    /// Blocks the kernel counts used beyond what the volumes' sizes say (a
+    /// snapshot's exclusive blocks) shrink the room: before, only the sizes
+    /// counted and a pool whose snapshots held most of it reported 10 GiB.
     #[test]
-    fn conditions() {
-        assert!(!condition(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (1, 100)))).0);
-        assert!(!condition(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (95, 100)))).0);
-        assert!(condition(Some(&pool(Some(PoolMode::OutOfDataSpace), PoolHealth::Healthy, (1, 100)))).0);
-        assert!(condition(Some(&pool(Some(PoolMode::ReadOnly), PoolHealth::Healthy, (1, 100)))).0);
-        assert!(condition(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Unhealthy, (1, 100)))).0);
-        assert!(condition(None).0);
+    fn capacity_counts_physical_use() {
+        let mut p = pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (10, 100));
+        p.status.as_mut().unwrap().data_used_bytes = Some(900 << 20);
+        // (1 GiB − 900 MiB) × 10 = 1240 MiB, under the budget of 10 GiB − 1 GiB.
+        assert_eq!(available(&p, 10.0, 1 << 30), 1240 << 20);
+        assert_eq!(available(&p, 1.0, 0), 124 << 20);
+        // The budget still bounds it when little is used.
+        p.status.as_mut().unwrap().data_used_bytes = Some(1 << 20);
+        assert_eq!(available(&p, 2.0, 1 << 30), 1 << 30);
+    }
+
+    #[test]
+    fn volume_conditions() {
+        let reasons = |p: Option<&ThinPool>| conditions(p).iter().map(|c| c.entry().reason).collect::<Vec<_>>();
+        assert!(reasons(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (1, 100)))).is_empty());
+        assert!(reasons(Some(&pool(Some(PoolMode::ReadWrite), PoolHealth::Healthy, (95, 100)))).is_empty());
+        assert_eq!(reasons(Some(&pool(Some(PoolMode::OutOfDataSpace), PoolHealth::Healthy, (1, 100)))), ["PoolOutOfDataSpace"]);
+        assert_eq!(reasons(Some(&pool(Some(PoolMode::ReadOnly), PoolHealth::Healthy, (1, 100)))), ["PoolReadOnly"]);
+        assert_eq!(reasons(Some(&pool(Some(PoolMode::NeedsCheck), PoolHealth::Unhealthy, (1, 100)))), ["PoolUnhealthy", "PoolNeedsCheck"]);
+        assert_eq!(reasons(None), ["PoolGone"]);
     }
 }

@@ -56,6 +56,19 @@ impl Devices {
             .unwrap_or(0))
     }
 
+    /// Refuses a new snapshot on `pool` (RESOURCE_EXHAUSTED) when the pool
+    /// takes nothing new: gone, unhealthy, not read/write (out of data
+    /// space, read-only, needs_check) or its metadata over the limit, which
+    /// stops snapshots before the kernel runs out of metadata and aborts to
+    /// read-only. A snapshot needs no budget: it shares its origin's blocks.
+    pub async fn check_snapshot_room(&self, pool: &str) -> Result<()> {
+        let p = self.pools.get_opt(pool).await?.ok_or_else(|| Error::ResourceExhausted(format!("pool {pool} is gone")))?;
+        match pool_unusable(&p) {
+            Some(reason) => Err(Error::ResourceExhausted(format!("pool {} on {} takes no new snapshot: {reason}", p.spec.pool_name, p.spec.node))),
+            None => Ok(()),
+        }
+    }
+
     /// Picks the pool for a new empty volume of `size` bytes.
     pub async fn place(&self, params: &Params, topo: Option<&TopologyRequirement>, size: u64) -> Result<ThinPool> {
         let pools = self.pool_map().await?;

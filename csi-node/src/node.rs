@@ -26,7 +26,7 @@ use csi_proto::v1::*;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use thin_csi_api::ThinVolume;
-use thinpool::status::PoolMode;
+use csi_contract::volume_health::{volume_health, PoolCondition};
 use thinpool::{Kernel, KernelError, Sectors, ThinId};
 use thinpool_dm::DmPool;
 use tonic::{Request, Response, Status};
@@ -361,9 +361,35 @@ impl NodeService {
         .await
     }
 
-    async fn condition(&self) -> Result<VolumeCondition> {
+    /// The pool's adverse conditions, from its status read with no-flush.
+    async fn conditions(&self) -> Result<Vec<PoolCondition>> {
         let status = self.kernel(|p| Ok(p.pool_status()?)).await?;
-        Ok(condition_of(&status))
+        Ok(conditions_of(&status))
+    }
+
+    /// NodeGetVolumeHealth: NOT_FOUND unless the volume's thin device is in
+    /// this node's pool (it need not be staged: the CO may ask after a
+    /// failed stage); then the pool's conditions.
+    async fn volume_health(&self, req: NodeGetVolumeHealthRequest) -> Result<NodeGetVolumeHealthResponse> {
+        required(&req.volume_id, "volume_id")?;
+        let r = self.ours(&req.volume_id)?;
+        let id = r.device;
+        // A failed pool cannot be probed: its volumes are reported inaccessible.
+        let (exists, status) = self
+            .kernel(move |p| {
+                let status = p.pool_status()?;
+                let exists = status.working().is_none() || thinpool::device_exists(p, id)?;
+                Ok((exists, status))
+            })
+            .await?;
+        if !exists {
+            return Err(Error::NotFound(format!("volume {}: thin device {id} is not in this node's pool", req.volume_id)));
+        }
+        Ok(NodeGetVolumeHealthResponse { volume_health: Some(volume_health(&req.volume_id, &conditions_of(&status))) })
+    }
+
+    async fn storage_health(&self) -> Result<NodeGetStorageHealthResponse> {
+        Ok(NodeGetStorageHealthResponse { backend_health: self.conditions().await?.iter().map(PoolCondition::backend).collect() })
     }
 
     async fn stats(&self, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
@@ -403,7 +429,8 @@ impl NodeService {
             ])
         })
         .await?;
-        Ok(NodeGetVolumeStatsResponse { usage, volume_condition: Some(self.condition().await?) })
+        // The pool's condition is NodeGetVolumeHealth's since spec v1.13.
+        Ok(NodeGetVolumeStatsResponse { usage })
     }
 
     async fn expand(&self, req: NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse> {
@@ -478,29 +505,34 @@ impl NodeService {
     }
 }
 
-/// A volume's condition from its pool's status: abnormal when the pool has
-/// failed, needs a metadata check, is out of data space or read-only.
-pub fn condition_of(status: &thinpool::PoolStatus) -> VolumeCondition {
-    let why = match status.working() {
-        None => Some("the thin pool has failed".to_string()),
-        Some(w) if w.needs_check => Some("the thin pool needs a metadata check (needs_check)".into()),
-        Some(w) if w.mode == PoolMode::OutOfDataSpace => Some("the thin pool is out of data space: writes to unallocated blocks fail".into()),
-        Some(w) if w.mode == PoolMode::ReadOnly => Some("the thin pool is read-only".into()),
-        Some(_) => None,
-    };
-    VolumeCondition { abnormal: why.is_some(), message: why.unwrap_or_else(|| "the thin pool is healthy".into()) }
+/// The pool's adverse conditions from its kernel status: failed, or a mode
+/// other than read/write (needs_check wins over the mode).
+pub fn conditions_of(status: &thinpool::PoolStatus) -> Vec<PoolCondition> {
+    match status.working() {
+        None => vec![PoolCondition::Failed],
+        Some(w) => PoolCondition::of_mode(thin_csi_api::pool::PoolMode::of(w)).into_iter().collect(),
+    }
 }
 
-/// What NodeGetCapabilities advertises.
+/// What NodeGetCapabilities advertises. NodeGetVolumeHealth and
+/// NodeGetStorageHealth are served but not advertised while the harness's
+/// csi-sanity is v5.4 (spec v1.12): it fails a plugin on a capability it
+/// does not know; [`HEALTH_CAPABILITIES`] join this list with csi-sanity
+/// v5.6 (docs/decisions.md, "Pool health").
 pub fn capabilities() -> Vec<NodeServiceCapability> {
     use node_service_capability::rpc::Type;
-    [Type::StageUnstageVolume, Type::GetVolumeStats, Type::ExpandVolume, Type::VolumeCondition]
+    [Type::StageUnstageVolume, Type::GetVolumeStats, Type::ExpandVolume]
         .into_iter()
         .map(|t| NodeServiceCapability {
             r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type: t as i32 })),
         })
         .collect()
 }
+
+/// The health RPCs' capabilities (alpha in spec v1.14), served, advertised
+/// once csi-sanity knows them (see [`capabilities`]).
+pub const HEALTH_CAPABILITIES: [node_service_capability::rpc::Type; 2] =
+    [node_service_capability::rpc::Type::GetVolumeHealth, node_service_capability::rpc::Type::GetStorageHealth];
 
 #[tonic::async_trait]
 impl Node for NodeService {
@@ -527,6 +559,12 @@ impl Node for NodeService {
     }
     async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
         Ok(Response::new(self.info()))
+    }
+    async fn node_get_volume_health(&self, r: Request<NodeGetVolumeHealthRequest>) -> Result<Response<NodeGetVolumeHealthResponse>, Status> {
+        reply(self.volume_health(r.into_inner()).await)
+    }
+    async fn node_get_storage_health(&self, _: Request<NodeGetStorageHealthRequest>) -> Result<Response<NodeGetStorageHealthResponse>, Status> {
+        reply(self.storage_health().await)
     }
 }
 
@@ -578,21 +616,21 @@ mod tests {
     }
 
     #[test]
-    fn condition_from_the_pool_status_line() {
-        let cond = |line: &str| condition_of(&line.parse::<thinpool::PoolStatus>().unwrap());
-        assert!(!cond("7 20/1024 30/2000 - rw discard_passdown queue_if_no_space - 1024").abnormal);
+    fn conditions_from_the_pool_status_line() {
+        use thin_csi_api::pool::PoolMode;
+        let cond = |line: &str| conditions_of(&line.parse::<thinpool::PoolStatus>().unwrap());
+        assert_eq!(cond("7 20/1024 30/2000 - rw discard_passdown queue_if_no_space - 1024"), vec![]);
         let c = cond("7 20/1024 2000/2000 - out_of_data_space discard_passdown error_if_no_space - 1024");
-        assert!(c.abnormal && c.message.contains("out of data space"), "{c:?}");
-        let c = cond("7 20/1024 30/2000 - ro discard_passdown queue_if_no_space - 1024");
-        assert!(c.abnormal && c.message.contains("read-only"), "{c:?}");
-        let c = cond("7 20/1024 30/2000 - rw discard_passdown queue_if_no_space needs_check 1024");
-        assert!(c.abnormal && c.message.contains("needs_check"), "{c:?}");
-        assert!(cond("Fail").abnormal);
+        assert_eq!(c, vec![PoolCondition::Mode(PoolMode::OutOfDataSpace)]);
+        assert_eq!(cond("7 20/1024 30/2000 - ro discard_passdown queue_if_no_space - 1024"), vec![PoolCondition::Mode(PoolMode::ReadOnly)]);
+        let c = cond("7 20/1024 30/2000 - ro discard_passdown queue_if_no_space needs_check 1024");
+        assert_eq!(c, vec![PoolCondition::Mode(PoolMode::NeedsCheck)]);
+        assert_eq!(cond("Fail"), vec![PoolCondition::Failed]);
     }
 
     #[test]
     fn advertises_the_node_rpcs() {
         let caps = capabilities();
-        assert_eq!(caps.len(), 4);
+        assert_eq!(caps.len(), 3);
     }
 }

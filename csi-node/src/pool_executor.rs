@@ -37,6 +37,14 @@ type Seen = (Option<String>, Option<i64>, String);
 /// example a device to delete is still open); new events retry at once.
 const BLOCKED_RETRY: Duration = Duration::from_secs(5);
 
+/// The longest the node goes without reading the pool's status (no-flush)
+/// when no device-mapper event comes: usage raises no event.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A usage change written without a mode change: one part in this many of
+/// the total (data or metadata), so I/O does not turn into status writes.
+const USAGE_STEP: u64 = 100;
+
 pub struct PoolExecutor {
     pools: Api<ThinPool>,
     object: String,
@@ -140,10 +148,14 @@ impl PoolExecutor {
         self.kernel.clone()
     }
 
-    /// Watches the pool object and reconciles on every change; never polls.
+    /// Watches the pool object and reconciles on every spec change; between
+    /// them, refreshes the pool's mode and usage on every device-mapper
+    /// event of the pool and at least every [`HEALTH_INTERVAL`]
+    /// ([`Self::refresh_health`]). One loop: the status has one writer.
     pub async fn run(self) -> Result<(), NodeError> {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.object));
         let mut changes = watcher(self.pools.clone(), config).default_backoff().applied_objects().boxed();
+        let mut health = self.watch_events()?;
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut latest: Option<ThinPool> = None;
         // The last spec fully reconciled.
@@ -163,6 +175,12 @@ impl PoolExecutor {
                     None => return Ok(()),
                 },
                 _ = retry => {}
+                Some(()) = health.recv() => {
+                    if let Err(e) = self.refresh_health().await {
+                        warn!(error = %e, "pool health refresh failed; next event or interval retries");
+                    }
+                    continue;
+                }
             }
             let retrying = retry_at.take().is_some_and(|at| at <= tokio::time::Instant::now());
             let Some(pool) = latest.clone() else { continue };
@@ -234,7 +252,7 @@ impl PoolExecutor {
                 }
                 let mut observer = KillAt::parse(job_kill_at.as_deref());
                 let progress = executor.drive(&mut *k, &job_record, &mut observer);
-                let usage = k.pool_status().ok().and_then(|s| s.working().cloned()).map(|w| (w, k.block_size(), k.metadata_area().len));
+                let usage = read_usage(&k);
                 crate::observe::count_ended(&progress.ended, &observer.2.started, &counted);
                 (progress, usage, executor)
             })
@@ -259,12 +277,8 @@ impl PoolExecutor {
                 }
             }
             let mut status = next_status(&old, &pool, &record.finished, &progress);
-            if let Some((w, block, meta_len)) = usage {
-                status.data_used_bytes = Some(w.data.used * block.bytes());
-                status.data_total_bytes = Some(w.data.total * block.bytes());
-                status.metadata_used_bytes = Some(w.metadata.used * 4096);
-                status.metadata_total_bytes = Some(w.metadata.total.max(meta_len.bytes() / 4096) * 4096);
-                status.mode = Some(PoolMode::of(&w));
+            if let Some(usage) = usage {
+                apply_usage(&mut status, &usage);
                 crate::observe::pool_gauges(&self.object, &status);
             }
             let mut blocked = false;
@@ -292,13 +306,92 @@ impl PoolExecutor {
 
     /// Writes `status` over `old` (the status the run started from), only
     /// when it changed; fields `old` had and `status` lacks are cleared.
+    /// A new pool mode is announced once written (Events on the pool and
+    /// on the PVCs of its volumes).
     async fn write_status(&self, pool: &ThinPool, old: &ThinPoolStatus, status: ThinPoolStatus) -> Result<(), NodeError> {
         if &status == old {
             return Ok(());
         }
         let name = pool.metadata.name.as_deref().unwrap_or(&self.object);
         self.pools.patch_status(name, &PatchParams::default(), &Patch::Merge(status.merge_patch_from(old))).await?;
+        if let Some((type_, reason, note)) = mode_change(old.mode, status.mode) {
+            warn!(pool = %self.object, from = ?old.mode, to = ?status.mode, "pool mode changed");
+            self.event(pool, type_.clone(), reason, &note).await;
+            self.pvc_events(type_, reason, &note).await;
+        }
         Ok(())
+    }
+
+    /// Starts the thread that waits for the pool's device-mapper events
+    /// (thinpool-dm `PoolEvents`: its own control handle, never the pool
+    /// lock) and sends a tick on each, and at least every [`HEALTH_INTERVAL`].
+    fn watch_events(&self) -> Result<tokio::sync::mpsc::Receiver<()>, NodeError> {
+        let mut events = self.kernel.lock().unwrap_or_else(|p| p.into_inner()).events().map_err(|e| kernel_err(&self.object, e))?;
+        info!(pool = %self.object, events = events.uses_events(), "watching the pool's device-mapper events");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let object = self.object.clone();
+        std::thread::Builder::new()
+            .name("pool-events".into())
+            .spawn(move || loop {
+                if let Err(e) = events.wait(HEALTH_INTERVAL) {
+                    warn!(pool = %object, error = %e, "waiting for pool events");
+                    std::thread::sleep(HEALTH_INTERVAL);
+                }
+                // Full: a refresh is already due, which reads the latest.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                    return;
+                }
+            })
+            .map_err(|e| kernel_err(&self.object, e))?;
+        Ok(rx)
+    }
+
+    /// Reads the pool's mode and usage (status with no-flush) and writes
+    /// them when the mode changed or usage moved by a step ([`USAGE_STEP`]).
+    async fn refresh_health(&self) -> Result<(), NodeError> {
+        let kernel = self.kernel.clone();
+        let usage = tokio::task::spawn_blocking(move || read_usage(&kernel.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| kernel_err(&self.object, e))?;
+        let Some(usage) = usage else { return Err(kernel_err(&self.object, "the kernel reports the pool failed")) };
+        let Some(pool) = self.pools.get_opt(&self.object).await? else { return Ok(()) };
+        let old = pool.status.clone().unwrap_or_default();
+        let mut status = old.clone();
+        apply_usage(&mut status, &usage);
+        crate::observe::pool_gauges(&self.object, &status);
+        if worth_writing(&old, &status) {
+            self.write_status(&pool, &old, status).await?;
+        }
+        Ok(())
+    }
+
+    /// Events on the PVCs whose volumes are on this pool (the ThinVolume
+    /// annotations the controller records from csi-provisioner's
+    /// `--extra-create-metadata` parameters).
+    async fn pvc_events(&self, type_: EventType, reason: &str, note: &str) {
+        use csi_contract::keys::{ANN_PVC_NAME, ANN_PVC_NAMESPACE};
+        let volumes: Api<ThinVolume> = Api::all(self.pools.clone().into_client());
+        let on_pool = ListParams::default().labels(&format!("{}={}", thin_csi_api::LABEL_POOL, self.object));
+        let list = match volumes.list(&on_pool).await {
+            Ok(l) => l,
+            Err(e) => return warn!(error = %e, "listing the pool's volumes for PVC events"),
+        };
+        for v in list.items {
+            let ann = v.metadata.annotations.unwrap_or_default();
+            let (Some(name), Some(namespace)) = (ann.get(ANN_PVC_NAME), ann.get(ANN_PVC_NAMESPACE)) else { continue };
+            let reference = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("PersistentVolumeClaim".into()),
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            };
+            let note = format!("volume {} on pool {}: {note}", v.spec.csi_name, self.object);
+            let event = Event { type_: type_.clone(), reason: reason.into(), note: Some(note), action: "PoolModeChanged".into(), secondary: None };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                warn!(error = %e, pvc = %name, namespace = %namespace, "could not publish a PVC event");
+            }
+        }
     }
 
     async fn event(&self, pool: &ThinPool, type_: EventType, reason: &str, note: &str) {
@@ -307,6 +400,64 @@ impl PoolExecutor {
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             warn!(error = %e, reason, "could not publish event");
         }
+    }
+}
+
+/// The pool's working status with the sizes to turn it into bytes: block
+/// size and the metadata area's length. None when the pool has failed.
+type Usage = (thinpool::WorkingStatus, thinpool::Sectors, thinpool::Sectors);
+
+fn read_usage(k: &DmPool) -> Option<Usage> {
+    k.pool_status().ok().and_then(|s| s.working().cloned()).map(|w| (w, k.block_size(), k.metadata_area().len))
+}
+
+/// Mode and usage in bytes into `status`.
+fn apply_usage(status: &mut ThinPoolStatus, (w, block, meta_len): &Usage) {
+    status.data_used_bytes = Some(w.data.used * block.bytes());
+    status.data_total_bytes = Some(w.data.total * block.bytes());
+    status.metadata_used_bytes = Some(w.metadata.used * 4096);
+    status.metadata_total_bytes = Some(w.metadata.total.max(meta_len.bytes() / 4096) * 4096);
+    status.mode = Some(PoolMode::of(w));
+}
+
+/// Whether a health refresh writes: the mode changed, a total changed (a
+/// resize), or a usage moved by at least one [`USAGE_STEP`]th of its total.
+pub fn worth_writing(old: &ThinPoolStatus, new: &ThinPoolStatus) -> bool {
+    let moved = |used: (Option<u64>, Option<u64>), total: Option<u64>| match (used, total) {
+        ((Some(a), Some(b)), Some(t)) => a.abs_diff(b) >= (t / USAGE_STEP).max(1),
+        _ => used.0 != used.1,
+    };
+    old.mode != new.mode
+        || old.data_total_bytes != new.data_total_bytes
+        || old.metadata_total_bytes != new.metadata_total_bytes
+        || moved((old.data_used_bytes, new.data_used_bytes), new.data_total_bytes)
+        || moved((old.metadata_used_bytes, new.metadata_used_bytes), new.metadata_total_bytes)
+}
+
+/// The Event a mode change raises: a Warning naming the new adverse mode,
+/// or Normal `PoolReadWrite` when the pool is back to read/write. Nothing
+/// on the first report of a read/write pool.
+pub fn mode_change(old: Option<PoolMode>, new: Option<PoolMode>) -> Option<(EventType, &'static str, String)> {
+    let new = new?;
+    if old == Some(new) || (old.is_none() && new == PoolMode::ReadWrite) {
+        return None;
+    }
+    let condition = csi_contract::volume_health::PoolCondition::of_mode(new);
+    Some(match condition {
+        Some(c) => {
+            let (_, reason, message) = c.parts();
+            (EventType::Warning, reason, message)
+        }
+        None => (EventType::Normal, "PoolReadWrite", format!("the thin pool is read/write again (was {})", old.map(mode_name).unwrap_or("unknown"))),
+    })
+}
+
+fn mode_name(m: PoolMode) -> &'static str {
+    match m {
+        PoolMode::ReadWrite => "rw",
+        PoolMode::OutOfDataSpace => "out_of_data_space",
+        PoolMode::ReadOnly => "read-only",
+        PoolMode::NeedsCheck => "needs_check",
     }
 }
 
@@ -389,5 +540,42 @@ pub fn next_status(old: &ThinPoolStatus, pool: &ThinPool, finished: &Transaction
         health: Some(old.health.unwrap_or(PoolHealth::Healthy)),
         last_error: progress.stopped.as_ref().map(ToString::to_string),
         ..old.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mode_change_raises_one_event_and_the_first_rw_report_none() {
+        assert!(mode_change(None, Some(PoolMode::ReadWrite)).is_none());
+        assert!(mode_change(Some(PoolMode::ReadWrite), Some(PoolMode::ReadWrite)).is_none());
+        assert!(mode_change(Some(PoolMode::ReadWrite), None).is_none());
+        let (t, reason, note) = mode_change(Some(PoolMode::ReadWrite), Some(PoolMode::OutOfDataSpace)).unwrap();
+        assert_eq!((t, reason), (EventType::Warning, "PoolOutOfDataSpace"));
+        assert!(note.contains("out of data space"), "{note}");
+        assert_eq!(mode_change(None, Some(PoolMode::NeedsCheck)).unwrap().1, "PoolNeedsCheck");
+        let (t, reason, note) = mode_change(Some(PoolMode::OutOfDataSpace), Some(PoolMode::ReadWrite)).unwrap();
+        assert_eq!((t, reason), (EventType::Normal, "PoolReadWrite"));
+        assert!(note.contains("was out_of_data_space"), "{note}");
+    }
+
+    #[test]
+    fn usage_is_written_by_steps_and_mode_or_size_at_once() {
+        let s = |used: u64, total: u64, mode: PoolMode| ThinPoolStatus {
+            data_used_bytes: Some(used),
+            data_total_bytes: Some(total),
+            metadata_used_bytes: Some(1),
+            metadata_total_bytes: Some(100),
+            mode: Some(mode),
+            ..Default::default()
+        };
+        let rw = PoolMode::ReadWrite;
+        assert!(!worth_writing(&s(100, 10_000, rw), &s(199, 10_000, rw)));
+        assert!(worth_writing(&s(100, 10_000, rw), &s(200, 10_000, rw)));
+        assert!(worth_writing(&s(100, 10_000, rw), &s(100, 20_000, rw)), "a resize");
+        assert!(worth_writing(&s(100, 10_000, rw), &s(101, 10_000, PoolMode::OutOfDataSpace)));
+        assert!(worth_writing(&ThinPoolStatus::default(), &s(0, 10_000, rw)), "the first report");
     }
 }

@@ -1,7 +1,7 @@
 //! gRPC APIs generated at build time from their pinned upstream protos
 //! (build.rs): messages and service traits, nothing else.
 //!
-//! - [`v1`]: CSI v1 (spec v1.12, the spec's csi.proto). What the two
+//! - [`v1`]: CSI v1 (spec v1.14, the spec's csi.proto). What the two
 //!   binaries agree on beyond the wire format is in `csi-contract`.
 //! - [`pluginregistration`]: the kubelet's plugin-registration API
 //!   (`pluginregistration.v1` of `k8s.io/kubelet` v0.36.3), served by csi-node.

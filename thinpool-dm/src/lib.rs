@@ -8,6 +8,8 @@
 //! - Setup ([`DmPool::create_on_device`], [`DmPool::open_on_device`],
 //!   [`DmPool::adopt`], [`DmPool::teardown`], [`probe`], [`find_pools`])
 //!   never sends a message.
+//! - [`PoolEvents`] waits for the pool's device-mapper events (mode
+//!   changes) on its own control handle, never on the pool lock.
 //! - Device names ([`names`]) let a node find every device again from the
 //!   pool name: `thincsi-<pool>-{meta,data,pool}`, `thincsi-<pool>-thin-<id>`.
 //!
@@ -17,6 +19,7 @@
 
 mod blockdev;
 mod dmops;
+mod events;
 mod listing;
 pub mod error;
 pub mod names;
@@ -26,6 +29,7 @@ pub mod table;
 
 pub use blockdev::{device_size, read_head, size_of, thin_superblock, ThinSuperblock, THIN_METADATA_MAGIC};
 pub use error::{from_errno, DmError};
+pub use events::PoolEvents;
 pub use pool::{DmPool, MetadataArea, PoolLayout};
 pub use setup::{describe, find_pools, probe, ExposedMetadata};
 pub use table::PoolFeatures;

@@ -263,6 +263,11 @@ impl DmPool {
         Ok(this.metadata_area())
     }
 
+    /// A waiter for this pool's device-mapper events (mode changes).
+    pub fn events(&self) -> Result<crate::PoolEvents, KernelError> {
+        crate::PoolEvents::new(&self.pool_dm_name())
+    }
+
     fn pool_dm_name(&self) -> String {
         self.names.pool()
     }

@@ -557,6 +557,12 @@ fn all_exist(kernel: &mut impl Kernel, ids: impl Iterator<Item = ThinId>) -> Res
     Ok(true)
 }
 
+/// Whether thin id `id` is in the pool (an inactive one is probed as in
+/// recovery: activated, then deactivated again).
+pub fn device_exists(kernel: &mut impl Kernel, id: ThinId) -> Result<bool, KernelError> {
+    exists(kernel, id)
+}
+
 /// Whether thin id `id` is in the pool: an active device is; an inactive
 /// one is probed by activating it (ENODATA: absent) and deactivating it,
 /// which leaves the active set as it was.

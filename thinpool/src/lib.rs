@@ -15,7 +15,7 @@ pub mod model;
 pub mod status;
 pub mod txn;
 
-pub use engine::{commit, reconcile, recover, thaw, Boundary, CommitError, CommitReport, Observer, PoolRecord, RecoverError, RecoveryReport};
+pub use engine::{commit, device_exists, reconcile, recover, thaw, Boundary, CommitError, CommitReport, Observer, PoolRecord, RecoverError, RecoveryReport};
 pub use executor::{AbortKind, Ended, Executor, Progress};
 pub use ids::{IdError, PoolName, Sectors, ThinId, TransactionId};
 pub use kernel::{ActiveThin, Kernel, KernelError};

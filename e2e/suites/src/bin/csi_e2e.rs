@@ -198,10 +198,10 @@ impl Ctx {
             .await;
         self.code("shrink below the current size: OUT_OF_RANGE", r, Code::OutOfRange, "do not shrink");
 
-        // Volume condition follows the pool.
-        let g = self.c.controller_get_volume(ControllerGetVolumeRequest { volume_id: v.volume_id.clone() }).await.map_err(|s| s.to_string())?.into_inner();
-        let cond = g.status.and_then(|s| s.volume_condition);
-        self.check("ControllerGetVolume: condition normal on a healthy pool", cond.as_ref().is_some_and(|c| !c.abnormal), format!("{cond:?}"));
+        // Volume health follows the pool.
+        let g = self.c.controller_get_volume_health(ControllerGetVolumeHealthRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.map_err(|s| s.to_string())?.into_inner();
+        let health = g.volume_health;
+        self.check("ControllerGetVolumeHealth: no entry on a healthy pool", health.as_ref().is_some_and(|h| h.health_statuses.is_empty() && h.volume_id == v.volume_id), format!("{health:?}"));
         // (Abnormal conditions — unhealthy, read-only, needs_check, out of
         // data space — are unit-tested in params.rs: the node rewrites its
         // pool status from the kernel as soon as anything else writes it,

@@ -22,6 +22,7 @@
 //!   k8s_e2e kubelet expand ADDR PV POD_UID BYTES
 //!   k8s_e2e kubelet stats ADDR PV POD_UID
 //!       NodeGetVolumeStats: `STATS total=<bytes> used=<bytes> abnormal=<bool>`
+//!       (abnormal: NodeGetVolumeHealth has an entry)
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::{
-    volume_capability, CapacityRange, NodeExpandVolumeRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
+    volume_capability, CapacityRange, NodeExpandVolumeRequest, NodeGetInfoRequest, NodeGetVolumeHealthRequest, NodeGetVolumeStatsRequest,
     NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
     VolumeCapability,
 };
@@ -277,15 +278,20 @@ async fn kubelet(client: Client, args: &[String]) -> Result<()> {
             .await
             .map(|r| println!("EXPANDED {}", r.into_inner().capacity_bytes))
         }
-        "stats" => node
-            .node_get_volume_stats(NodeGetVolumeStatsRequest { volume_id: id, volume_path: target.clone(), staging_target_path: staging.clone() })
-            .await
-            .map(|r| {
-                let r = r.into_inner();
-                let bytes = r.usage.iter().find(|u| u.unit == csi_proto::v1::volume_usage::Unit::Bytes as i32);
-                let abnormal = r.volume_condition.as_ref().is_some_and(|c| c.abnormal);
-                println!("STATS total={} used={} abnormal={abnormal}", bytes.map_or(0, |u| u.total), bytes.map_or(0, |u| u.used));
-            }),
+        "stats" => {
+            let health = node.node_get_volume_health(NodeGetVolumeHealthRequest { volume_id: id.clone(), ..Default::default() }).await;
+            let abnormal = match health {
+                Ok(h) => h.into_inner().volume_health.is_some_and(|h| !h.health_statuses.is_empty()),
+                Err(s) => return Err(format!("health: {:?}: {}", s.code(), s.message())),
+            };
+            node.node_get_volume_stats(NodeGetVolumeStatsRequest { volume_id: id, volume_path: target.clone(), staging_target_path: staging.clone() })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    let bytes = r.usage.iter().find(|u| u.unit == csi_proto::v1::volume_usage::Unit::Bytes as i32);
+                    println!("STATS total={} used={} abnormal={abnormal}", bytes.map_or(0, |u| u.total), bytes.map_or(0, |u| u.used));
+                })
+        }
         other => return Err(format!("unknown kubelet call {other}")),
     };
     r.map_err(|s| format!("{op}: {:?}: {}", s.code(), s.message()))?;
@@ -296,7 +302,7 @@ async fn kubelet(client: Client, args: &[String]) -> Result<()> {
 
 async fn node_info(addr: &str) -> Result<()> {
     let mut node = node_client(addr).await?;
-    let info = node.node_get_info(NodeGetInfoRequest {}).await.map_err(|s| format!("NodeGetInfo: {:?}: {}", s.code(), s.message()))?.into_inner();
+    let info = node.node_get_info(NodeGetInfoRequest::default()).await.map_err(|s| format!("NodeGetInfo: {:?}: {}", s.code(), s.message()))?.into_inner();
     let segments: BTreeMap<String, String> = info.accessible_topology.map(|t| t.segments.into_iter().collect()).unwrap_or_default();
     let seg: Vec<String> = segments.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("NODEINFO {} {}", info.node_id, seg.join(" "));

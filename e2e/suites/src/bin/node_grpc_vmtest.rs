@@ -128,6 +128,20 @@ impl T {
         self.node.clone().node_get_volume_stats(req).await.map(|r| r.into_inner())
     }
 
+    /// GetCapacity on this node (default parameters).
+    async fn capacity(&self) -> Result<i64, String> {
+        let topo = Topology { segments: [("topology.thin.csi.io/node".to_string(), self.node_name.clone())].into_iter().collect() };
+        let req = GetCapacityRequest { accessible_topology: Some(topo), ..Default::default() };
+        Ok(self.ctl.clone().get_capacity(req).await.map_err(st)?.into_inner().available_capacity)
+    }
+
+    /// NodeGetVolumeHealth: the reasons of its entries (empty: healthy).
+    async fn health(&self, id: &str) -> Result<Vec<String>, tonic::Status> {
+        let req = NodeGetVolumeHealthRequest { volume_id: id.into(), ..Default::default() };
+        let h = self.node.clone().node_get_volume_health(req).await?.into_inner().volume_health.unwrap_or_default();
+        Ok(h.health_statuses.into_iter().map(|e| e.reason).collect())
+    }
+
     async fn expand(&self, v: &Vol, path: &Path, size: i64) -> Result<i64, String> {
         let req = ControllerExpandVolumeRequest {
             volume_id: v.id.clone(),
@@ -152,6 +166,14 @@ impl T {
     async fn delete(&self, v: &Vol) -> Result<(), String> {
         self.ctl.clone().delete_volume(DeleteVolumeRequest { volume_id: v.id.clone(), ..Default::default() }).await.map_err(st).map(|_| ())
     }
+}
+
+/// The code back out of an error string made by [`st`].
+fn code_of(e: &str) -> Code {
+    [Code::ResourceExhausted, Code::InvalidArgument, Code::NotFound, Code::FailedPrecondition, Code::AlreadyExists, Code::OutOfRange]
+        .into_iter()
+        .find(|c| e.starts_with(&format!("{c:?}:")))
+        .unwrap_or(Code::Unknown)
 }
 
 fn expect_code<X>(r: Result<X, tonic::Status>, code: Code, mention: &str) -> Check {
@@ -269,7 +291,7 @@ async fn run(t: &T, s: &mut Report) {
     })
     .await;
     s.case_async("NodeGetInfo: node id, topology key, max volumes", async {
-        let r = t.node.clone().node_get_info(NodeGetInfoRequest {}).await.map_err(st)?.into_inner();
+        let r = t.node.clone().node_get_info(NodeGetInfoRequest::default()).await.map_err(st)?.into_inner();
         ensure!(r.node_id == t.node_name, "node id {}", r.node_id);
         let seg = r.accessible_topology.map(|t| t.segments).unwrap_or_default();
         ensure!(seg.get("topology.thin.csi.io/node") == Some(&t.node_name), "topology {seg:?}");
@@ -332,14 +354,14 @@ async fn run(t: &T, s: &mut Report) {
         expect_code(t.publish(&a, &pod2, false).await, Code::AlreadyExists, "")
     })
     .await;
-    s.case_async("stats of a mount: bytes and inodes, condition normal", async {
+    s.case_async("stats of a mount: bytes and inodes; NodeGetVolumeHealth: healthy", async {
         let r = t.stats(&a.id, &pod1).await.map_err(st)?;
         let b = usage(&r, volume_usage::Unit::Bytes).ok_or("no bytes")?;
         let i = usage(&r, volume_usage::Unit::Inodes).ok_or("no inodes")?;
         ensure!(b.total > 50 * MIB && b.total <= 64 * MIB && b.used > 0 && b.available > 0, "bytes {b:?}");
         ensure!(i.total > 0 && i.used > 0, "inodes {i:?}");
-        let c = r.volume_condition.ok_or("no condition")?;
-        ensure!(!c.abnormal, "condition {c:?}");
+        let h = t.health(&a.id).await.map_err(st)?;
+        ensure!(h.is_empty(), "health {h:?}");
         Ok(())
     })
     .await;
@@ -623,28 +645,78 @@ async fn run(t: &T, s: &mut Report) {
     .await;
     s.case_async("ext4: DeleteVolume after unstage", async { t.delete(&a).await }).await;
 
-    // ---- a pool out of data space: the condition turns abnormal
+    // ---- a pool out of data space: NodeGetVolumeHealth says so
     match t.create("vm-fill", 2048 * MIB, block_cap()).await {
         Err(e) => {
             s.case_async("CreateVolume 2 GiB on a 1 GiB pool (controller)", async { Err::<(), _>(e) }).await;
         }
         Ok(f) => {
             let pf = t.path("pods/7/volumeDevices/vm-fill/dev");
-            s.case_async("fill the pool: writes fail, the volume condition is abnormal (out of data space)", async {
+            s.case_async("fill the pool: writes fail, NodeGetVolumeHealth says PoolOutOfDataSpace", async {
                 t.stage(&f).await.map_err(st)?;
                 t.publish(&f, &pf, false).await.map_err(st)?;
-                let before = t.stats(&f.id, &pf).await.map_err(st)?.volume_condition.ok_or("no condition")?;
-                ensure!(!before.abnormal, "abnormal before filling: {before:?}");
+                let before = t.health(&f.id).await.map_err(st)?;
+                ensure!(before.is_empty(), "unhealthy before filling: {before:?}");
                 let written = fill(&pf)?;
-                let after = t.stats(&f.id, &pf).await.map_err(st)?.volume_condition.ok_or("no condition")?;
-                ensure!(after.abnormal && after.message.contains("out of data space"), "after {written} bytes written: {after:?}");
+                let after = t.health(&f.id).await.map_err(st)?;
+                ensure!(after == ["PoolOutOfDataSpace"], "after {written} bytes written: {after:?}");
                 Ok(())
+            })
+            .await;
+            s.case_async("NodeGetStorageHealth on the full pool: STORAGE_DEGRADED PoolOutOfDataSpace", async {
+                let b = t.node.clone().node_get_storage_health(NodeGetStorageHealthRequest::default()).await.map_err(st)?.into_inner().backend_health;
+                let got: Vec<(i32, &str)> = b.iter().map(|h| (h.status, h.reason.as_str())).collect();
+                ensure!(got == [(StorageHealthErrorType::StorageDegraded as i32, "PoolOutOfDataSpace")], "{b:?}");
+                Ok(())
+            })
+            .await;
+            // The mode reaches the ThinPool status through the pool's
+            // device-mapper event (no spec change happened since the fill).
+            s.case_async("the node reports the mode: ControllerGetVolumeHealth says PoolOutOfDataSpace, GetCapacity 0", async {
+                let mut last = String::new();
+                for _ in 0..120 {
+                    let req = ControllerGetVolumeHealthRequest { volume_id: f.id.clone(), ..Default::default() };
+                    let h = t.ctl.clone().controller_get_volume_health(req).await.map_err(st)?.into_inner().volume_health.unwrap_or_default();
+                    let reasons: Vec<String> = h.health_statuses.into_iter().map(|e| e.reason).collect();
+                    let cap = t.capacity().await?;
+                    if reasons == ["PoolOutOfDataSpace"] && cap == 0 {
+                        return Ok(());
+                    }
+                    last = format!("health {reasons:?}, capacity {cap}");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(format!("after 60 s: {last}"))
+            })
+            .await;
+            s.case_async("CreateVolume on the full pool: RESOURCE_EXHAUSTED", async {
+                expect_code(t.create("vm-more", 64 * MIB, block_cap()).await.map_err(|e| tonic::Status::new(code_of(&e), e)), Code::ResourceExhausted, "out of data space")
+            })
+            .await;
+            s.case_async("CreateSnapshot on the full pool: RESOURCE_EXHAUSTED", async {
+                let req = CreateSnapshotRequest { name: "vm-fill-snap".into(), source_volume_id: f.id.clone(), ..Default::default() };
+                expect_code(t.ctl.clone().create_snapshot(req).await, Code::ResourceExhausted, "out of data space")
             })
             .await;
             s.case_async("the full volume unpublished, unstaged and deleted", async {
                 t.unpublish(&f, &pf).await.map_err(st)?;
                 t.unstage(&f).await.map_err(st)?;
                 t.delete(&f).await
+            })
+            .await;
+            // The kernel leaves out_of_data_space at the next metadata
+            // commit that finds free blocks: the delete's message here.
+            s.case_async("the delete freed the blocks: the pool is rw again (no storage health entry, capacity back)", async {
+                let mut last = String::new();
+                for _ in 0..120 {
+                    let b = t.node.clone().node_get_storage_health(NodeGetStorageHealthRequest::default()).await.map_err(st)?.into_inner().backend_health;
+                    let cap = t.capacity().await?;
+                    if b.is_empty() && cap > 0 {
+                        return Ok(());
+                    }
+                    last = format!("storage health {b:?}, capacity {cap}");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(format!("after 60 s: {last}"))
             })
             .await;
         }

@@ -45,6 +45,12 @@ impl Node for Stub {
     async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
         no("NodeGetInfo")
     }
+    async fn node_get_volume_health(&self, _: Request<NodeGetVolumeHealthRequest>) -> Result<Response<NodeGetVolumeHealthResponse>, Status> {
+        no("NodeGetVolumeHealth")
+    }
+    async fn node_get_storage_health(&self, _: Request<NodeGetStorageHealthRequest>) -> Result<Response<NodeGetStorageHealthResponse>, Status> {
+        no("NodeGetStorageHealth")
+    }
 }
 
 #[tokio::main]
