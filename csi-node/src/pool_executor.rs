@@ -316,7 +316,7 @@ impl PoolExecutor {
         self.pools.patch_status(name, &PatchParams::default(), &Patch::Merge(status.merge_patch_from(old))).await?;
         if let Some((type_, reason, note)) = mode_change(old.mode, status.mode) {
             warn!(pool = %self.object, from = ?old.mode, to = ?status.mode, "pool mode changed");
-            self.event(pool, type_.clone(), reason, &note).await;
+            self.event(pool, type_, reason, &note).await;
             self.pvc_events(type_, reason, &note).await;
         }
         Ok(())
@@ -387,7 +387,7 @@ impl PoolExecutor {
                 ..Default::default()
             };
             let note = format!("volume {} on pool {}: {note}", v.spec.csi_name, self.object);
-            let event = Event { type_: type_.clone(), reason: reason.into(), note: Some(note), action: "PoolModeChanged".into(), secondary: None };
+            let event = Event { type_, reason: reason.into(), note: Some(note), action: "PoolModeChanged".into(), secondary: None };
             if let Err(e) = self.recorder.publish(&event, &reference).await {
                 warn!(error = %e, pvc = %name, namespace = %namespace, "could not publish a PVC event");
             }
