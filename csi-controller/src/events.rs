@@ -9,12 +9,31 @@ use tracing::warn;
 
 /// The controller's event recorder; `instance` is this replica's identity.
 pub fn recorder(client: Client, instance: &str) -> Recorder {
-    Recorder::new(client, Reporter { controller: "thin-csi-controller".into(), instance: Some(instance.to_string()) })
+    Recorder::new(
+        client,
+        Reporter {
+            controller: "thin-csi-controller".into(),
+            instance: Some(instance.to_string()),
+        },
+    )
 }
 
 /// Publishes one Event about `object` (the note is cut to 1000 characters).
-pub async fn publish(recorder: &Recorder, object: &ObjectReference, type_: EventType, reason: &str, action: &str, note: &str) {
-    let event = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: action.into(), secondary: None };
+pub async fn publish(
+    recorder: &Recorder,
+    object: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
     if let Err(e) = recorder.publish(&event, object).await {
         warn!(error = %e, reason, "could not publish event");
     }

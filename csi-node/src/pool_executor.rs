@@ -221,16 +221,18 @@ impl PoolExecutor {
             let mut k = kernel.lock().unwrap_or_else(|p| p.into_inner());
             let fresh = list_devices(&mut k)?;
             let mut known = devices.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = fresh.ids != known.ids;
-            if changed {
+            if fresh.ids != known.ids {
                 warn!(before = known.ids.len(), now = fresh.ids.len(), "the pool's device list changed outside the transactions");
             }
-            *known = fresh.clone();
-            Ok::<_, thinpool::KernelError>(fresh)
+            // What the last status write reported already: nothing to write.
+            let changed = (fresh != *known).then(|| fresh.clone());
+            *known = fresh;
+            Ok::<_, thinpool::KernelError>(changed)
         })
         .await
         .map_err(|e| kernel_err(&self.object, e))?
         .map_err(|e| kernel_err(&self.object, e))?;
+        let Some(changed) = changed else { return Ok(()) };
         let mut status = ThinPoolStatus::default();
         changed.report(&mut status);
         let patch = serde_json::json!({ "status": { "devices": status.devices, "devicesTransaction": status.devices_transaction } });
@@ -522,5 +524,53 @@ pub fn next_status(old: &ThinPoolStatus, pool: &ThinPool, finished: &Transaction
         health: Some(old.health.unwrap_or(PoolHealth::Healthy)),
         last_error: progress.stopped.as_ref().map(ToString::to_string),
         ..old.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thinpool::{AbortKind, Operation, PoolRecord, ThinId, Transaction};
+
+    fn t(i: u32) -> ThinId {
+        ThinId::new(i.into()).unwrap()
+    }
+
+    fn txn(n: u64, ops: Vec<Operation>) -> Transaction {
+        Transaction::new(TransactionId::new(n), ops).unwrap()
+    }
+
+    /// The set follows commits and aborts after its listing, skips what
+    /// the listing already saw, and reports merged ranges at the kernel's id.
+    #[test]
+    fn the_device_set_follows_ended_transactions() {
+        let mut set = DeviceSet::listed([t(0), t(1), t(5)].into(), TransactionId::new(3));
+        let record = PoolRecord {
+            finished: TransactionId::new(2),
+            pending: vec![
+                txn(3, vec![Operation::Delete { id: t(0) }]),
+                txn(4, vec![Operation::CreateThin { id: t(2) }]),
+                txn(5, vec![Operation::CreateSnapshot { id: t(3), origin: t(2) }, Operation::Delete { id: t(1) }]),
+                txn(6, vec![Operation::CreateThin { id: t(4) }]),
+            ],
+        };
+        let aborted = Ended::Aborted { kind: AbortKind::NoSpace, reason: "ENOSPC".into() };
+        let ended = [
+            (TransactionId::new(3), Ended::Committed), // seen by the listing: 0 stays as listed
+            (TransactionId::new(4), Ended::Committed),
+            (TransactionId::new(5), Ended::Committed),
+            (TransactionId::new(6), aborted),
+        ];
+        set.apply(&record, &ended, TransactionId::new(6));
+        let mut status = ThinPoolStatus::default();
+        set.report(&mut status);
+        assert_eq!(thin_csi_api::pool::range_ids(&status.devices).map(ThinId::get).collect::<Vec<_>>(), vec![0, 2, 3, 5]);
+        assert_eq!(status.devices_transaction, Some(6));
+        // Never listed: nothing is reported, whatever ends.
+        let mut unknown = DeviceSet::default();
+        unknown.apply(&record, &ended, TransactionId::new(6));
+        let mut status = ThinPoolStatus::default();
+        unknown.report(&mut status);
+        assert_eq!((status.devices.len(), status.devices_transaction), (0, None));
     }
 }

@@ -48,31 +48,47 @@ fn e(x: impl std::fmt::Display) -> String {
 fn vol_req(name: &str) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(CapacityRange { required_bytes: 16 * MIB, limit_bytes: 0 }),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 16 * MIB,
+            limit_bytes: 0,
+        }),
         volume_capabilities: vec![VolumeCapability {
             access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
         }],
         ..Default::default()
     }
 }
 
 async fn connect(port: &str) -> R<ControllerClient<Channel>> {
-    ControllerClient::connect(format!("http://127.0.0.1:{port}")).await.map_err(e)
+    ControllerClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .map_err(e)
 }
 
 async fn pool(client: &Client, name: &str) -> R<ThinPool> {
-    Api::<ThinPool>::all(client.clone()).get(name).await.map_err(e)
+    Api::<ThinPool>::all(client.clone())
+        .get(name)
+        .await
+        .map_err(e)
 }
 
 fn devices(p: &ThinPool) -> BTreeSet<u32> {
-    p.status.as_ref().map(|s| range_ids(&s.devices).map(|i| i.get()).collect()).unwrap_or_default()
+    p.status
+        .as_ref()
+        .map(|s| range_ids(&s.devices).map(|i| i.get()).collect())
+        .unwrap_or_default()
 }
 
 /// Codes a request of the load test may end with besides OK: the pool full
 /// (data or metadata), or the node slower than the controller's wait.
 fn clean(code: Code) -> bool {
-    matches!(code, Code::ResourceExhausted | Code::DeadlineExceeded | Code::Unavailable | Code::Aborted)
+    matches!(
+        code,
+        Code::ResourceExhausted | Code::DeadlineExceeded | Code::Unavailable | Code::Aborted
+    )
 }
 
 async fn load(rep: &mut Report, client: &Client, port: &str, pool_name: &str, n: usize) -> R<()> {
@@ -87,20 +103,52 @@ async fn load(rep: &mut Report, client: &Client, port: &str, pool_name: &str, n:
             // (operation, Ok(id) or Err(code, message)) in order.
             let mut ops: Vec<(&'static str, Result<String, (Code, String)>)> = Vec::new();
             let name = format!("load-{i}");
-            let v = c.create_volume(vol_req(&name)).await.map(|r| r.into_inner().volume.map(|v| v.volume_id).unwrap_or_default());
+            let v = c.create_volume(vol_req(&name)).await.map(|r| {
+                r.into_inner()
+                    .volume
+                    .map(|v| v.volume_id)
+                    .unwrap_or_default()
+            });
             let v = v.map_err(|s| (s.code(), s.message().to_string()));
             ops.push(("CreateVolume", v.clone()));
             let Ok(vid) = v else { return ops };
-            let sreq = CreateSnapshotRequest { source_volume_id: vid.clone(), name: format!("{name}-snap"), ..Default::default() };
-            let s = c.create_snapshot(sreq).await.map(|r| r.into_inner().snapshot.map(|s| s.snapshot_id).unwrap_or_default());
+            let sreq = CreateSnapshotRequest {
+                source_volume_id: vid.clone(),
+                name: format!("{name}-snap"),
+                ..Default::default()
+            };
+            let s = c.create_snapshot(sreq).await.map(|r| {
+                r.into_inner()
+                    .snapshot
+                    .map(|s| s.snapshot_id)
+                    .unwrap_or_default()
+            });
             let s = s.map_err(|s| (s.code(), s.message().to_string()));
             ops.push(("CreateSnapshot", s.clone()));
             if let Ok(sid) = s {
-                let d = c.delete_snapshot(DeleteSnapshotRequest { snapshot_id: sid.clone(), ..Default::default() }).await;
-                ops.push(("DeleteSnapshot", d.map(|_| sid).map_err(|s| (s.code(), s.message().to_string()))));
+                let d = c
+                    .delete_snapshot(DeleteSnapshotRequest {
+                        snapshot_id: sid.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                ops.push((
+                    "DeleteSnapshot",
+                    d.map(|_| sid)
+                        .map_err(|s| (s.code(), s.message().to_string())),
+                ));
             }
-            let d = c.delete_volume(DeleteVolumeRequest { volume_id: vid.clone(), ..Default::default() }).await;
-            ops.push(("DeleteVolume", d.map(|_| vid).map_err(|s| (s.code(), s.message().to_string()))));
+            let d = c
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: vid.clone(),
+                    ..Default::default()
+                })
+                .await;
+            ops.push((
+                "DeleteVolume",
+                d.map(|_| vid)
+                    .map_err(|s| (s.code(), s.message().to_string())),
+            ));
             ops
         });
     }
@@ -131,20 +179,42 @@ async fn load(rep: &mut Report, client: &Client, port: &str, pool_name: &str, n:
             }
         }
     }
-    println!("BENCH load-{n} thin-csi total_ms={} ops={}", total.as_millis(), by_op.values().map(|(a, b)| a + b).sum::<usize>());
-    rep.expect(&format!("load-{n}: every answer OK or a clean code"), unclean.is_empty(), format!("{} unclean: {:?}", unclean.len(), &unclean[..unclean.len().min(5)]));
+    println!(
+        "BENCH load-{n} thin-csi total_ms={} ops={}",
+        total.as_millis(),
+        by_op.values().map(|(a, b)| a + b).sum::<usize>()
+    );
+    rep.expect(
+        &format!("load-{n}: every answer OK or a clean code"),
+        unclean.is_empty(),
+        format!(
+            "{} unclean: {:?}",
+            unclean.len(),
+            &unclean[..unclean.len().min(5)]
+        ),
+    );
     eprintln!("load-{n}: {by_op:?}");
     let ok_all = by_op.values().map(|(a, _)| a).sum::<usize>();
-    rep.expect(&format!("load-{n}: every request succeeded"), by_op.values().all(|(_, f)| *f == 0) && ok_all == 4 * n, format!("{by_op:?}"));
+    rep.expect(
+        &format!("load-{n}: every request succeeded"),
+        by_op.values().all(|(_, f)| *f == 0) && ok_all == 4 * n,
+        format!("{by_op:?}"),
+    );
     let unique: BTreeSet<&String> = ids.iter().collect();
-    rep.expect(&format!("load-{n}: CSI ids unique"), unique.len() == ids.len(), format!("{} ids, {} distinct", ids.len(), unique.len()));
+    rep.expect(
+        &format!("load-{n}: CSI ids unique"),
+        unique.len() == ids.len(),
+        format!("{} ids, {} distinct", ids.len(), unique.len()),
+    );
     // Dense: the generations the creates got, and what the record and the
     // kernel say once the collector has pruned.
     let mut last = None;
     for _ in 0..600 {
         let p = pool(client, pool_name).await?;
         let s = p.status.clone().unwrap_or_default();
-        if p.spec.pending_transactions.is_empty() && s.devices_transaction == Some(p.spec.last_assigned_transaction) {
+        if p.spec.pending_transactions.is_empty()
+            && s.devices_transaction == Some(p.spec.last_assigned_transaction)
+        {
             last = Some(p);
             break;
         }
@@ -152,33 +222,82 @@ async fn load(rep: &mut Report, client: &Client, port: &str, pool_name: &str, n:
     }
     let Some(after) = last else {
         let p = pool(client, pool_name).await?;
-        rep.fail(&format!("load-{n}: nothing pending at the end"), format!("{} pending, last assigned {}, status {:?}", p.spec.pending_transactions.len(), p.spec.last_assigned_transaction, p.status));
+        rep.fail(
+            &format!("load-{n}: nothing pending at the end"),
+            format!(
+                "{} pending, last assigned {}, status {:?}",
+                p.spec.pending_transactions.len(),
+                p.spec.last_assigned_transaction,
+                p.status
+            ),
+        );
         return Ok(());
     };
     rep.pass(&format!("load-{n}: nothing pending at the end"), "");
     let t1 = after.spec.last_assigned_transaction;
     let s = after.status.clone().unwrap_or_default();
     let recorded = ok_all as u64; // every successful request recorded exactly one transaction
-    let generations: BTreeSet<u64> = ids.iter().filter_map(|id| DeviceRef::parse(id).ok()).map(|r| r.generation).collect();
+    let generations: BTreeSet<u64> = ids
+        .iter()
+        .filter_map(|id| DeviceRef::parse(id).ok())
+        .map(|r| r.generation)
+        .collect();
     rep.expect(
         &format!("load-{n}: transaction ids dense"),
         t1 - t0 == recorded && s.kernel_transaction == Some(t1) && s.finished_transaction == Some(t1) && generations.len() == ids.len() && generations.iter().all(|g| *g > t0 && *g <= t1),
         format!("{t0}..{t1} for {recorded} recorded requests, kernel {:?}, finished {:?}, {} distinct generations", s.kernel_transaction, s.finished_transaction, generations.len()),
     );
     let left = devices(&after);
-    rep.expect(&format!("load-{n}: the kernel's device list is empty"), left.is_empty() && after.spec.aborted_transactions.is_empty(), format!("devices {left:?}, tombstones {:?}", after.spec.aborted_transactions));
-    let objects = Api::<ThinVolume>::all(client.clone()).list(&ListParams::default()).await.map_err(e)?.items.len()
-        + Api::<ThinSnapshot>::all(client.clone()).list(&ListParams::default()).await.map_err(e)?.items.len();
-    rep.expect(&format!("load-{n}: no object left"), objects == 0, format!("{objects} objects"));
+    rep.expect(
+        &format!("load-{n}: the kernel's device list is empty"),
+        left.is_empty() && after.spec.aborted_transactions.is_empty(),
+        format!(
+            "devices {left:?}, tombstones {:?}",
+            after.spec.aborted_transactions
+        ),
+    );
+    let objects = Api::<ThinVolume>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(e)?
+        .items
+        .len()
+        + Api::<ThinSnapshot>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(e)?
+            .items
+            .len();
+    rep.expect(
+        &format!("load-{n}: no object left"),
+        objects == 0,
+        format!("{objects} objects"),
+    );
     Ok(())
 }
 
 async fn create_live(rep: &mut Report, port: &str) -> R<()> {
     let mut c = connect(port).await?;
-    let v = c.create_volume(vol_req(LIVE)).await.map_err(e)?.into_inner().volume.ok_or("no volume")?;
-    let s = c.create_snapshot(CreateSnapshotRequest { source_volume_id: v.volume_id.clone(), name: LIVE_SNAP.into(), ..Default::default() }).await.map_err(e)?;
+    let v = c
+        .create_volume(vol_req(LIVE))
+        .await
+        .map_err(e)?
+        .into_inner()
+        .volume
+        .ok_or("no volume")?;
+    let s = c
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: v.volume_id.clone(),
+            name: LIVE_SNAP.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(e)?;
     let s = s.into_inner().snapshot.ok_or("no snapshot")?;
-    rep.pass("a live volume and its snapshot", &format!("{} {}", v.volume_id, s.snapshot_id));
+    rep.pass(
+        "a live volume and its snapshot",
+        &format!("{} {}", v.volume_id, s.snapshot_id),
+    );
     Ok(())
 }
 
@@ -187,12 +306,30 @@ async fn killed(rep: &mut Report, port: &str, kind: &str, name: &str) -> R<()> {
     let r = match kind {
         "volume" => c.create_volume(vol_req(name)).await.map(|_| ()),
         _ => {
-            let live = Api::<ThinVolume>::all(csi_contract_client().await?).get(&object_name(LIVE)).await.map_err(e)?;
-            let id = DeviceRef::new(&live.spec.pool, live.spec.device_id, live.spec.create_transaction).to_string();
-            c.create_snapshot(CreateSnapshotRequest { source_volume_id: id, name: name.into(), ..Default::default() }).await.map(|_| ())
+            let live = Api::<ThinVolume>::all(csi_contract_client().await?)
+                .get(&object_name(LIVE))
+                .await
+                .map_err(e)?;
+            let id = DeviceRef::new(
+                &live.spec.pool,
+                live.spec.device_id,
+                live.spec.create_transaction,
+            )
+            .to_string();
+            c.create_snapshot(CreateSnapshotRequest {
+                source_volume_id: id,
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
         }
     };
-    rep.expect(&format!("{kind} {name}: the call is cut by the controller's death"), r.is_err(), format!("{r:?}"));
+    rep.expect(
+        &format!("{kind} {name}: the call is cut by the controller's death"),
+        r.is_err(),
+        format!("{r:?}"),
+    );
     Ok(())
 }
 
@@ -202,7 +339,10 @@ async fn csi_contract_client() -> R<Client> {
 
 async fn annotate(client: &Client, pool: &str, key: &str, value: &str) -> R<()> {
     let patch = serde_json::json!({ "metadata": { "annotations": { key: value } } });
-    Api::<ThinPool>::all(client.clone()).patch(pool, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(e)?;
+    Api::<ThinPool>::all(client.clone())
+        .patch(pool, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(e)?;
     Ok(())
 }
 
@@ -212,7 +352,13 @@ async fn gave_up(rep: &mut Report, client: &Client, port: &str, pool_name: &str)
     // The node dies as it starts this create's transaction: the object
     // exists and waits while csi-node restarts.
     let next = p.spec.last_assigned_transaction + 1;
-    annotate(client, pool_name, thin_csi_api::hooks::KILL_AT, &format!("start@{next}")).await?;
+    annotate(
+        client,
+        pool_name,
+        thin_csi_api::hooks::KILL_AT,
+        &format!("start@{next}"),
+    )
+    .await?;
     let mut c = connect(port).await?;
     let mut req = tonic::Request::new(vol_req(name));
     req.set_timeout(Duration::from_secs(4));
@@ -220,25 +366,56 @@ async fn gave_up(rep: &mut Report, client: &Client, port: &str, pool_name: &str)
     let volumes: Api<ThinVolume> = Api::all(client.clone());
     let mut deleted = false;
     for _ in 0..200 {
-        if volumes.get_opt(&object_name(name)).await.map_err(e)?.is_some() {
-            volumes.delete(&object_name(name), &DeleteParams::default()).await.map_err(e)?;
+        if volumes
+            .get_opt(&object_name(name))
+            .await
+            .map_err(e)?
+            .is_some()
+        {
+            volumes
+                .delete(&object_name(name), &DeleteParams::default())
+                .await
+                .map_err(e)?;
             deleted = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    rep.expect("gave-up: its ThinVolume deleted while provisioning", deleted, "the object never appeared");
+    rep.expect(
+        "gave-up: its ThinVolume deleted while provisioning",
+        deleted,
+        "the object never appeared",
+    );
     let r = call.await.map_err(e)?;
-    rep.expect("gave-up: the caller gave up", matches!(&r, Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled), format!("{r:?}"));
+    rep.expect(
+        "gave-up: the caller gave up",
+        matches!(&r, Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled),
+        format!("{r:?}"),
+    );
     Ok(())
 }
 
 async fn behind(rep: &mut Report, client: &Client, port: &str, pool_name: &str) -> R<()> {
     let mut c = connect(port).await?;
-    let v = c.create_volume(vol_req(VICTIM)).await.map_err(e)?.into_inner().volume.ok_or("no volume")?;
+    let v = c
+        .create_volume(vol_req(VICTIM))
+        .await
+        .map_err(e)?
+        .into_inner()
+        .volume
+        .ok_or("no volume")?;
     let r = DeviceRef::parse(&v.volume_id).map_err(e)?;
-    annotate(client, pool_name, thin_csi_api::hooks::DELETE_BEHIND, &r.device.to_string()).await?;
-    rep.pass("a volume whose device is deleted behind our back", &v.volume_id);
+    annotate(
+        client,
+        pool_name,
+        thin_csi_api::hooks::DELETE_BEHIND,
+        &r.device.to_string(),
+    )
+    .await?;
+    rep.pass(
+        "a volume whose device is deleted behind our back",
+        &v.volume_id,
+    );
     Ok(())
 }
 
@@ -255,27 +432,50 @@ async fn collected(rep: &mut Report, client: &Client, pool_name: &str, secs: u64
         p = pool(client, pool_name).await?;
         let d = devices(&p);
         seen_leaks.extend(d.difference(&want).copied());
-        if d == want && p.spec.pending_transactions.is_empty() && p.spec.aborted_transactions.is_empty() {
+        if d == want
+            && p.spec.pending_transactions.is_empty()
+            && p.spec.aborted_transactions.is_empty()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let d = devices(&p);
-    rep.expect("the collector deleted every leaked device: the kernel lists only the live ones", d == want, format!("listed {d:?}, live {want:?}, leaks seen {seen_leaks:?}"));
-    rep.expect("no pending transaction and no tombstone left", p.spec.pending_transactions.is_empty() && p.spec.aborted_transactions.is_empty(), format!("pending {:?}, tombstones {:?}", p.spec.pending_transactions, p.spec.aborted_transactions));
+    rep.expect(
+        "the collector deleted every leaked device: the kernel lists only the live ones",
+        d == want,
+        format!("listed {d:?}, live {want:?}, leaks seen {seen_leaks:?}"),
+    );
+    rep.expect(
+        "no pending transaction and no tombstone left",
+        p.spec.pending_transactions.is_empty() && p.spec.aborted_transactions.is_empty(),
+        format!(
+            "pending {:?}, tombstones {:?}",
+            p.spec.pending_transactions, p.spec.aborted_transactions
+        ),
+    );
     let live_now = volumes.get(&object_name(LIVE)).await.map_err(e)?;
     let snap_now = snapshots.get(&object_name(LIVE_SNAP)).await.map_err(e)?;
     rep.expect(
         "the live volume and snapshot are untouched",
-        live_now.spec == live.spec && snap_now.spec == snap.spec && live_now.status.as_ref().is_some_and(|s| s.ready) && snap_now.status.as_ref().is_some_and(|s| s.ready),
+        live_now.spec == live.spec
+            && snap_now.spec == snap.spec
+            && live_now.status.as_ref().is_some_and(|s| s.ready)
+            && snap_now.status.as_ref().is_some_and(|s| s.ready),
         format!("{:?} {:?}", live_now.status, snap_now.status),
     );
     // The victim: still there, with a Warning Event naming its missing device.
     let victim = object_name(VICTIM);
     let mut found = None;
     while found.is_none() && Instant::now() < deadline + Duration::from_secs(30) {
-        let events = Api::<Event>::all(client.clone()).list(&ListParams::default()).await.map_err(e)?;
-        found = events.items.into_iter().find(|ev| ev.reason.as_deref() == Some("ThinDeviceMissing") && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(victim.as_str()));
+        let events = Api::<Event>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(e)?;
+        found = events.items.into_iter().find(|ev| {
+            ev.reason.as_deref() == Some("ThinDeviceMissing")
+                && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(victim.as_str())
+        });
         if found.is_none() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -283,7 +483,10 @@ async fn collected(rep: &mut Report, client: &Client, pool_name: &str, secs: u64
     let kept = volumes.get_opt(&victim).await.map_err(e)?.is_some();
     rep.expect(
         "an object whose device was deleted behind our back: a Warning Event, the object kept",
-        found.as_ref().is_some_and(|ev| ev.type_.as_deref() == Some("Warning")) && kept,
+        found
+            .as_ref()
+            .is_some_and(|ev| ev.type_.as_deref() == Some("Warning"))
+            && kept,
         format!("event {:?}, object kept {kept}", found.map(|e| e.note)),
     );
     Ok(())
@@ -294,12 +497,27 @@ async fn cleanup(rep: &mut Report, client: &Client, port: &str, pool_name: &str)
     let snapshots: Api<ThinSnapshot> = Api::all(client.clone());
     let volumes: Api<ThinVolume> = Api::all(client.clone());
     let s = snapshots.get(&object_name(LIVE_SNAP)).await.map_err(e)?;
-    c.delete_snapshot(DeleteSnapshotRequest { snapshot_id: DeviceRef::new(&s.spec.pool, s.spec.device_id, s.spec.create_transaction).to_string(), ..Default::default() }).await.map_err(e)?;
+    c.delete_snapshot(DeleteSnapshotRequest {
+        snapshot_id: DeviceRef::new(&s.spec.pool, s.spec.device_id, s.spec.create_transaction)
+            .to_string(),
+        ..Default::default()
+    })
+    .await
+    .map_err(e)?;
     let v = volumes.get(&object_name(LIVE)).await.map_err(e)?;
-    c.delete_volume(DeleteVolumeRequest { volume_id: DeviceRef::new(&v.spec.pool, v.spec.device_id, v.spec.create_transaction).to_string(), ..Default::default() }).await.map_err(e)?;
+    c.delete_volume(DeleteVolumeRequest {
+        volume_id: DeviceRef::new(&v.spec.pool, v.spec.device_id, v.spec.create_transaction)
+            .to_string(),
+        ..Default::default()
+    })
+    .await
+    .map_err(e)?;
     // The victim's device is gone: its object is removed by hand, as an
     // operator told by the Event would.
-    volumes.delete(&object_name(VICTIM), &DeleteParams::default()).await.map_err(e)?;
+    volumes
+        .delete(&object_name(VICTIM), &DeleteParams::default())
+        .await
+        .map_err(e)?;
     let mut left = BTreeSet::new();
     for _ in 0..240 {
         left = devices(&pool(client, pool_name).await?);
@@ -308,7 +526,11 @@ async fn cleanup(rep: &mut Report, client: &Client, port: &str, pool_name: &str)
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    rep.expect("after the cleanup the pool reports no device", left.is_empty(), format!("{left:?}"));
+    rep.expect(
+        "after the cleanup the pool reports no device",
+        left.is_empty(),
+        format!("{left:?}"),
+    );
     Ok(())
 }
 
@@ -333,7 +555,9 @@ async fn main() -> ExitCode {
         ["killed", port, kind, name] => killed(&mut rep, port, kind, name).await,
         ["gave-up", port, pool] => gave_up(&mut rep, &client, port, pool).await,
         ["behind", port, pool] => behind(&mut rep, &client, port, pool).await,
-        ["collected", pool, secs] => collected(&mut rep, &client, pool, secs.parse().unwrap_or(300)).await,
+        ["collected", pool, secs] => {
+            collected(&mut rep, &client, pool, secs.parse().unwrap_or(300)).await
+        }
         ["cleanup", port, pool] => cleanup(&mut rep, &client, port, pool).await,
         _ => {
             eprintln!("usage: see the module docs of e2e/suites/src/bin/leak_e2e.rs");
