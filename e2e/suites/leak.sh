@@ -36,6 +36,8 @@ echo "building csi-node, csi-controller (release; failpoints) and leak_e2e" >&2
 CSI_NODE=$CARGO_TARGET_DIR/release/csi-node
 LEAK=$CARGO_TARGET_DIR/debug/leak_e2e
 GRACE=${LEAK_GRACE:-20}
+eval "$("$E2E/cluster/build-tools" --print-paths kubectl 2>/dev/null)"
+[[ -x ${KUBECTL:-} ]] || fail_now "kubectl not built (e2e/cluster/build-tools kubectl)"
 echo "ok built ($((SECONDS - started)) s)" | tee -a "$log"
 
 control_plane_up
