@@ -388,8 +388,8 @@ async fn gave_up(rep: &mut Report, client: &Client, port: &str, pool_name: &str)
     );
     let r = call.await.map_err(e)?;
     rep.expect(
-        "gave-up: the caller gave up",
-        matches!(&r, Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled),
+        "gave-up: the call ends (the caller's deadline, or ABORTED: its object removed)",
+        matches!(&r, Err(s) if s.code() == Code::DeadlineExceeded || (s.code() == Code::Aborted && s.message().contains("removed")) || s.code() == Code::Cancelled),
         format!("{r:?}"),
     );
     Ok(())
