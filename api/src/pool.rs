@@ -232,6 +232,42 @@ pub struct ThinPoolStatus {
     pub health: Option<PoolHealth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The thin ids in the pool's metadata as merged ranges (sorted,
+    /// disjoint, apart): bounded by the live devices, not by history. Valid
+    /// as of kernel transaction `devicesTransaction`; meaningless without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceRange>,
+    /// The kernel's transaction id when `devices` was true; absent: the node
+    /// has not listed its devices (the leak collector then waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices_transaction: Option<u64>,
+}
+
+/// Thin ids as merged ranges: sorted, disjoint, not adjacent.
+pub fn to_ranges(ids: impl IntoIterator<Item = ThinId>) -> Vec<DeviceRange> {
+    let mut ids: Vec<u32> = ids.into_iter().map(ThinId::get).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut ranges: Vec<DeviceRange> = Vec::new();
+    for id in ids {
+        match ranges.last_mut() {
+            Some(r) if r.last + 1 == id => r.last = id,
+            _ => ranges.push(DeviceRange { first: id, last: id }),
+        }
+    }
+    ranges
+}
+
+/// Whether merged `ranges` hold `id`.
+pub fn ranges_contain(ranges: &[DeviceRange], id: ThinId) -> bool {
+    let id = id.get();
+    let i = ranges.partition_point(|r| r.last < id);
+    ranges.get(i).is_some_and(|r| r.contains(id))
+}
+
+/// The ids of merged `ranges`, in order.
+pub fn range_ids(ranges: &[DeviceRange]) -> impl Iterator<Item = ThinId> + '_ {
+    ranges.iter().flat_map(|r| (r.first..=r.last).filter_map(|id| ThinId::new(id.into()).ok()))
 }
 
 /// One aborted transaction and why, as the node reports it.
@@ -367,5 +403,18 @@ mod tests {
         assert_eq!(patch["status"]["abortedTransactions"], serde_json::Value::Null);
         assert!(patch["status"].as_object().unwrap().contains_key("lastError"), "sent as an explicit null: {patch}");
         assert_eq!(patch["status"]["finishedTransaction"], 5);
+    }
+
+    #[test]
+    fn device_ranges_merge_and_answer_membership() {
+        let ids = [7u32, 1, 2, 3, 9, 8, 2, 20].map(|i| ThinId::new(i.into()).unwrap());
+        let ranges = to_ranges(ids);
+        assert_eq!(ranges, vec![DeviceRange { first: 1, last: 3 }, DeviceRange { first: 7, last: 9 }, DeviceRange { first: 20, last: 20 }]);
+        for i in 0..25u32 {
+            let id = ThinId::new(i.into()).unwrap();
+            assert_eq!(ranges_contain(&ranges, id), ids.contains(&id), "{i}");
+        }
+        assert_eq!(range_ids(&ranges).map(ThinId::get).collect::<Vec<_>>(), vec![1, 2, 3, 7, 8, 9, 20]);
+        assert!(to_ranges([]).is_empty());
     }
 }

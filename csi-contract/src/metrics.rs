@@ -76,6 +76,13 @@ pub struct Metrics {
     pub pool_metadata_total: Family<PoolLabels, Gauge>,
     pub pool_mode: Family<PoolModeLabels, Gauge>,
     pub allocation_conflicts: Counter,
+    /// The leak collector (csi-controller): devices no object names, seen
+    /// in the last pass (in their grace period or being deleted).
+    pub leaked_devices: Family<PoolLabels, Gauge>,
+    pub leaked_devices_deleted: Family<PoolLabels, Counter>,
+    /// Objects whose device is not in the pool, past the grace period.
+    pub objects_missing_device: Family<PoolLabels, Gauge>,
+    pub tombstones_pruned: Family<PoolLabels, Counter>,
     registry: Mutex<Option<Registry>>,
 }
 
@@ -98,6 +105,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     pool_metadata_used: Family::default(),
     pool_metadata_total: Family::default(),
     pool_mode: Family::default(),
+    leaked_devices: Family::default(),
+    leaked_devices_deleted: Family::default(),
+    objects_missing_device: Family::default(),
+    tombstones_pruned: Family::default(),
     allocation_conflicts: Counter::default(),
     registry: Mutex::new(None),
 });
@@ -129,6 +140,10 @@ pub fn init(role: Role) {
         }
         Role::Controller => {
             r.register("allocation_conflicts", "Pool record writes that lost an optimistic-concurrency conflict and were retried", m.allocation_conflicts.clone());
+            r.register("leaked_devices", "Thin devices no volume or snapshot object names, seen by the leak collector's last pass", m.leaked_devices.clone());
+            r.register("leaked_devices_deleted", "Leaked thin devices the collector deleted (a delete transaction recorded)", m.leaked_devices_deleted.clone());
+            r.register("objects_missing_device", "Volume and snapshot objects whose thin device is not in the pool, past the grace period", m.objects_missing_device.clone());
+            r.register("tombstones_pruned", "Tombstones of aborted transactions the collector removed (no waiter can need them)", m.tombstones_pruned.clone());
         }
     }
     *slot = Some(r);

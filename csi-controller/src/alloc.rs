@@ -227,6 +227,16 @@ pub fn forget(pool: &ThinPool, txn: u64) -> Result<Option<ThinPoolSpec>, AllocEr
     Ok((spec.aborted_transactions.len() != before).then_some(spec))
 }
 
+/// The record with finished transactions pruned and the tombstones of
+/// `drop` removed (the leak collector decided no waiter needs them).
+/// `None` when that changes nothing.
+pub fn tidy(pool: &ThinPool, drop: &[u64]) -> Result<Option<ThinPoolSpec>, AllocError> {
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    let (mut spec, _) = prune(pool, &name)?;
+    spec.aborted_transactions.retain(|t| !drop.contains(&t.id));
+    Ok((spec != pool.spec).then_some(spec))
+}
+
 /// Plans one allocation on `pool` as read. Pure: the caller writes `spec`.
 pub fn plan(pool: &ThinPool, requests: &[Request]) -> Result<Plan, AllocError> {
     let name = pool.metadata.name.clone().unwrap_or_default();
@@ -419,6 +429,13 @@ impl Allocator {
     /// with optimistic concurrency. Best effort: a tombstone this misses
     /// (a crash in between) stays until the leak collector removes it.
     pub async fn forget(&self, pool: &str, txn: u64) -> Result<(), AllocError> {
+        self.rewrite(pool, |object| forget(object, txn)).await.map(|_| ())
+    }
+
+    /// Writes the spec `change` makes of the object as read (`None`: nothing
+    /// to write), with optimistic concurrency: a 409 re-reads and asks
+    /// again. Whether it wrote.
+    pub async fn rewrite(&self, pool: &str, change: impl Fn(&ThinPool) -> Result<Option<ThinPoolSpec>, AllocError>) -> Result<bool, AllocError> {
         let slot = self.pool_slot(pool);
         let mut kept = slot.lock().await;
         *kept = None;
@@ -428,12 +445,12 @@ impl Allocator {
                 Err(kube::Error::Api(s)) if s.code == 404 => return Err(AllocError::PoolNotFound { pool: pool.to_string() }),
                 Err(e) => return Err(AllocError::Api(e)),
             };
-            let Some(spec) = forget(&object, txn)? else { return Ok(()) };
+            let Some(spec) = change(&object)? else { return Ok(false) };
             object.spec = spec;
             match self.api.replace(pool, &PostParams::default(), &object).await {
                 Ok(written) => {
                     *kept = Some(written);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => tokio::time::sleep(backoff(conflicts + 1)).await,
                 Err(e) => return Err(AllocError::Api(e)),

@@ -2,13 +2,16 @@
 //! [`controller`], errors mapped in [`status`], pure rules in [`params`]),
 //! the allocation of thin device ids and transaction ids on `ThinPool`
 //! objects ([`alloc`]), waiting for the node ([`wait`]), the leader Lease
-//! ([`leader`]) and the registration of the CRDs ([`crds`]).
+//! ([`leader`]), the registration of the CRDs ([`crds`]), the leak
+//! collector the leader runs ([`collector`]) and Events ([`events`]).
 
 pub mod alloc;
+pub mod collector;
 pub mod controller;
 pub mod objects;
 pub mod placement;
 pub mod crds;
+pub mod events;
 pub mod failpoint;
 pub mod identity;
 pub mod leader;

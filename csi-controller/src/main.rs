@@ -6,6 +6,7 @@
 //!
 //! usage (`csi-controller --help`): csi-controller [--kubeconfig FILE] [--identity NAME] [--namespace NS]
 //!   [--csi-endpoint unix:///path|tcp://127.0.0.1:PORT] [--wait-timeout SECONDS]
+//!   [--leak-grace SECONDS] [--leak-interval SECONDS] [--no-leak-collector]
 //!   [--http-address HOST:PORT] [--log-format text|json]
 //!
 //! Ready (`/readyz`) once the lease state is known (leading or standing by)
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use csi_contract::process::{init_logging, run_main, CommonArgs};
+use csi_controller::collector::Collector;
 use csi_controller::controller::ControllerService;
 use csi_controller::identity::IdentityService;
 use csi_controller::leader::LeaderElector;
@@ -43,6 +45,19 @@ struct Args {
     /// How long a request waits for the node to finish its transaction.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     wait_timeout: u64,
+    /// How long a thin device must stay named by no object before the leak
+    /// collector deletes it (and how long a tombstone no waiter needs, or an
+    /// object whose device is gone, waits before it is pruned or reported).
+    /// At least --wait-timeout: a live request creates its object or gives
+    /// its device back within that.
+    #[arg(long, value_name = "SECONDS", default_value_t = csi_controller::collector::DEFAULT_GRACE.as_secs())]
+    leak_grace: u64,
+    /// Seconds between the leak collector's passes (capped at --leak-grace).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    leak_interval: f64,
+    /// Do not run the leak collector.
+    #[arg(long)]
+    no_leak_collector: bool,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -65,17 +80,27 @@ async fn run(args: Args) -> Result<(), String> {
     let namespace = args.namespace.as_str();
     let endpoint = args.csi_endpoint.clone();
     let wait_timeout = Duration::from_secs(args.wait_timeout);
+    if args.leak_grace < args.wait_timeout {
+        return Err(format!("--leak-grace ({} s) must be at least --wait-timeout ({} s)", args.leak_grace, args.wait_timeout));
+    }
+    let leak_interval = Duration::try_from_secs_f64(args.leak_interval).map_err(|e| format!("--leak-interval: {e}"))?;
+    let allocator = Allocator::new(client.clone());
     let crds = csi_controller::crds::apply(client.clone(), Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
     info!(?crds, "custom resources registered");
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = endpoint.map(|endpoint| {
         let identity_svc = IdentityService::new(client.clone(), leading_rx.clone());
-        let controller = ControllerService::new(client.clone(), Allocator::new(client.clone()), leading_rx.clone(), wait_timeout);
+        let controller = ControllerService::new(client.clone(), allocator.clone(), leading_rx.clone(), wait_timeout);
         tokio::spawn(async move { serve(&endpoint, identity_svc, controller, async { let _ = stop_rx.await; }).await })
     });
-    let mut leading = LeaderElector::new(client, namespace, LEASE, &identity, LEASE_DURATION).lead().await;
+    let mut leading = LeaderElector::new(client.clone(), namespace, LEASE, &identity, LEASE_DURATION).lead().await;
     let _ = leading_tx.send(true);
+    // Leader only: this process exits when it loses the lease.
+    let _collector = (!args.no_leak_collector).then(|| {
+        let collector = Collector::new(client, allocator, Duration::from_secs(args.leak_grace), leak_interval, &identity);
+        tokio::spawn(collector.run())
+    });
     println!("csi-controller {identity}: leading");
     let served = async {
         match server {
@@ -115,5 +140,7 @@ mod tests {
         assert_eq!((a.wait_timeout, a.namespace.as_str()), (5, "default"));
         assert!(Args::try_parse_from(["csi-controller", "--csi-endpoint", "/no/scheme"]).is_err());
         assert!(Args::try_parse_from(["csi-controller", "--wait-timeout", "soon"]).is_err());
+        let a = Args::try_parse_from(["csi-controller", "--leak-grace", "30", "--leak-interval", "0.5"]).unwrap();
+        assert_eq!((a.leak_grace, a.leak_interval, a.no_leak_collector), (30, 0.5, false));
     }
 }

@@ -62,6 +62,10 @@ struct Args {
     /// The CSI socket as the kubelet sees it (default: the first unix:// CSI endpoint).
     #[arg(long, value_name = "PATH")]
     kubelet_csi_socket: Option<PathBuf>,
+    /// How often the pool's device list (reported for the controller's leak
+    /// collector) is read again from the kernel's metadata.
+    #[arg(long, value_name = "SECONDS", default_value_t = csi_node::pool_executor::DEFAULT_DEVICE_RESCAN.as_secs())]
+    device_rescan: u64,
     /// Print `DEVICES <id>...` for the pool on DEVICE and exit.
     #[arg(long, value_name = "DEVICE", exclusive = true)]
     list_devices: Option<PathBuf>,
@@ -107,7 +111,8 @@ async fn run(args: Args) -> Result<(), String> {
     let max_volumes = args.max_volumes;
     let client = args.common.client().await?;
     let test_hooks = args.test_hooks;
-    let executor = PoolExecutor::register(client.clone(), node, pool).await.map_err(|e| e.to_string())?.with_test_hooks(test_hooks);
+    let executor = PoolExecutor::register(client.clone(), node, pool).await.map_err(|e| e.to_string())?.with_test_hooks(test_hooks)
+        .with_device_rescan(std::time::Duration::from_secs(args.device_rescan));
     info!(node = %node, pool = %executor.object_name(), device = %device.display(), "csi-node serving its pool");
     activated.set(true);
     let mut servers = tokio::task::JoinSet::new();

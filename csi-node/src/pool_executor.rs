@@ -44,6 +44,9 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 /// A usage change written without a mode change: one part in this many of
 /// the total (data or metadata), so I/O does not turn into status writes.
 const USAGE_STEP: u64 = 100;
+/// The default of `--device-rescan`: a device removed behind the engine's
+/// back shows within this (the leak collector's grace is longer).
+pub const DEFAULT_DEVICE_RESCAN: Duration = Duration::from_secs(300);
 
 pub struct PoolExecutor {
     pools: Api<ThinPool>,
@@ -55,6 +58,78 @@ pub struct PoolExecutor {
     test_hooks: bool,
     /// The highest transaction id counted in the metrics ([`crate::observe::count_ended`]).
     counted: Arc<std::sync::atomic::AtomicU64>,
+    /// The pool's thin ids as last known (reported in the status for the
+    /// leak collector); changed only under the kernel lock.
+    devices: Arc<Mutex<DeviceSet>>,
+    /// How often the device list is read again from the kernel's metadata,
+    /// to see what changed behind the engine's back.
+    rescan: Duration,
+}
+
+/// The pool's thin ids: one full listing (a metadata snapshot read with
+/// `thin_dump --skip-mappings`: O(devices)) at start and every rescan, and
+/// in between what each transaction ended after it did, so a commit costs
+/// no listing. `at`: the kernel's transaction id the set is true for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceSet {
+    ids: std::collections::BTreeSet<thinpool::ThinId>,
+    at: Option<TransactionId>,
+}
+
+impl DeviceSet {
+    pub fn listed(ids: std::collections::BTreeSet<thinpool::ThinId>, at: TransactionId) -> DeviceSet {
+        DeviceSet { ids, at: Some(at) }
+    }
+
+    /// Applies what `ended` did (in order; transactions the listing already
+    /// saw are skipped): a commit made its creates and did its deletes; an
+    /// abort undid its creates and posted none of its deletes.
+    pub fn apply(&mut self, record: &thinpool::PoolRecord, ended: &[(TransactionId, Ended)], kernel_at: TransactionId) {
+        let Some(at) = self.at else { return };
+        for (n, how) in ended {
+            if *n <= at {
+                continue;
+            }
+            let Some(txn) = record.pending.iter().find(|t| t.id() == *n) else { continue };
+            match how {
+                Ended::Committed => {
+                    self.ids.extend(txn.created_ids());
+                    for id in txn.deleted_ids() {
+                        self.ids.remove(&id);
+                    }
+                }
+                Ended::Aborted { .. } => {
+                    for id in txn.created_ids() {
+                        self.ids.remove(&id);
+                    }
+                }
+            }
+        }
+        self.at = Some(at.max(kernel_at));
+    }
+
+    /// The status fields: merged ranges and the transaction they are true at.
+    pub fn report(&self, status: &mut ThinPoolStatus) {
+        status.devices = thin_csi_api::pool::to_ranges(self.ids.iter().copied());
+        status.devices_transaction = self.at.map(TransactionId::get);
+    }
+}
+
+/// Lists the pool's thin ids with the kernel's transaction id. A metadata
+/// snapshot a killed listing left held is released and the listing tried again.
+fn list_devices(k: &mut DmPool) -> Result<DeviceSet, thinpool::KernelError> {
+    let ids = match k.list_thin_ids() {
+        Ok(ids) => ids,
+        Err(first) => {
+            warn!(error = %first, "listing the pool's devices failed; releasing a held metadata snapshot and trying again");
+            let _ = k.message(&thinpool::PoolMessage::ReleaseMetadataSnap);
+            k.list_thin_ids()?
+        }
+    };
+    let status = k.pool_status()?;
+    let at = status.working().map(|w| w.transaction_id);
+    let at = at.ok_or_else(|| thinpool::KernelError::Other { context: "pool status".into(), detail: "the pool has failed".into() })?;
+    Ok(DeviceSet::listed(ids, at))
 }
 
 pub use thin_csi_api::hooks;
@@ -88,6 +163,10 @@ impl PoolExecutor {
         }
         let kernel_at = pool.pool_status().map_err(|e| kernel_err(&object, e))?.working().map(|w| w.transaction_id.get());
         let kernel_at = kernel_at.ok_or_else(|| kernel_err(&object, "the kernel reports the pool failed"))?;
+        let devices = list_devices(&mut pool).unwrap_or_else(|e| {
+            warn!(pool = %object, error = %e, "could not list the pool's devices; not reported until a rescan succeeds");
+            DeviceSet::default()
+        });
         let executor = match pools.get_opt(&object).await? {
             Some(existing) if existing.spec.node != node => {
                 return Err(NodeError::WrongNode { object, owner: existing.spec.node, node: node.to_string() })
@@ -128,7 +207,44 @@ impl PoolExecutor {
             recorder,
             test_hooks: false,
             counted: Default::default(),
+            devices: Arc::new(Mutex::new(devices)),
+            rescan: DEFAULT_DEVICE_RESCAN,
         })
+    }
+
+    /// How often the device list is read again from the kernel ([`DeviceSet`]).
+    pub fn with_device_rescan(mut self, every: Duration) -> Self {
+        self.rescan = every.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Reads the device list again (under the kernel lock, so never in the
+    /// middle of a transaction) and reports it when it changed: a patch of
+    /// the two device fields only, so a stale copy of the rest of the
+    /// status is never written back.
+    async fn rescan_devices(&self) -> Result<(), NodeError> {
+        let (kernel, devices) = (self.kernel.clone(), self.devices.clone());
+        let changed = tokio::task::spawn_blocking(move || {
+            let mut k = kernel.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = list_devices(&mut k)?;
+            let mut known = devices.lock().unwrap_or_else(|p| p.into_inner());
+            if fresh.ids != known.ids {
+                warn!(before = known.ids.len(), now = fresh.ids.len(), "the pool's device list changed outside the transactions");
+            }
+            // What the last status write reported already: nothing to write.
+            let changed = (fresh != *known).then(|| fresh.clone());
+            *known = fresh;
+            Ok::<_, thinpool::KernelError>(changed)
+        })
+        .await
+        .map_err(|e| kernel_err(&self.object, e))?
+        .map_err(|e| kernel_err(&self.object, e))?;
+        let Some(changed) = changed else { return Ok(()) };
+        let mut status = ThinPoolStatus::default();
+        changed.report(&mut status);
+        let patch = serde_json::json!({ "status": { "devices": status.devices, "devicesTransaction": status.devices_transaction } });
+        self.pools.patch_status(&self.object, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        Ok(())
     }
 
     /// Honour the fault-injection annotations in [`hooks`] (tests only).
@@ -160,6 +276,8 @@ impl PoolExecutor {
         let mut latest: Option<ThinPool> = None;
         // The last spec fully reconciled.
         let mut done: Option<Seen> = None;
+        let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + self.rescan, self.rescan);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = async {
                 match retry_at {
@@ -181,6 +299,12 @@ impl PoolExecutor {
                     }
                     continue;
                 }
+                _ = rescan.tick() => {
+                    if let Err(e) = self.rescan_devices().await {
+                        warn!(error = %e, "device rescan failed; the next one retries");
+                    }
+                    continue;
+                }
             }
             let retrying = retry_at.take().is_some_and(|at| at <= tokio::time::Instant::now());
             let Some(pool) = latest.clone() else { continue };
@@ -192,7 +316,7 @@ impl PoolExecutor {
             // back through this watch and must not trigger another run; an
             // older generation is a re-delivered event. Test hooks ride in
             // annotations, which do not change the generation.
-            let hooks_set = if self.test_hooks { format!("{:?}", [hooks::KILL_AT, hooks::TAMPER].map(|k| annotation(&pool, k))) } else { String::new() };
+            let hooks_set = if self.test_hooks { format!("{:?}", [hooks::KILL_AT, hooks::TAMPER, hooks::DELETE_BEHIND].map(|k| annotation(&pool, k))) } else { String::new() };
             let seen: Seen = (pool.metadata.uid.clone(), pool.metadata.generation, hooks_set);
             if !retrying && done.as_ref().is_some_and(|d| d.0 == seen.0 && d.1 >= seen.1 && d.2 == seen.2) {
                 continue;
@@ -239,6 +363,8 @@ impl PoolExecutor {
             let kill_at = if self.test_hooks { annotation(&pool, hooks::KILL_AT) } else { None };
             let job_kill_at = kill_at.clone();
             let tamper = self.test_hooks && annotation(&pool, hooks::TAMPER).is_some();
+            let delete_behind = if self.test_hooks { annotation(&pool, hooks::DELETE_BEHIND) } else { None };
+            let devices = self.devices.clone();
             let mut executor = self.executor.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let counted = self.counted.clone();
             let (progress, usage, executor) = tokio::task::spawn_blocking(move || {
@@ -250,8 +376,15 @@ impl PoolExecutor {
                         warn!(from = at, to = at + 5, "test hook: moved the kernel's transaction id");
                     }
                 }
+                if let Some(id) = delete_behind.filter(|id| fire_once(&format!("delete-behind-{id}"))) {
+                    // As `dmsetup message <pool> 0 "delete <id>"` would: the
+                    // device set is not told; the next rescan sees it.
+                    let sent = k.raw_message(&format!("delete {id}"));
+                    warn!(%id, ?sent, "test hook: deleted a thin device behind the engine's back");
+                }
                 let mut observer = KillAt::parse(job_kill_at.as_deref());
                 let progress = executor.drive(&mut *k, &job_record, &mut observer);
+                devices.lock().unwrap_or_else(|p| p.into_inner()).apply(&job_record, &progress.ended, progress.kernel_at);
                 let usage = read_usage(&k);
                 crate::observe::count_ended(&progress.ended, &observer.2.started, &counted);
                 (progress, usage, executor)
@@ -277,6 +410,7 @@ impl PoolExecutor {
                 }
             }
             let mut status = next_status(&old, &pool, &record.finished, &progress);
+            self.devices.lock().unwrap_or_else(|p| p.into_inner()).report(&mut status);
             if let Some(usage) = usage {
                 apply_usage(&mut status, &usage);
                 crate::observe::pool_gauges(&self.object, &status);
@@ -546,6 +680,7 @@ pub fn next_status(old: &ThinPoolStatus, pool: &ThinPool, finished: &Transaction
 #[cfg(test)]
 mod tests {
     use super::*;
+    use thinpool::{AbortKind, Operation, PoolRecord, ThinId, Transaction};
 
     #[test]
     fn a_mode_change_raises_one_event_and_the_first_rw_report_none() {
@@ -577,5 +712,47 @@ mod tests {
         assert!(worth_writing(&s(100, 10_000, rw), &s(100, 20_000, rw)), "a resize");
         assert!(worth_writing(&s(100, 10_000, rw), &s(101, 10_000, PoolMode::OutOfDataSpace)));
         assert!(worth_writing(&ThinPoolStatus::default(), &s(0, 10_000, rw)), "the first report");
+    }
+
+    fn t(i: u32) -> ThinId {
+        ThinId::new(i.into()).unwrap()
+    }
+
+    fn txn(n: u64, ops: Vec<Operation>) -> Transaction {
+        Transaction::new(TransactionId::new(n), ops).unwrap()
+    }
+
+    /// The set follows commits and aborts after its listing, skips what
+    /// the listing already saw, and reports merged ranges at the kernel's id.
+    #[test]
+    fn the_device_set_follows_ended_transactions() {
+        let mut set = DeviceSet::listed([t(0), t(1), t(5)].into(), TransactionId::new(3));
+        let record = PoolRecord {
+            finished: TransactionId::new(2),
+            pending: vec![
+                txn(3, vec![Operation::Delete { id: t(0) }]),
+                txn(4, vec![Operation::CreateThin { id: t(2) }]),
+                txn(5, vec![Operation::CreateSnapshot { id: t(3), origin: t(2) }, Operation::Delete { id: t(1) }]),
+                txn(6, vec![Operation::CreateThin { id: t(4) }]),
+            ],
+        };
+        let aborted = Ended::Aborted { kind: AbortKind::NoSpace, reason: "ENOSPC".into() };
+        let ended = [
+            (TransactionId::new(3), Ended::Committed), // seen by the listing: 0 stays as listed
+            (TransactionId::new(4), Ended::Committed),
+            (TransactionId::new(5), Ended::Committed),
+            (TransactionId::new(6), aborted),
+        ];
+        set.apply(&record, &ended, TransactionId::new(6));
+        let mut status = ThinPoolStatus::default();
+        set.report(&mut status);
+        assert_eq!(thin_csi_api::pool::range_ids(&status.devices).map(ThinId::get).collect::<Vec<_>>(), vec![0, 2, 3, 5]);
+        assert_eq!(status.devices_transaction, Some(6));
+        // Never listed: nothing is reported, whatever ends.
+        let mut unknown = DeviceSet::default();
+        unknown.apply(&record, &ended, TransactionId::new(6));
+        let mut status = ThinPoolStatus::default();
+        unknown.report(&mut status);
+        assert_eq!((status.devices.len(), status.devices_transaction), (0, None));
     }
 }

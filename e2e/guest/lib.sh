@@ -22,6 +22,8 @@ serve_pool() {
 	endpoint=
 	[ "$2" != 0 ] && endpoint="--csi-endpoint tcp://0.0.0.0:$2"
 	[ "${4:-0}" != 0 ] && endpoint="$endpoint --http-address 0.0.0.0:$4"
+	# DEVICE_RESCAN (seconds): how often csi-node lists its devices again.
+	[ -n "${DEVICE_RESCAN:-}" ] && endpoint="$endpoint --device-rescan $DEVICE_RESCAN"
 	restarts=0
 	while :; do
 		# shellcheck disable=SC2086

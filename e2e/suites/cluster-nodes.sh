@@ -11,14 +11,14 @@ node_e2e_step() { run_driver "node_e2e $1" "$NODE_E2E" "$@"; }
 # CSI_PORT (optional): csi-node also serves its Node service there,
 # forwarded to the host's loopback. NODE_VM_TIMEOUT and NODE_VM_RESTARTS
 # (set by node_tests from the crash rounds) bound the VM's life and how
-# often csi-node may die in it.
+# often csi-node may die in it; NODE_GUEST_SCRIPT replaces e2e/guest/node.sh.
 start_node_vm() {
 	local node=$1 tag=${2:-$1} csi_port=${3:-0} fwd=()
 	truncate -s 1G "$RUN/$node.img" # creates it on the first boot; keeps the pool after
 	[[ $csi_port == 0 ]] || fwd=(--hostfwd "tcp:127.0.0.1:$csi_port-:$csi_port")
 	"$E2E/vm/boot" --bin "$CSI_NODE" --file "$RUN/guest.kubeconfig:/guest/kubeconfig" --disk "$RUN/$node.img" \
 		--net "${fwd[@]}" --mem 1024 --timeout "${NODE_VM_TIMEOUT:-1800}" --log "$RUN/logs/vm-$tag.log" \
-		-- "$E2E/guest/node.sh" "$node" "$csi_port" "${NODE_VM_RESTARTS:-30}" >/dev/null 2>&1 &
+		-- "${NODE_GUEST_SCRIPT:-$E2E/guest/node.sh}" "$node" "$csi_port" "${NODE_VM_RESTARTS:-30}" >/dev/null 2>&1 &
 	NODE_VM_PIDS+=($!)
 	NODE_VM_NAMES+=("$tag")
 }

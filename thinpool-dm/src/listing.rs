@@ -17,7 +17,7 @@ impl DmPool {
         let fail = |detail: String| KernelError::Other { context: context.clone(), detail };
         let meta = self.metadata_area().expose(self.name()).map_err(|e| fail(e.to_string()))?;
         self.message(&PoolMessage::ReserveMetadataSnap)?;
-        let out = Command::new("thin_dump").arg("--metadata-snap").arg(meta.path()).output();
+        let out = Command::new("thin_dump").arg("--skip-mappings").arg("--metadata-snap").arg(meta.path()).output();
         let released = self.message(&PoolMessage::ReleaseMetadataSnap);
         let out = out.map_err(|e| fail(format!("running thin_dump: {e}")))?;
         released?;
