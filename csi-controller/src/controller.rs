@@ -461,14 +461,20 @@ impl Inner {
         })
     }
 
-    async fn get_volume(&self, req: ControllerGetVolumeRequest) -> Result<ControllerGetVolumeResponse> {
-        if req.volume_id.is_empty() {
+    /// The ready volume `volume_id` names (NOT_FOUND otherwise) and its pool object.
+    async fn ready_volume_and_pool(&self, volume_id: &str) -> Result<(ThinVolume, Option<ThinPool>)> {
+        if volume_id.is_empty() {
             return Err(Error::invalid("volume_id", "missing"));
         }
         self.check_leading()?;
-        let v = self.devices.find_id::<ThinVolume>("volume_id", &req.volume_id).await?;
-        let v = v.filter(|v| v.status.as_ref().is_some_and(|s| s.ready)).ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let v = self.devices.find_id::<ThinVolume>("volume_id", volume_id).await?;
+        let v = v.filter(|v| v.status.as_ref().is_some_and(|s| s.ready)).ok_or_else(|| Error::NotFound(format!("volume {volume_id} does not exist")))?;
         let pool = self.devices.pools.get_opt(&v.spec.pool).await?;
+        Ok((v, pool))
+    }
+
+    async fn get_volume(&self, req: ControllerGetVolumeRequest) -> Result<ControllerGetVolumeResponse> {
+        let (v, pool) = self.ready_volume_and_pool(&req.volume_id).await?;
         Ok(ControllerGetVolumeResponse {
             volume: Some(self.volume_message(&v, pool.as_ref())),
             status: Some(controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new() }),
@@ -479,13 +485,7 @@ impl Inner {
     /// says (the node writes its mode from the kernel); NOT_FOUND for a
     /// volume that does not exist.
     async fn get_volume_health(&self, req: ControllerGetVolumeHealthRequest) -> Result<ControllerGetVolumeHealthResponse> {
-        if req.volume_id.is_empty() {
-            return Err(Error::invalid("volume_id", "missing"));
-        }
-        self.check_leading()?;
-        let v = self.devices.find_id::<ThinVolume>("volume_id", &req.volume_id).await?;
-        let v = v.filter(|v| v.status.as_ref().is_some_and(|s| s.ready)).ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
-        let pool = self.devices.pools.get_opt(&v.spec.pool).await?;
+        let (v, pool) = self.ready_volume_and_pool(&req.volume_id).await?;
         let health = csi_contract::volume_health::volume_health(&req.volume_id, &conditions(pool.as_ref()));
         Ok(ControllerGetVolumeHealthResponse { volume_health: Some(health) })
     }
