@@ -151,13 +151,9 @@ impl DmPool {
             .table_status(&dev, DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
             .map_err(|e| self.thin_error(id, "read the table of", &e))?;
         let current = match table.as_slice() {
-            [line] => match TableLine::from_dm(line) {
-                Ok(TableLine { length, target: Target::Thin(ThinParams { pool, id: table_id }), .. })
-                    if pool == self.pool_device && table_id == id =>
-                {
-                    length
-                }
-                _ => {
+            [line] => match self.own_thin_length(line, id) {
+                Some(length) => length,
+                None => {
                     return Err(KernelError::Other {
                         context: format!("resize {name}"),
                         detail: format!("its table maps something else: {line:?}"),
@@ -292,6 +288,19 @@ impl DmPool {
 }
 
 impl DmPool {
+    /// The length `line` maps if it is thin `id` of this pool; `None` for
+    /// any other target (a device with our name that is not ours).
+    fn own_thin_length(&self, line: &(u64, u64, String, String), id: ThinId) -> Option<Sectors> {
+        match TableLine::from_dm(line) {
+            Ok(TableLine { length, target: Target::Thin(ThinParams { pool, id: table_id }), .. })
+                if pool == self.pool_device && table_id == id =>
+            {
+                Some(length)
+            }
+            _ => None,
+        }
+    }
+
     /// The state of the device named as thin `id` of this pool (one
     /// DM_TABLE_STATUS by name), `None` if there is no such device. A device
     /// with the name that maps something else is ignored, with a warning.
@@ -307,13 +316,9 @@ impl DmPool {
             Err(e) => return Err(kernel_error(format!("read the table of {name}"), &e)),
         };
         let size = match table.as_slice() {
-            [line] => match TableLine::from_dm(line) {
-                Ok(TableLine { length, target: Target::Thin(ThinParams { pool, id: table_id }), .. })
-                    if pool == self.pool_device && table_id == id =>
-                {
-                    length
-                }
-                _ => {
+            [line] => match self.own_thin_length(line, id) {
+                Some(length) => length,
+                None => {
                     warn!(device = %name, table = ?line, "a device with this pool's thin name maps something else; ignoring it");
                     return Ok(None);
                 }
