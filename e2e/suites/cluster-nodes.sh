@@ -29,6 +29,23 @@ stop_node_vms() {
 	NODE_VM_PIDS=() NODE_VM_NAMES=()
 }
 
+# Stops the node VMs through pool object $1's stop hook (waiting up to $3 s)
+# and checks the kernel's own device listing in console log $2 is empty;
+# $4 is the PASS line's text.
+check_pool_empty_at_stop() {
+	local pool=$1 console=$2 timeout=$3 pass_text=$4 devices
+	"$KUBECTL" annotate thinpool "$pool" test.thin.csi.io/stop=true >/dev/null
+	wait_node_vms "$timeout"
+	devices=$(listed_devices "$console")
+	if [[ -z $devices ]]; then
+		echo "FAIL the node listed no devices after stopping (log $console)" | tee -a "$log"
+	elif [[ $devices == "DEVICES" || $devices == "DEVICES " ]]; then
+		echo "PASS $pass_text" | tee -a "$log"
+	else
+		echo "FAIL devices left in the pool: ${devices:0:200}" | tee -a "$log"
+	fi
+}
+
 # Waits (up to $1 s) for every node VM to finish on its own (after the stop
 # hook). A VM still running then, or whose guest script exited non-zero, is
 # a FAIL (the harness's verdict; the checks are node_e2e's).

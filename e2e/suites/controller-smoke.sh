@@ -114,14 +114,5 @@ if [[ $left -eq 0 ]]; then
 else
 	echo "FAIL $left ThinVolume/ThinSnapshot objects left: $("$KUBECTL" get thinvolumes,thinsnapshots -o name | head -5 | tr '\n' ' ')" | tee -a "$log"
 fi
-"$KUBECTL" annotate thinpool "$pool" test.thin.csi.io/stop=true >/dev/null
-wait_node_vms 120
-devices=$(listed_devices "$RUN/logs/vm-smoke-node.log")
-if [[ -z $devices ]]; then
-	echo "FAIL the node listed no devices after stopping (log $RUN/logs/vm-smoke-node.log)" | tee -a "$log"
-elif [[ $devices == "DEVICES" || $devices == "DEVICES " ]]; then
-	echo "PASS the pool holds no thin device after csi-sanity" | tee -a "$log"
-else
-	echo "FAIL devices left in the pool: ${devices:0:200}" | tee -a "$log"
-fi
+check_pool_empty_at_stop "$pool" "$RUN/logs/vm-smoke-node.log" 120 "the pool holds no thin device after csi-sanity"
 summarize controller-smoke "$log"

@@ -114,15 +114,6 @@ fi
 run_driver "leak_e2e cleanup" "$LEAK" cleanup "$port" "$pool"
 ctl_stop
 
-"$KUBECTL" annotate thinpool "$pool" test.thin.csi.io/stop=true >/dev/null
-wait_node_vms 180
-devices=$(listed_devices "$RUN/logs/vm-leak-node.log")
-if [[ -z $devices ]]; then
-	echo "FAIL the node listed no devices after stopping (log $RUN/logs/vm-leak-node.log)" | tee -a "$log"
-elif [[ $devices == "DEVICES" || $devices == "DEVICES " ]]; then
-	echo "PASS the kernel's device list is empty at the end" | tee -a "$log"
-else
-	echo "FAIL devices left in the pool: ${devices:0:200}" | tee -a "$log"
-fi
+check_pool_empty_at_stop "$pool" "$RUN/logs/vm-leak-node.log" 180 "the kernel's device list is empty at the end"
 echo "--- leak suite in $((SECONDS - started)) s" | tee -a "$log"
 summarize leak "$log"
