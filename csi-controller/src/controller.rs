@@ -485,7 +485,7 @@ impl Inner {
     /// says (the node writes its mode from the kernel); NOT_FOUND for a
     /// volume that does not exist.
     async fn get_volume_health(&self, req: ControllerGetVolumeHealthRequest) -> Result<ControllerGetVolumeHealthResponse> {
-        let (v, pool) = self.ready_volume_and_pool(&req.volume_id).await?;
+        let (_, pool) = self.ready_volume_and_pool(&req.volume_id).await?;
         let health = csi_contract::volume_health::volume_health(&req.volume_id, &conditions(pool.as_ref()));
         Ok(ControllerGetVolumeHealthResponse { volume_health: Some(health) })
     }
